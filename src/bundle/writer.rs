@@ -1,0 +1,1 @@
+//! Building and signing bundles (`rota bundle create`).

@@ -1,0 +1,171 @@
+//! The `rota` command line: one file per command group; this file parses and dispatches.
+//!
+//! Exit codes (SPEC §5): 0 success, 1 the operation failed, 2 usage error or no service.
+
+pub mod bundle;
+pub mod client;
+pub mod keygen;
+pub mod mcu;
+pub mod service;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "rota", version, about = "Over-the-air update agent for embedded Linux gateways")]
+pub struct Cli {
+    /// System configuration (default: $ROTA_CONFIG or /etc/rota/system.toml)
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write an ed25519 key pair: NAME.key.pem (PKCS#8) and NAME.pub.pem (SPKI)
+    Keygen {
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Build, inspect and verify bundles
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+    /// Install a bundle from a path or an http(s) URL through the running service
+    Install {
+        source: String,
+        /// One JSON object per line for every event
+        #[arg(long)]
+        json: bool,
+        /// Allow a version lower than the booted slot's
+        #[arg(long)]
+        force_version: bool,
+        /// Skip the compatible check
+        #[arg(long)]
+        ignore_compatible: bool,
+        /// Reboot once the new slot is activated
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Cancel the running install
+    Cancel,
+    /// Slots, booted slot, primary, versions, MCU nodes
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mark a slot good, bad or active (as RAUC)
+    Mark {
+        #[arg(value_parser = ["good", "bad", "active"])]
+        state: String,
+        /// booted, other, or a slot name like rootfs.1
+        #[arg(default_value = "booted")]
+        slot: String,
+    },
+    /// Check for an update now ([update] poll)
+    Poll,
+    /// Microcontrollers attached to the gateway
+    #[command(subcommand)]
+    Mcu(McuCommand),
+    /// Run the daemon
+    Service,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Build and sign a bundle from DIR/manifest.toml and the images it names
+    Create {
+        dir: PathBuf,
+        out: PathBuf,
+        #[arg(long, value_name = "KEY.pem")]
+        key: PathBuf,
+        /// Chunk size in bytes (power of two, 4 KiB to 16 MiB)
+        #[arg(long, value_name = "BYTES")]
+        chunk_size: Option<u32>,
+    },
+    /// Show the manifest; with a keyring, check the signature
+    Info {
+        bundle: PathBuf,
+        #[arg(long, value_name = "PEM")]
+        keyring: Vec<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the signature and every payload hash
+    Verify {
+        bundle: PathBuf,
+        #[arg(long, value_name = "PEM", required = true)]
+        keyring: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McuCommand {
+    /// List configured MCU nodes and their state
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read the image state of one node
+    State { name: String },
+    /// Relay one image file (MCUboot or raw .bin with CRC32 trailer) to one node
+    Relay { name: String, image: PathBuf },
+}
+
+/// What a command ends with; `main` turns it into the process exit code.
+#[derive(Debug)]
+pub enum Failure {
+    /// The operation failed (exit 1).
+    Failed(String),
+    /// Usage error or no service reachable (exit 2).
+    Usage(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Failure::Failed(_) => 1,
+            Failure::Usage(_) => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Failed(m) | Failure::Usage(m) => f.write_str(m),
+        }
+    }
+}
+
+pub type CliResult = Result<(), Failure>;
+
+impl Cli {
+    pub fn config_path(&self) -> PathBuf {
+        self.config.clone().unwrap_or_else(crate::config::Config::default_path)
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> CliResult {
+    let config_path = cli.config_path();
+    match cli.command {
+        Command::Keygen { out_dir, name } => keygen::run(&out_dir, &name),
+        Command::Bundle(BundleCommand::Create { dir, out, key, chunk_size }) => {
+            bundle::create(&dir, &out, &key, chunk_size)
+        }
+        Command::Bundle(BundleCommand::Info { bundle, keyring, json }) => bundle::info(&bundle, &keyring, json),
+        Command::Bundle(BundleCommand::Verify { bundle, keyring }) => bundle::verify(&bundle, &keyring),
+        Command::Install { source, json, force_version, ignore_compatible, reboot } => {
+            client::install(&source, json, force_version, ignore_compatible, reboot)
+        }
+        Command::Cancel => client::cancel(),
+        Command::Status { json } => client::status(json),
+        Command::Mark { state, slot } => client::mark(&state, &slot),
+        Command::Poll => client::poll(),
+        Command::Mcu(cmd) => mcu::run(&config_path, cmd),
+        Command::Service => service::run(&config_path),
+    }
+}

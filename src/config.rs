@@ -1,0 +1,473 @@
+//! `system.toml` → typed configuration.
+//!
+//! Parsing is strict: an unknown key is an error that names the key and its line
+//! (serde's `deny_unknown_fields` plus the TOML parser's spans), and cross-field rules
+//! (unique bootnames, at least two slots per bootable class, a transport's required
+//! keys) are checked once here so the rest of rota can trust the values.
+
+use serde::Deserialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default location of the system configuration.
+pub const DEFAULT_PATH: &str = "/etc/rota/system.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub system: SystemSection,
+    #[serde(default)]
+    pub keyring: KeyringSection,
+    #[serde(default)]
+    pub bootloader: BootloaderSection,
+    /// `[slot.<class>.<index>]`
+    #[serde(default)]
+    pub slot: BTreeMap<String, BTreeMap<String, SlotSection>>,
+    /// `[mcu.<name>]`
+    #[serde(default)]
+    pub mcu: BTreeMap<String, McuSection>,
+    #[serde(default)]
+    pub dbus: DbusSection,
+    #[serde(default)]
+    pub http: HttpSection,
+    pub update: Option<UpdateSection>,
+    /// Where the file was read from (set by [`Config::load`]); relative paths resolve against its directory.
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SystemSection {
+    pub compatible: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default = "default_cmdline")]
+    pub kernel_cmdline: PathBuf,
+    #[serde(default = "default_boot_attempts")]
+    pub boot_attempts: u32,
+    #[serde(default)]
+    pub reboot_after_install: bool,
+    #[serde(default = "default_reboot_command")]
+    pub reboot_command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyringSection {
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct BootloaderSection {
+    #[serde(rename = "type", default = "default_bootloader")]
+    pub kind: BootloaderKind,
+    #[serde(default = "default_fw_env_config")]
+    pub fw_env_config: PathBuf,
+}
+
+impl Default for BootloaderSection {
+    fn default() -> Self {
+        Self { kind: default_bootloader(), fw_env_config: default_fw_env_config() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootloaderKind {
+    Uboot,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SlotSection {
+    pub device: PathBuf,
+    pub bootname: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct McuSection {
+    pub transport: McuTransportKind,
+    /// serial: the tty device
+    pub device: Option<PathBuf>,
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// udp: `host:port`
+    pub address: Option<String>,
+    /// ed25519 public key (PEM) that the node's MCUboot images must be signed with.
+    pub key: Option<PathBuf>,
+    /// MCUboot image number on the node (multi-image devices).
+    #[serde(default)]
+    pub image: u32,
+    /// How long to wait for a request's answer.
+    #[serde(default = "default_mcu_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum McuTransportKind {
+    Serial,
+    Udp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct DbusSection {
+    #[serde(default)]
+    pub rauc_compat: bool,
+    /// Members of this group may install, cancel and mark (besides root).
+    pub group: Option<String>,
+}
+
+impl Default for DbusSection {
+    fn default() -> Self {
+        Self { rauc_compat: false, group: None }
+    }
+}
+
+/// HTTP(S) client settings shared by bundle downloads and pollers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HttpSection {
+    /// PEM bundle of trusted CAs; replaces the built-in web roots (pinning).
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub cert: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    pub key: Option<PathBuf>,
+    /// Extra headers sent with every request, `"Name: value"`.
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default = "default_connect_timeout", with = "humantime_serde_compat")]
+    pub connect_timeout: Duration,
+    /// A transfer that receives no byte for this long is dropped and retried.
+    #[serde(default = "default_stall_timeout", with = "humantime_serde_compat")]
+    pub stall_timeout: Duration,
+    /// Consecutive failed attempts of one range before the install fails.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            ca: None,
+            cert: None,
+            key: None,
+            headers: Vec::new(),
+            connect_timeout: default_connect_timeout(),
+            stall_timeout: default_stall_timeout(),
+            retries: default_retries(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct UpdateSection {
+    /// A JSON feed URL, or a hawkBit DDI base URL when `kind = "hawkbit"`.
+    pub poll: String,
+    #[serde(default = "default_interval", with = "humantime_serde_compat")]
+    pub interval: Duration,
+    #[serde(default)]
+    pub kind: PollKind,
+    /// hawkBit: controller id (default: the machine id).
+    pub controller_id: Option<String>,
+    /// hawkBit: tenant (default `DEFAULT`).
+    pub tenant: Option<String>,
+    /// hawkBit: target security token.
+    pub target_token: Option<String>,
+    /// hawkBit: gateway security token.
+    pub gateway_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PollKind {
+    #[default]
+    Feed,
+    Hawkbit,
+}
+
+/// One configured slot, flattened from `[slot.<class>.<index>]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotConfig {
+    /// `<class>.<index>`, e.g. `rootfs.1` (RAUC's naming).
+    pub name: String,
+    pub class: String,
+    pub index: u32,
+    pub device: PathBuf,
+    pub bootname: Option<String>,
+}
+
+impl Config {
+    /// Reads and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses `text`; `path` is used for messages and to resolve relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().replace('\n', "\n  "),
+        })?;
+        cfg.path = path.to_owned();
+        cfg.resolve_relative_paths();
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// The config file named by `--config`, `ROTA_CONFIG`, or the default path.
+    pub fn default_path() -> PathBuf {
+        std::env::var_os("ROTA_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+    }
+
+    fn resolve_relative_paths(&mut self) {
+        let base = self.path.parent().map(Path::to_owned).unwrap_or_default();
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.system.data_dir);
+        fix(&mut self.system.kernel_cmdline);
+        fix(&mut self.bootloader.fw_env_config);
+        self.keyring.paths.iter_mut().for_each(fix);
+        for class in self.slot.values_mut() {
+            for s in class.values_mut() {
+                fix(&mut s.device);
+            }
+        }
+        for m in self.mcu.values_mut() {
+            if let Some(k) = m.key.as_mut() {
+                fix(k);
+            }
+        }
+        for p in [&mut self.http.ca, &mut self.http.cert, &mut self.http.key].into_iter().flatten() {
+            fix(p);
+        }
+    }
+
+    fn invalid(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid { path: self.path.clone(), message: message.into() }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.system.compatible.trim().is_empty() {
+            return Err(self.invalid("[system] compatible must not be empty"));
+        }
+        if !(1..=255).contains(&self.system.boot_attempts) {
+            return Err(self.invalid("[system] boot-attempts must be between 1 and 255"));
+        }
+        if self.system.reboot_command.is_empty() {
+            return Err(self.invalid("[system] reboot-command must name a program"));
+        }
+        let mut bootnames = BTreeSet::new();
+        for (class, slots) in &self.slot {
+            if class.contains('.') || class.is_empty() {
+                return Err(self.invalid(format!("slot class {class:?} must be a non-empty name without '.'")));
+            }
+            for (idx, s) in slots {
+                if idx.parse::<u32>().is_err() {
+                    return Err(self.invalid(format!("[slot.{class}.{idx}]: the index must be a number")));
+                }
+                if let Some(b) = &s.bootname {
+                    let ok = !b.is_empty() && b.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    if !ok {
+                        return Err(self.invalid(format!(
+                            "[slot.{class}.{idx}] bootname {b:?} must be letters, digits or '_' (it becomes BOOT_{b}_LEFT)"
+                        )));
+                    }
+                    if !bootnames.insert(b.clone()) {
+                        return Err(self.invalid(format!("bootname {b:?} is used by two slots")));
+                    }
+                }
+            }
+            let bootable = slots.values().filter(|s| s.bootname.is_some()).count();
+            if bootable == 1 {
+                return Err(self.invalid(format!(
+                    "slot class {class:?} has one bootable slot; A/B needs at least two"
+                )));
+            }
+        }
+        for (name, m) in &self.mcu {
+            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(self.invalid(format!("[mcu.{name}]: the name must be letters, digits, '-' or '_'")));
+            }
+            match m.transport {
+                McuTransportKind::Serial if m.device.is_none() => {
+                    return Err(self.invalid(format!("[mcu.{name}] transport = \"serial\" needs device")))
+                }
+                McuTransportKind::Udp if m.address.is_none() => {
+                    return Err(self.invalid(format!("[mcu.{name}] transport = \"udp\" needs address")))
+                }
+                _ => {}
+            }
+        }
+        for h in &self.http.headers {
+            if !h.contains(':') {
+                return Err(self.invalid(format!("[http] header {h:?} must be \"Name: value\"")));
+            }
+        }
+        Ok(())
+    }
+
+    /// All slots, ordered by class then index.
+    pub fn slots(&self) -> Vec<SlotConfig> {
+        let mut out = Vec::new();
+        for (class, slots) in &self.slot {
+            let mut v: Vec<SlotConfig> = slots
+                .iter()
+                .map(|(idx, s)| SlotConfig {
+                    name: format!("{class}.{idx}"),
+                    class: class.clone(),
+                    index: idx.parse().unwrap_or(u32::MAX),
+                    device: s.device.clone(),
+                    bootname: s.bootname.clone(),
+                })
+                .collect();
+            v.sort_by_key(|s| s.index);
+            out.extend(v);
+        }
+        out
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/rota")
+}
+fn default_cmdline() -> PathBuf {
+    PathBuf::from("/proc/cmdline")
+}
+fn default_boot_attempts() -> u32 {
+    3
+}
+fn default_reboot_command() -> Vec<String> {
+    vec!["systemctl".into(), "reboot".into()]
+}
+fn default_bootloader() -> BootloaderKind {
+    BootloaderKind::Uboot
+}
+fn default_fw_env_config() -> PathBuf {
+    PathBuf::from("/etc/fw_env.config")
+}
+fn default_baud() -> u32 {
+    115_200
+}
+fn default_mcu_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(20)
+}
+fn default_stall_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_retries() -> u32 {
+    8
+}
+fn default_interval() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// Durations are written as humans do: `"1h"`, `"30s"`, `"1h 30m"`.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[system]
+compatible = "acme-gateway"
+data-dir = "data"
+boot-attempts = 3
+
+[keyring]
+paths = ["keys/release.pub.pem"]
+
+[bootloader]
+type = "uboot"
+fw-env-config = "fw_env.config"
+
+[slot.rootfs.0]
+device = "slots/a.img"
+bootname = "A"
+
+[slot.rootfs.1]
+device = "slots/b.img"
+bootname = "B"
+
+[mcu.sensor]
+transport = "udp"
+address = "127.0.0.1:1337"
+
+[dbus]
+rauc-compat = true
+
+[update]
+poll = "http://127.0.0.1/feed.json"
+interval = "1h"
+"#;
+
+    #[test]
+    fn parses_the_spec_example_and_resolves_paths() {
+        let c = Config::parse(GOOD, Path::new("/etc/rota/system.toml")).unwrap();
+        assert_eq!(c.system.compatible, "acme-gateway");
+        assert_eq!(c.system.data_dir, PathBuf::from("/etc/rota/data"));
+        assert_eq!(c.bootloader.fw_env_config, PathBuf::from("/etc/rota/fw_env.config"));
+        let slots = c.slots();
+        assert_eq!(slots.len(), 2);
+        assert_eq!(slots[1].name, "rootfs.1");
+        assert_eq!(slots[1].bootname.as_deref(), Some("B"));
+        assert_eq!(c.update.unwrap().interval, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace("boot-attempts = 3", "boot-attempts = 3\nboot-atempts = 4");
+        let err = Config::parse(&text, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("boot-atempts"), "{err}");
+        assert!(err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_bootname_is_rejected() {
+        let text = GOOD.replace("bootname = \"B\"", "bootname = \"A\"");
+        let err = Config::parse(&text, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("bootname \"A\" is used by two slots"), "{err}");
+    }
+
+    #[test]
+    fn udp_mcu_without_address_is_rejected() {
+        let text = GOOD.replace("address = \"127.0.0.1:1337\"", "");
+        let err = Config::parse(&text, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("needs address"), "{err}");
+    }
+}

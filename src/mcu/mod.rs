@@ -1,0 +1,1 @@
+//! MCU relay over MCUmgr/SMP.

@@ -1,0 +1,1 @@
+//! The D-Bus face of rota.

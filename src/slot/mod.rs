@@ -1,0 +1,1 @@
+//! Slots: configured A/B partitions, which one is booted, and the block writer.

@@ -1,0 +1,71 @@
+//! A bundle in a local file.
+
+use super::{ByteSource, SourceError};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub struct FileSource {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    fetched: u64,
+}
+
+impl FileSource {
+    pub fn open(path: &Path) -> Result<Self, SourceError> {
+        let file = File::open(path)
+            .map_err(|e| SourceError::Fatal(format!("cannot open bundle {}: {e}", path.display())))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| SourceError::Fatal(format!("cannot stat bundle {}: {e}", path.display())))?;
+        if !meta.is_file() {
+            return Err(SourceError::Fatal(format!("bundle {} is not a regular file", path.display())));
+        }
+        Ok(Self { file, path: path.to_owned(), len: meta.len(), fetched: 0 })
+    }
+
+    fn check_range(&self, offset: u64, len: u64) -> Result<(), SourceError> {
+        let end = offset.checked_add(len).unwrap_or(u64::MAX);
+        if end > self.len {
+            return Err(SourceError::OutOfRange { offset, end, len: self.len });
+        }
+        Ok(())
+    }
+}
+
+impl ByteSource for FileSource {
+    fn len(&mut self) -> Result<u64, SourceError> {
+        Ok(self.len)
+    }
+
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        self.check_range(offset, buf.len() as u64)?;
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(|e| SourceError::Io(format!("{}: read at {offset}: {e}", self.path.display())))?;
+        self.fetched += buf.len() as u64;
+        Ok(())
+    }
+
+    fn read_range(&mut self, offset: u64, len: u64) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+        self.check_range(offset, len)?;
+        let mut f = self
+            .file
+            .try_clone()
+            .map_err(|e| SourceError::Io(format!("{}: {e}", self.path.display())))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| SourceError::Io(format!("{}: seek: {e}", self.path.display())))?;
+        self.fetched += len;
+        Ok(Box::new(f.take(len)))
+    }
+
+    fn bytes_fetched(&self) -> u64 {
+        self.fetched
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}

@@ -1,0 +1,1 @@
+//! Bundles over HTTP(S): Range requests, retries with backoff, resumable transfers.
