@@ -1,1 +1,190 @@
-//! Persistent state.
+//! What rota remembers across restarts and reboots, in `<data-dir>/status.json`:
+//! per-slot install status, the last install's result as it follows the update through
+//! reboot, and the journal of an install in progress (so a killed service resumes it).
+//! Written only through [`crate::fsutil::write_atomic`].
+
+use crate::agent::InstallRequest;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const STATE_FILE: &str = "status.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default)]
+    pub slots: BTreeMap<String, SlotStatus>,
+    #[serde(default)]
+    pub last_install: Option<InstallRecord>,
+    /// Present while an install runs; a service that finds it at start resumes.
+    #[serde(default)]
+    pub journal: Option<Journal>,
+}
+
+/// What is in a slot, as far as rota wrote it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotStatus {
+    /// `ok`, `installing`, `failed` or `cancelled`.
+    pub status: String,
+    pub version: String,
+    pub compatible: String,
+    pub sha256: String,
+    pub size: u64,
+    pub bundle_hash: String,
+    pub transaction: String,
+    /// RFC 3339, UTC.
+    pub installed_at: String,
+}
+
+/// The last install, followed through reboot (SPEC §5 `last_install`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstallRecord {
+    pub version: String,
+    /// Slot name of the (first) slot written.
+    pub slot: String,
+    pub bootname: String,
+    pub transaction: String,
+    /// installing | failed | cancelled | activated | booted | good | rolled-back
+    pub result: String,
+    #[serde(default)]
+    pub error: String,
+}
+
+/// A running install, enough to start it again after a crash.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    pub transaction: String,
+    pub source: String,
+    pub force_version: bool,
+    pub ignore_compatible: bool,
+    pub reboot: Option<bool>,
+    #[serde(default)]
+    pub http_headers: Vec<String>,
+    #[serde(default)]
+    pub tls_ca: Option<String>,
+    #[serde(default)]
+    pub tls_cert: Option<String>,
+    #[serde(default)]
+    pub tls_key: Option<String>,
+    #[serde(default)]
+    pub tls_no_verify: bool,
+    /// Manifest hash of the bundle being installed; empty until it is known.
+    #[serde(default)]
+    pub manifest_hash: String,
+    /// How many times this install was resumed after a restart.
+    #[serde(default)]
+    pub resumed: u32,
+}
+
+impl Journal {
+    pub fn from_request(transaction: &str, req: &InstallRequest) -> Self {
+        Journal {
+            transaction: transaction.to_owned(),
+            source: req.source.clone(),
+            force_version: req.force_version,
+            ignore_compatible: req.ignore_compatible,
+            reboot: req.reboot,
+            http_headers: req.http_headers.clone(),
+            tls_ca: req.tls_ca.clone(),
+            tls_cert: req.tls_cert.clone(),
+            tls_key: req.tls_key.clone(),
+            tls_no_verify: req.tls_no_verify,
+            manifest_hash: String::new(),
+            resumed: 0,
+        }
+    }
+
+    pub fn to_request(&self) -> InstallRequest {
+        InstallRequest {
+            source: self.source.clone(),
+            force_version: self.force_version,
+            ignore_compatible: self.ignore_compatible,
+            reboot: self.reboot,
+            transaction_id: Some(self.transaction.clone()),
+            require_manifest_hash: None,
+            http_headers: self.http_headers.clone(),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_no_verify: self.tls_no_verify,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot read state file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("state file {path} is corrupt ({message}); move it away to start fresh")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("cannot write state file {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+/// The state file in the data directory.
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    path: PathBuf,
+}
+
+impl StateStore {
+    /// Creates the data directory if needed.
+    pub fn open(data_dir: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|source| StateError::Write { path: data_dir.to_owned(), source })?;
+        Ok(Self { path: data_dir.join(STATE_FILE) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The stored state; a missing file is an empty state (a factory device).
+    pub fn load(&self) -> Result<State, StateError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| StateError::Corrupt { path: self.path.clone(), message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(source) => Err(StateError::Read { path: self.path.clone(), source }),
+        }
+    }
+
+    pub fn save(&self, state: &State) -> Result<(), StateError> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        crate::fsutil::write_atomic(&self.path, &bytes)
+            .map_err(|source| StateError::Write { path: self.path.clone(), source })
+    }
+}
+
+/// Now, as RFC 3339 UTC with seconds (`2026-11-25T10:00:00Z`).
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_missing_file_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().join("data")).unwrap();
+        assert_eq!(store.load().unwrap(), State::default());
+        let mut s = State::default();
+        s.slots.insert("rootfs.1".into(), SlotStatus { version: "1.2.0".into(), ..Default::default() });
+        store.save(&s).unwrap();
+        assert_eq!(store.load().unwrap(), s);
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_not_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(dir.path()).unwrap();
+        std::fs::write(store.path(), b"{\"slots\": ").unwrap();
+        let err = store.load().unwrap_err().to_string();
+        assert!(err.contains("corrupt"), "{err}");
+    }
+}

@@ -6,3 +6,12 @@ pub type KeyId = String;
 /// Trusted public keys (several allow key rotation).
 #[derive(Debug, Clone, Default)]
 pub struct Keyring {}
+
+impl Keyring {
+    pub fn load(_paths: &[std::path::PathBuf]) -> Result<Keyring, super::BundleError> {
+        Ok(Keyring {})
+    }
+    pub fn is_empty(&self) -> bool {
+        true
+    }
+}

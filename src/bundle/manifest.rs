@@ -80,3 +80,10 @@ impl ImageEntry {
         format!("{}{}", self.file, super::CHUNKS_SUFFIX)
     }
 }
+
+impl Manifest {
+    pub fn version(&self) -> Result<semver::Version, super::BundleError> {
+        semver::Version::parse(&self.update.version)
+            .map_err(|e| super::BundleError::Manifest(format!("version {:?} is not semver: {e}", self.update.version)))
+    }
+}

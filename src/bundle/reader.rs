@@ -25,3 +25,20 @@ pub struct Bundle {
     /// Total bundle size in bytes.
     pub size: u64,
 }
+
+// Placeholder bodies until the reader lands (same public API).
+use super::{BundleError, ChunkIndex, ImageEntry, Keyring};
+use crate::source::ByteSource;
+
+pub fn open(_source: &mut dyn ByteSource, _keyring: &Keyring) -> Result<Bundle, BundleError> {
+    Err(BundleError::Format("bundle reader not built yet".into()))
+}
+
+impl Bundle {
+    pub fn image_member(&self, img: &ImageEntry) -> Result<&Member, BundleError> {
+        self.members.get(&img.file).ok_or_else(|| BundleError::Format(format!("no member {}", img.file)))
+    }
+    pub fn chunk_index(&self, _source: &mut dyn ByteSource, _img: &ImageEntry) -> Result<ChunkIndex, BundleError> {
+        Err(BundleError::Format("bundle reader not built yet".into()))
+    }
+}
