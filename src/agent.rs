@@ -112,7 +112,11 @@ pub enum AgentEvent {
     /// Any snapshot field changed (operation, last error, primary...).
     Changed(Snapshot),
     /// An install ended: always sent, failure and cancel included.
-    Completed { transaction: String, result: InstallResult, message: String },
+    Completed {
+        transaction: String,
+        result: InstallResult,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -206,7 +210,11 @@ pub enum AgentError {
 pub enum Request {
     Install(InstallRequest, oneshot::Sender<Result<String, AgentError>>),
     Cancel(oneshot::Sender<Result<(), AgentError>>),
-    Mark(MarkState, String, oneshot::Sender<Result<(String, String), AgentError>>),
+    Mark(
+        MarkState,
+        String,
+        oneshot::Sender<Result<(String, String), AgentError>>,
+    ),
     Status(oneshot::Sender<Result<StatusReport, AgentError>>),
     Poll(oneshot::Sender<Result<(), AgentError>>),
 }
@@ -226,12 +234,22 @@ impl AgentHandle {
         events: broadcast::Sender<AgentEvent>,
         snapshot: watch::Receiver<Snapshot>,
     ) -> Self {
-        Self { requests, events, snapshot }
+        Self {
+            requests,
+            events,
+            snapshot,
+        }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, AgentError>>) -> Request) -> Result<T, AgentError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, AgentError>>) -> Request,
+    ) -> Result<T, AgentError> {
         let (tx, rx) = oneshot::channel();
-        self.requests.send(make(tx)).await.map_err(|_| AgentError::Stopped)?;
+        self.requests
+            .send(make(tx))
+            .await
+            .map_err(|_| AgentError::Stopped)?;
         rx.await.map_err(|_| AgentError::Stopped)?
     }
 
@@ -272,5 +290,654 @@ impl AgentHandle {
     /// A receiver that wakes on every snapshot change.
     pub fn watch(&self) -> watch::Receiver<Snapshot> {
         self.snapshot.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The agent task.
+
+use crate::boot::{BootState, Bootloader, UbootBackend};
+use crate::bundle::Keyring;
+use crate::config::{Config, SlotConfig};
+use crate::install::{self, InstallError, SourceOpener};
+use crate::state::{InstallRecord, Journal, State, StateStore};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// What the agent owns and the install worker borrows.
+struct Device {
+    config: Config,
+    keyring: Keyring,
+    bootloader: Box<dyn Bootloader>,
+    store: StateStore,
+    booted: Option<SlotConfig>,
+    open_source: Box<SourceOpener>,
+}
+
+enum WorkerMsg {
+    Progress(Progress),
+    Done {
+        transaction: String,
+        reboot: bool,
+        result: Result<install::Summary, InstallError>,
+    },
+}
+
+struct Running {
+    transaction: String,
+    cancel: Arc<AtomicBool>,
+}
+
+struct Agent {
+    device: Arc<Device>,
+    events: broadcast::Sender<AgentEvent>,
+    snapshot: watch::Sender<Snapshot>,
+    worker_tx: mpsc::UnboundedSender<WorkerMsg>,
+    running: Option<Running>,
+    poll: Option<mpsc::Sender<()>>,
+}
+
+/// Opens bundles from local paths and http(s) URLs.
+pub fn default_source_opener() -> Box<SourceOpener> {
+    Box::new(|req: &InstallRequest, _cancel: Arc<AtomicBool>| {
+        let path = req.source.strip_prefix("file://").unwrap_or(&req.source);
+        if path.starts_with("http://") || path.starts_with("https://") {
+            return Err(crate::source::SourceError::Fatal(format!(
+                "cannot fetch {path}: HTTP support is not built in"
+            )));
+        }
+        Ok(Box::new(crate::source::file::FileSource::open(
+            std::path::Path::new(path),
+        )?) as Box<dyn crate::source::ByteSource>)
+    })
+}
+
+/// Loads keys, state and the bootloader backend, follows up the last install, resumes an
+/// interrupted one, and starts the agent task on the current tokio runtime.
+pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
+    start_with(config, default_source_opener()).await
+}
+
+/// [`start`] with a chosen way of opening bundle sources.
+pub async fn start_with(
+    config: Config,
+    open_source: Box<SourceOpener>,
+) -> Result<AgentHandle, AgentError> {
+    let failed = |e: &dyn std::fmt::Display| AgentError::Failed(e.to_string());
+    let keyring = Keyring::load(&config.keyring.paths).map_err(|e| failed(&e))?;
+    let store = StateStore::open(&config.system.data_dir).map_err(|e| failed(&e))?;
+    let booted = match crate::slot::booted_slot(&config) {
+        Ok(b) => b,
+        Err(e) => {
+            log::warn!("{e}; the booted slot is unknown");
+            None
+        }
+    };
+    let bootnames = config
+        .slots()
+        .into_iter()
+        .filter_map(|s| s.bootname)
+        .collect();
+    let bootloader =
+        UbootBackend::open(&config.bootloader.fw_env_config, bootnames).map_err(|e| failed(&e))?;
+    let device = Arc::new(Device {
+        config,
+        keyring,
+        bootloader: Box::new(bootloader),
+        store,
+        booted,
+        open_source,
+    });
+
+    let mut state = device.store.load().map_err(|e| failed(&e))?;
+    let boot = device.bootloader.read();
+    if let Err(e) = &boot {
+        log::error!("cannot read the boot selection: {e}");
+    }
+    let mut last_error = String::new();
+    if let Ok(boot) = &boot {
+        if let Some(msg) = follow_up(&device, &mut state, boot) {
+            last_error = msg;
+            device.store.save(&state).map_err(|e| failed(&e))?;
+        }
+    }
+    let snapshot = Snapshot {
+        compatible: device.config.system.compatible.clone(),
+        boot_slot: device
+            .booted
+            .as_ref()
+            .and_then(|b| b.bootname.clone())
+            .unwrap_or_default(),
+        primary: boot
+            .as_ref()
+            .ok()
+            .map(|b| primary_slot_name(&device, b))
+            .unwrap_or_default(),
+        last_error,
+        ..Default::default()
+    };
+    let (req_tx, req_rx) = mpsc::channel(32);
+    let (events, _) = broadcast::channel(256);
+    let (snap_tx, snap_rx) = watch::channel(snapshot);
+    let (worker_tx, worker_rx) = mpsc::unbounded_channel();
+    let mut agent = Agent {
+        device,
+        events: events.clone(),
+        snapshot: snap_tx,
+        worker_tx,
+        running: None,
+        poll: None,
+    };
+    if let Some(journal) = state.journal.clone() {
+        log::info!(
+            "resuming interrupted install {} of {}",
+            journal.transaction,
+            journal.source
+        );
+        agent.begin_install(journal.to_request(), true);
+    }
+    tokio::spawn(agent.run(req_rx, worker_rx));
+    Ok(AgentHandle::new(req_tx, events, snap_rx))
+}
+
+fn primary_slot_name(device: &Device, boot: &BootState) -> String {
+    boot.primary()
+        .and_then(|b| crate::slot::find_slot(&device.config, b))
+        .map(|s| s.name)
+        .unwrap_or_default()
+}
+
+/// Follows the last install through reboot: returns a message when the bootloader fell back.
+fn follow_up(device: &Device, state: &mut State, boot: &BootState) -> Option<String> {
+    let booted = device.booted.as_ref()?;
+    let li = state.last_install.as_mut()?;
+    if li.result != "activated" && li.result != "booted" {
+        return None;
+    }
+    if booted.name == li.slot {
+        if li.result == "activated" {
+            log::info!(
+                "running the new slot {} ({}) with version {}; not yet marked good",
+                li.slot,
+                li.bootname,
+                li.version
+            );
+            li.result = "booted".into();
+        }
+        return None;
+    }
+    // Booted the other slot. Still waiting for the reboot if the new slot is untouched:
+    // first in the order with a full counter.
+    let untouched = boot.primary() == Some(li.bootname.as_str())
+        && boot.attempts_left(&li.bootname) >= device.config.system.boot_attempts;
+    if li.result == "activated" && untouched {
+        return None;
+    }
+    li.result = "rolled-back".into();
+    let msg = format!(
+        "update to {} in slot {} was rolled back: the bootloader booted {} ({} attempts left on {})",
+        li.version,
+        li.slot,
+        booted.name,
+        boot.attempts_left(&li.bootname),
+        li.bootname
+    );
+    li.error = msg.clone();
+    log::warn!("{msg}");
+    Some(msg)
+}
+
+impl Agent {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut worker: mpsc::UnboundedReceiver<WorkerMsg>,
+    ) {
+        loop {
+            tokio::select! {
+                req = requests.recv() => match req {
+                    Some(r) => self.handle(r),
+                    None => break,
+                },
+                Some(msg) = worker.recv() => self.on_worker(msg),
+            }
+        }
+        if let Some(r) = &self.running {
+            r.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn update_snapshot(&self, f: impl FnOnce(&mut Snapshot)) {
+        self.snapshot.send_modify(f);
+        let _ = self
+            .events
+            .send(AgentEvent::Changed(self.snapshot.borrow().clone()));
+    }
+
+    fn handle(&mut self, req: Request) {
+        match req {
+            Request::Install(r, reply) => {
+                let _ = reply.send(self.install(r));
+            }
+            Request::Cancel(reply) => {
+                let res = match &self.running {
+                    Some(r) => {
+                        log::info!("cancelling install {}", r.transaction);
+                        r.cancel.store(true, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    None => Err(AgentError::Failed("no install is running".into())),
+                };
+                let _ = reply.send(res);
+            }
+            Request::Mark(state, slot, reply) => {
+                let _ = reply.send(self.mark(state, &slot));
+            }
+            Request::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Request::Poll(reply) => {
+                let res = match &self.poll {
+                    Some(tx) => tx.try_send(()).or(Ok(())),
+                    None => Err(AgentError::Failed("no [update] poll is configured".into())),
+                };
+                let _ = reply.send(res);
+            }
+        }
+    }
+
+    fn busy(&self) -> Result<(), AgentError> {
+        match &self.running {
+            Some(r) => Err(AgentError::Busy(format!(
+                "an install is already running (transaction {})",
+                r.transaction
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    fn install(&mut self, req: InstallRequest) -> Result<String, AgentError> {
+        self.busy()?;
+        if req.source.trim().is_empty() {
+            return Err(AgentError::InvalidArgument(
+                "the install source is empty".into(),
+            ));
+        }
+        Ok(self.begin_install(req, false))
+    }
+
+    fn begin_install(&mut self, mut req: InstallRequest, resuming: bool) -> String {
+        let transaction = req
+            .transaction_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        req.transaction_id = Some(transaction.clone());
+        let device = self.device.clone();
+        // Journal first: a crash from here on resumes this install at the next start.
+        match device.store.load() {
+            Ok(mut state) => {
+                let mut journal = Journal::from_request(&transaction, &req);
+                if let Some(old) = state
+                    .journal
+                    .take()
+                    .filter(|j| j.transaction == transaction)
+                {
+                    journal.manifest_hash = old.manifest_hash;
+                    journal.resumed = old.resumed + u32::from(resuming);
+                }
+                state.journal = Some(journal);
+                if let Err(e) = device.store.save(&state) {
+                    log::error!("cannot journal install {transaction}: {e}");
+                }
+            }
+            Err(e) => log::error!("cannot journal install {transaction}: {e}"),
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.running = Some(Running {
+            transaction: transaction.clone(),
+            cancel: cancel.clone(),
+        });
+        let tx = transaction.clone();
+        self.update_snapshot(|s| {
+            s.operation = Operation::Installing;
+            s.last_error.clear();
+            s.transaction = tx;
+            s.progress = Progress {
+                message: "Installing".into(),
+                depth: 1,
+                ..Default::default()
+            };
+        });
+        log::info!(
+            "install {transaction} of {} started{}",
+            req.source,
+            if resuming { " (resumed)" } else { "" }
+        );
+        let worker_tx = self.worker_tx.clone();
+        let reboot = req
+            .reboot
+            .unwrap_or(device.config.system.reboot_after_install);
+        let tr = transaction.clone();
+        std::thread::spawn(move || {
+            let ctx = install::Context {
+                config: &device.config,
+                keyring: &device.keyring,
+                bootloader: device.bootloader.as_ref(),
+                store: &device.store,
+                booted: device.booted.clone(),
+                open_source: device.open_source.as_ref(),
+            };
+            let progress_tx = worker_tx.clone();
+            let mut emit = |p: Progress| {
+                let _ = progress_tx.send(WorkerMsg::Progress(p));
+            };
+            let result = install::run(&ctx, &tr, &req, resuming, cancel, &mut emit);
+            let _ = worker_tx.send(WorkerMsg::Done {
+                transaction: tr,
+                reboot,
+                result,
+            });
+        });
+        transaction
+    }
+
+    fn on_worker(&mut self, msg: WorkerMsg) {
+        match msg {
+            WorkerMsg::Progress(p) => {
+                self.snapshot.send_modify(|s| s.progress = p.clone());
+                let _ = self.events.send(AgentEvent::Progress(p));
+            }
+            WorkerMsg::Done {
+                transaction,
+                reboot,
+                result,
+            } => {
+                self.running = None;
+                let (outcome, message) = match &result {
+                    Ok(s) => (
+                        InstallResult::Success,
+                        format!(
+                            "installed {} into {}: {} bytes written, {} downloaded, {} reused",
+                            s.version,
+                            s.slots.join(", "),
+                            s.bytes_written,
+                            s.bytes_downloaded,
+                            s.bytes_reused
+                        ),
+                    ),
+                    Err(InstallError::Cancelled) => {
+                        (InstallResult::Cancelled, "install cancelled".to_owned())
+                    }
+                    Err(e) => (InstallResult::Failed, e.to_string()),
+                };
+                if outcome != InstallResult::Success {
+                    self.record_failure(&transaction, outcome, &message);
+                    log::error!(
+                        "install {transaction} {}: {message}",
+                        if outcome == InstallResult::Cancelled {
+                            "cancelled"
+                        } else {
+                            "failed"
+                        }
+                    );
+                } else {
+                    log::info!("install {transaction} done: {message}");
+                }
+                let primary = self
+                    .device
+                    .bootloader
+                    .read()
+                    .ok()
+                    .map(|b| primary_slot_name(&self.device, &b));
+                let err = if outcome == InstallResult::Success {
+                    String::new()
+                } else {
+                    message.clone()
+                };
+                self.update_snapshot(|s| {
+                    s.operation = Operation::Idle;
+                    s.last_error = err;
+                    if let Some(p) = primary {
+                        s.primary = p;
+                    }
+                });
+                let _ = self.events.send(AgentEvent::Completed {
+                    transaction,
+                    result: outcome,
+                    message,
+                });
+                if outcome == InstallResult::Success && reboot {
+                    self.reboot();
+                }
+            }
+        }
+    }
+
+    fn record_failure(&self, transaction: &str, outcome: InstallResult, message: &str) {
+        let store = &self.device.store;
+        let mut state = match store.load() {
+            Ok(s) => s,
+            Err(e) => return log::error!("cannot record install result: {e}"),
+        };
+        let result = if outcome == InstallResult::Cancelled {
+            "cancelled"
+        } else {
+            "failed"
+        };
+        let mut li = state
+            .last_install
+            .clone()
+            .filter(|l| l.transaction == transaction)
+            .unwrap_or(InstallRecord {
+                transaction: transaction.to_owned(),
+                ..Default::default()
+            });
+        li.result = result.into();
+        li.error = message.to_owned();
+        for s in state.slots.values_mut() {
+            if s.transaction == transaction && s.status == "installing" {
+                s.status = result.into();
+            }
+        }
+        state.last_install = Some(li);
+        state.journal = None;
+        if let Err(e) = store.save(&state) {
+            log::error!("cannot record install result: {e}");
+        }
+    }
+
+    fn reboot(&self) {
+        let cmd = &self.device.config.system.reboot_command;
+        log::info!("rebooting into the new slot: {}", cmd.join(" "));
+        if let Some((prog, args)) = cmd.split_first() {
+            if let Err(e) = std::process::Command::new(prog).args(args).spawn() {
+                log::error!("reboot command {prog} failed to start: {e}");
+                self.update_snapshot(|s| {
+                    s.last_error = format!("reboot command {prog} failed to start: {e}")
+                });
+            }
+        }
+    }
+
+    fn resolve(&self, id: &str) -> Result<Vec<SlotConfig>, AgentError> {
+        let cfg = &self.device.config;
+        let booted = self.device.booted.as_ref();
+        let none_booted = || {
+            AgentError::Failed(
+                "the booted slot is unknown (no rota.slot= on the kernel command line)".into(),
+            )
+        };
+        match id {
+            "booted" => Ok(vec![booted.cloned().ok_or_else(none_booted)?]),
+            "other" => {
+                let b = booted.ok_or_else(none_booted)?;
+                let others: Vec<_> = cfg
+                    .slots()
+                    .into_iter()
+                    .filter(|s| s.class == b.class && s.name != b.name && s.bootname.is_some())
+                    .collect();
+                if others.is_empty() {
+                    return Err(AgentError::Failed(format!(
+                        "slot class {} has no other bootable slot",
+                        b.class
+                    )));
+                }
+                Ok(others)
+            }
+            _ => crate::slot::find_slot(cfg, id)
+                .map(|s| vec![s])
+                .ok_or_else(|| {
+                    AgentError::InvalidArgument(format!(
+                        "no slot named {id:?} (use booted, other, a slot name or a bootname)"
+                    ))
+                }),
+        }
+    }
+
+    fn mark(&mut self, how: MarkState, id: &str) -> Result<(String, String), AgentError> {
+        self.busy()?;
+        let slots = self.resolve(id)?;
+        if slots.len() > 1 && how != MarkState::Bad {
+            return Err(AgentError::InvalidArgument(format!(
+                "{id:?} names {} slots; mark {} takes one",
+                slots.len(),
+                serde_json::to_string(&how).unwrap_or_default()
+            )));
+        }
+        let attempts = self.device.config.system.boot_attempts;
+        let mut names = Vec::new();
+        for slot in &slots {
+            let b = slot.bootname.clone().ok_or_else(|| {
+                AgentError::InvalidArgument(format!(
+                    "slot {} is not bootable (no bootname)",
+                    slot.name
+                ))
+            })?;
+            self.device
+                .bootloader
+                .update(&mut |s| match how {
+                    MarkState::Good => s.mark_good(&b, attempts),
+                    MarkState::Bad => s.disable(&b),
+                    MarkState::Active => s.activate(&b, attempts, None),
+                })
+                .map_err(|e| AgentError::Failed(e.to_string()))?;
+            names.push(slot.name.clone());
+        }
+        let word = match how {
+            MarkState::Good => "good",
+            MarkState::Bad => "bad",
+            MarkState::Active => "active",
+        };
+        if how == MarkState::Good {
+            if let (Ok(mut state), Some(booted)) =
+                (self.device.store.load(), self.device.booted.as_ref())
+            {
+                if let Some(li) = state.last_install.as_mut().filter(|l| {
+                    l.slot == booted.name && slots[0].name == booted.name && l.result == "booted"
+                }) {
+                    li.result = "good".into();
+                    log::info!("update to {} in slot {} marked good", li.version, li.slot);
+                    if let Err(e) = self.device.store.save(&state) {
+                        log::error!("cannot record mark good: {e}");
+                    }
+                }
+            }
+        }
+        let primary = self
+            .device
+            .bootloader
+            .read()
+            .ok()
+            .map(|b| primary_slot_name(&self.device, &b))
+            .unwrap_or_default();
+        self.update_snapshot(|s| s.primary = primary);
+        let message = format!("marked slot {} as {word}", names.join(", "));
+        log::info!("{message}");
+        Ok((names.join(","), message))
+    }
+
+    fn status(&self) -> Result<StatusReport, AgentError> {
+        let device = &self.device;
+        let mut state = device
+            .store
+            .load()
+            .map_err(|e| AgentError::Failed(e.to_string()))?;
+        let boot = device.bootloader.read();
+        let mut last_error = self.snapshot.borrow().last_error.clone();
+        if let Ok(b) = &boot {
+            if self.running.is_none() && follow_up(device, &mut state, b).is_some() {
+                let _ = device.store.save(&state);
+            }
+        }
+        if let Err(e) = &boot {
+            if last_error.is_empty() {
+                last_error = e.to_string();
+            }
+        }
+        let booted = device.booted.as_ref();
+        let primary_boot = boot
+            .as_ref()
+            .ok()
+            .and_then(|b| b.primary().map(str::to_owned));
+        let slots = device
+            .config
+            .slots()
+            .into_iter()
+            .map(|s| {
+                let st = state.slots.get(&s.name);
+                let is_booted = booted.is_some_and(|b| b.name == s.name);
+                let (boot_status, left) = match (&s.bootname, &boot) {
+                    (Some(b), Ok(bs)) => (
+                        (if bs.is_good(b) { "good" } else { "bad" }).to_owned(),
+                        Some(bs.attempts_left(b)),
+                    ),
+                    _ => ("unknown".to_owned(), None),
+                };
+                let state_word = if is_booted {
+                    "booted"
+                } else if s.bootname.is_some() && s.bootname == primary_boot {
+                    "active"
+                } else {
+                    "inactive"
+                };
+                SlotReport {
+                    name: s.name.clone(),
+                    class: s.class.clone(),
+                    bootname: s.bootname.clone(),
+                    device: s.device.display().to_string(),
+                    state: state_word.into(),
+                    boot_status,
+                    boot_attempts_left: left,
+                    version: st.map(|x| x.version.clone()).filter(|v| !v.is_empty()),
+                    sha256: st.map(|x| x.sha256.clone()).filter(|v| !v.is_empty()),
+                    size: st.map(|x| x.size).filter(|n| *n > 0),
+                    installed_at: st.map(|x| x.installed_at.clone()).filter(|v| !v.is_empty()),
+                    transaction: st.map(|x| x.transaction.clone()).filter(|v| !v.is_empty()),
+                    bundle_hash: st.map(|x| x.bundle_hash.clone()).filter(|v| !v.is_empty()),
+                    status: st.map(|x| x.status.clone()),
+                }
+            })
+            .collect();
+        let snap = self.snapshot.borrow();
+        Ok(StatusReport {
+            compatible: device.config.system.compatible.clone(),
+            booted: booted.and_then(|b| b.bootname.clone()).unwrap_or_default(),
+            primary: boot
+                .as_ref()
+                .ok()
+                .map(|b| primary_slot_name(device, b))
+                .unwrap_or_default(),
+            operation: snap.operation.as_str().into(),
+            last_error,
+            slots,
+            last_install: state.last_install.map(|l| LastInstall {
+                version: l.version,
+                slot: l.slot,
+                transaction: l.transaction,
+                result: l.result,
+                error: l.error,
+            }),
+            mcu: Vec::new(),
+        })
     }
 }

@@ -16,7 +16,10 @@ pub const DEFAULT_PATH: &str = "/etc/rota/system.toml";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid config {path}: {message}")]
@@ -81,7 +84,10 @@ pub struct BootloaderSection {
 
 impl Default for BootloaderSection {
     fn default() -> Self {
-        Self { kind: default_bootloader(), fw_env_config: default_fw_env_config() }
+        Self {
+            kind: default_bootloader(),
+            fw_env_config: default_fw_env_config(),
+        }
     }
 }
 
@@ -125,19 +131,13 @@ pub enum McuTransportKind {
     Udp,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct DbusSection {
     #[serde(default)]
     pub rauc_compat: bool,
     /// Members of this group may install, cancel and mark (besides root).
     pub group: Option<String>,
-}
-
-impl Default for DbusSection {
-    fn default() -> Self {
-        Self { rauc_compat: false, group: None }
-    }
 }
 
 /// HTTP(S) client settings shared by bundle downloads and pollers.
@@ -218,8 +218,10 @@ pub struct SlotConfig {
 impl Config {
     /// Reads and checks the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -237,7 +239,9 @@ impl Config {
 
     /// The config file named by `--config`, `ROTA_CONFIG`, or the default path.
     pub fn default_path() -> PathBuf {
-        std::env::var_os("ROTA_CONFIG").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+        std::env::var_os("ROTA_CONFIG")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
     }
 
     fn resolve_relative_paths(&mut self) {
@@ -261,13 +265,19 @@ impl Config {
                 fix(k);
             }
         }
-        for p in [&mut self.http.ca, &mut self.http.cert, &mut self.http.key].into_iter().flatten() {
+        for p in [&mut self.http.ca, &mut self.http.cert, &mut self.http.key]
+            .into_iter()
+            .flatten()
+        {
             fix(p);
         }
     }
 
     fn invalid(&self, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid { path: self.path.clone(), message: message.into() }
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            message: message.into(),
+        }
     }
 
     fn check(&self) -> Result<(), ConfigError> {
@@ -283,14 +293,19 @@ impl Config {
         let mut bootnames = BTreeSet::new();
         for (class, slots) in &self.slot {
             if class.contains('.') || class.is_empty() {
-                return Err(self.invalid(format!("slot class {class:?} must be a non-empty name without '.'")));
+                return Err(self.invalid(format!(
+                    "slot class {class:?} must be a non-empty name without '.'"
+                )));
             }
             for (idx, s) in slots {
                 if idx.parse::<u32>().is_err() {
-                    return Err(self.invalid(format!("[slot.{class}.{idx}]: the index must be a number")));
+                    return Err(
+                        self.invalid(format!("[slot.{class}.{idx}]: the index must be a number"))
+                    );
                 }
                 if let Some(b) = &s.bootname {
-                    let ok = !b.is_empty() && b.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                    let ok =
+                        !b.is_empty() && b.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
                     if !ok {
                         return Err(self.invalid(format!(
                             "[slot.{class}.{idx}] bootname {b:?} must be letters, digits or '_' (it becomes BOOT_{b}_LEFT)"
@@ -309,15 +324,24 @@ impl Config {
             }
         }
         for (name, m) in &self.mcu {
-            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-                return Err(self.invalid(format!("[mcu.{name}]: the name must be letters, digits, '-' or '_'")));
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                return Err(self.invalid(format!(
+                    "[mcu.{name}]: the name must be letters, digits, '-' or '_'"
+                )));
             }
             match m.transport {
                 McuTransportKind::Serial if m.device.is_none() => {
-                    return Err(self.invalid(format!("[mcu.{name}] transport = \"serial\" needs device")))
+                    return Err(
+                        self.invalid(format!("[mcu.{name}] transport = \"serial\" needs device"))
+                    )
                 }
                 McuTransportKind::Udp if m.address.is_none() => {
-                    return Err(self.invalid(format!("[mcu.{name}] transport = \"udp\" needs address")))
+                    return Err(
+                        self.invalid(format!("[mcu.{name}] transport = \"udp\" needs address"))
+                    )
                 }
                 _ => {}
             }
@@ -441,7 +465,10 @@ interval = "1h"
         let c = Config::parse(GOOD, Path::new("/etc/rota/system.toml")).unwrap();
         assert_eq!(c.system.compatible, "acme-gateway");
         assert_eq!(c.system.data_dir, PathBuf::from("/etc/rota/data"));
-        assert_eq!(c.bootloader.fw_env_config, PathBuf::from("/etc/rota/fw_env.config"));
+        assert_eq!(
+            c.bootloader.fw_env_config,
+            PathBuf::from("/etc/rota/fw_env.config")
+        );
         let slots = c.slots();
         assert_eq!(slots.len(), 2);
         assert_eq!(slots[1].name, "rootfs.1");
@@ -452,7 +479,9 @@ interval = "1h"
     #[test]
     fn unknown_key_names_key_and_line() {
         let text = GOOD.replace("boot-attempts = 3", "boot-attempts = 3\nboot-atempts = 4");
-        let err = Config::parse(&text, Path::new("x.toml")).unwrap_err().to_string();
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("boot-atempts"), "{err}");
         assert!(err.contains("line 6"), "{err}");
     }
@@ -460,14 +489,18 @@ interval = "1h"
     #[test]
     fn duplicate_bootname_is_rejected() {
         let text = GOOD.replace("bootname = \"B\"", "bootname = \"A\"");
-        let err = Config::parse(&text, Path::new("x.toml")).unwrap_err().to_string();
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bootname \"A\" is used by two slots"), "{err}");
     }
 
     #[test]
     fn udp_mcu_without_address_is_rejected() {
         let text = GOOD.replace("address = \"127.0.0.1:1337\"", "");
-        let err = Config::parse(&text, Path::new("x.toml")).unwrap_err().to_string();
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("needs address"), "{err}");
     }
 }

@@ -114,11 +114,17 @@ impl Journal {
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error("cannot read state file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("state file {path} is corrupt ({message}); move it away to start fresh")]
     Corrupt { path: PathBuf, message: String },
     #[error("cannot write state file {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// The state file in the data directory.
@@ -130,9 +136,13 @@ pub struct StateStore {
 impl StateStore {
     /// Creates the data directory if needed.
     pub fn open(data_dir: &Path) -> Result<Self, StateError> {
-        std::fs::create_dir_all(data_dir)
-            .map_err(|source| StateError::Write { path: data_dir.to_owned(), source })?;
-        Ok(Self { path: data_dir.join(STATE_FILE) })
+        std::fs::create_dir_all(data_dir).map_err(|source| StateError::Write {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            path: data_dir.join(STATE_FILE),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -142,10 +152,15 @@ impl StateStore {
     /// The stored state; a missing file is an empty state (a factory device).
     pub fn load(&self) -> Result<State, StateError> {
         match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| StateError::Corrupt { path: self.path.clone(), message: e.to_string() }),
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                path: self.path.clone(),
+                message: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
-            Err(source) => Err(StateError::Read { path: self.path.clone(), source }),
+            Err(source) => Err(StateError::Read {
+                path: self.path.clone(),
+                source,
+            }),
         }
     }
 
@@ -154,8 +169,10 @@ impl StateStore {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
-        crate::fsutil::write_atomic(&self.path, &bytes)
-            .map_err(|source| StateError::Write { path: self.path.clone(), source })
+        crate::fsutil::write_atomic(&self.path, &bytes).map_err(|source| StateError::Write {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -174,7 +191,13 @@ mod tests {
         let store = StateStore::open(&dir.path().join("data")).unwrap();
         assert_eq!(store.load().unwrap(), State::default());
         let mut s = State::default();
-        s.slots.insert("rootfs.1".into(), SlotStatus { version: "1.2.0".into(), ..Default::default() });
+        s.slots.insert(
+            "rootfs.1".into(),
+            SlotStatus {
+                version: "1.2.0".into(),
+                ..Default::default()
+            },
+        );
         store.save(&s).unwrap();
         assert_eq!(store.load().unwrap(), s);
     }

@@ -40,7 +40,10 @@ impl BootState {
 
     /// The bootname the bootloader will try next.
     pub fn primary(&self) -> Option<&str> {
-        self.order.iter().find(|b| self.attempts_left(b) > 0).map(String::as_str)
+        self.order
+            .iter()
+            .find(|b| self.attempts_left(b) > 0)
+            .map(String::as_str)
     }
 
     /// Takes a slot out of the selection: removed from the order, no attempts left.
@@ -93,7 +96,10 @@ fn left_var(bootname: &str) -> String {
 impl UbootBackend {
     /// `bootnames` are every configured bootable slot's bootname.
     pub fn open(fw_env_config: &Path, bootnames: Vec<String>) -> Result<Self, BootError> {
-        Ok(Self { env: uboot_env::UbootEnv::open(fw_env_config)?, bootnames })
+        Ok(Self {
+            env: uboot_env::UbootEnv::open(fw_env_config)?,
+            bootnames,
+        })
     }
 
     fn decode(&self, vars: &uboot_env::EnvVars) -> BootState {
@@ -106,7 +112,10 @@ impl UbootBackend {
             .bootnames
             .iter()
             .map(|b| {
-                let n = vars.get(&left_var(b)).and_then(|v| parse_counter(v)).unwrap_or(0);
+                let n = vars
+                    .get(&left_var(b))
+                    .and_then(|v| parse_counter(v))
+                    .unwrap_or(0);
                 (b.clone(), n)
             })
             .collect();
@@ -124,7 +133,10 @@ impl UbootBackend {
 /// Counters are hex (U-Boot's `setexpr` writes hex; RAUC writes `%x`); `0x` is accepted.
 pub fn parse_counter(v: &str) -> Option<u32> {
     let v = v.trim();
-    let digits = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")).unwrap_or(v);
+    let digits = v
+        .strip_prefix("0x")
+        .or_else(|| v.strip_prefix("0X"))
+        .unwrap_or(v);
     u32::from_str_radix(digits, 16).ok()
 }
 
@@ -153,7 +165,9 @@ mod tests {
     fn ab() -> BootState {
         BootState {
             order: vec!["A".into(), "B".into()],
-            left: [("A".to_string(), 3), ("B".to_string(), 3)].into_iter().collect(),
+            left: [("A".to_string(), 3), ("B".to_string(), 3)]
+                .into_iter()
+                .collect(),
         }
     }
 
@@ -182,7 +196,10 @@ mod tests {
 
     #[test]
     fn activate_restores_a_fallback_that_was_missing() {
-        let mut s = BootState { order: vec!["A".into()], left: [("A".to_string(), 0)].into_iter().collect() };
+        let mut s = BootState {
+            order: vec!["A".into()],
+            left: [("A".to_string(), 0)].into_iter().collect(),
+        };
         s.activate("B", 3, Some("A"));
         assert_eq!(s.order, vec!["B", "A"]);
         assert_eq!(s.attempts_left("A"), 3);

@@ -19,7 +19,10 @@ impl UbootEnv {
     pub fn read(&self) -> Result<EnvVars, EnvError> {
         Err(EnvError::Invalid("U-Boot env support not built yet".into()))
     }
-    pub fn update<F: FnOnce(&mut EnvVars) -> Result<(), EnvError>>(&self, _f: F) -> Result<EnvVars, EnvError> {
+    pub fn update<F: FnOnce(&mut EnvVars) -> Result<(), EnvError>>(
+        &self,
+        _f: F,
+    ) -> Result<EnvVars, EnvError> {
         Err(EnvError::Invalid("U-Boot env support not built yet".into()))
     }
 }

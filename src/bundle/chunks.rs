@@ -61,6 +61,10 @@ impl ChunkIndex {
                 h
             })
             .collect();
-        Ok(Self { chunk_size, image_size, hashes })
+        Ok(Self {
+            chunk_size,
+            image_size,
+            hashes,
+        })
     }
 }

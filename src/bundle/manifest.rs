@@ -83,7 +83,11 @@ impl ImageEntry {
 
 impl Manifest {
     pub fn version(&self) -> Result<semver::Version, super::BundleError> {
-        semver::Version::parse(&self.update.version)
-            .map_err(|e| super::BundleError::Manifest(format!("version {:?} is not semver: {e}", self.update.version)))
+        semver::Version::parse(&self.update.version).map_err(|e| {
+            super::BundleError::Manifest(format!(
+                "version {:?} is not semver: {e}",
+                self.update.version
+            ))
+        })
     }
 }

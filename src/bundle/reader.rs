@@ -36,9 +36,15 @@ pub fn open(_source: &mut dyn ByteSource, _keyring: &Keyring) -> Result<Bundle, 
 
 impl Bundle {
     pub fn image_member(&self, img: &ImageEntry) -> Result<&Member, BundleError> {
-        self.members.get(&img.file).ok_or_else(|| BundleError::Format(format!("no member {}", img.file)))
+        self.members
+            .get(&img.file)
+            .ok_or_else(|| BundleError::Format(format!("no member {}", img.file)))
     }
-    pub fn chunk_index(&self, _source: &mut dyn ByteSource, _img: &ImageEntry) -> Result<ChunkIndex, BundleError> {
+    pub fn chunk_index(
+        &self,
+        _source: &mut dyn ByteSource,
+        _img: &ImageEntry,
+    ) -> Result<ChunkIndex, BundleError> {
         Err(BundleError::Format("bundle reader not built yet".into()))
     }
 }

@@ -12,7 +12,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "rota", version, about = "Over-the-air update agent for embedded Linux gateways")]
+#[command(
+    name = "rota",
+    version,
+    about = "Over-the-air update agent for embedded Linux gateways"
+)]
 pub struct Cli {
     /// System configuration (default: $ROTA_CONFIG or /etc/rota/system.toml)
     #[arg(long, global = true, value_name = "PATH")]
@@ -144,7 +148,9 @@ pub type CliResult = Result<(), Failure>;
 
 impl Cli {
     pub fn config_path(&self) -> PathBuf {
-        self.config.clone().unwrap_or_else(crate::config::Config::default_path)
+        self.config
+            .clone()
+            .unwrap_or_else(crate::config::Config::default_path)
     }
 }
 
@@ -153,14 +159,27 @@ pub fn run(cli: Cli) -> CliResult {
     let config_path = cli.config_path();
     match cli.command {
         Command::Keygen { out_dir, name } => keygen::run(&out_dir, &name),
-        Command::Bundle(BundleCommand::Create { dir, out, key, chunk_size }) => {
-            bundle::create(&dir, &out, &key, chunk_size)
+        Command::Bundle(BundleCommand::Create {
+            dir,
+            out,
+            key,
+            chunk_size,
+        }) => bundle::create(&dir, &out, &key, chunk_size),
+        Command::Bundle(BundleCommand::Info {
+            bundle,
+            keyring,
+            json,
+        }) => bundle::info(&bundle, &keyring, json),
+        Command::Bundle(BundleCommand::Verify { bundle, keyring }) => {
+            bundle::verify(&bundle, &keyring)
         }
-        Command::Bundle(BundleCommand::Info { bundle, keyring, json }) => bundle::info(&bundle, &keyring, json),
-        Command::Bundle(BundleCommand::Verify { bundle, keyring }) => bundle::verify(&bundle, &keyring),
-        Command::Install { source, json, force_version, ignore_compatible, reboot } => {
-            client::install(&source, json, force_version, ignore_compatible, reboot)
-        }
+        Command::Install {
+            source,
+            json,
+            force_version,
+            ignore_compatible,
+            reboot,
+        } => client::install(&source, json, force_version, ignore_compatible, reboot),
         Command::Cancel => client::cancel(),
         Command::Status { json } => client::status(json),
         Command::Mark { state, slot } => client::mark(&state, &slot),

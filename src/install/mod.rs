@@ -1,1 +1,266 @@
-//! The install pipeline.
+//! The install pipeline, run on a worker thread:
+//!
+//! 1. open the bundle and check its signature ([`crate::bundle::reader::open`]);
+//! 2. [`plan`]: compatible, version, target slots, sizes — all before any write;
+//! 3. journal the install and take each target slot out of the boot selection;
+//! 4. [`copy`]: per chunk, reuse what the device already has (verified by hash) or
+//!    fetch it, verify it, write it;
+//! 5. sync, read back, compare SHA-256 and CRC32 of what landed;
+//! 6. record the slot status, then activate the slot in the bootloader.
+//!
+//! Progress flows out through a callback; the pipeline never reaches into its caller.
+
+pub mod copy;
+pub mod plan;
+pub mod progress;
+
+use crate::agent::{InstallRequest, Progress};
+use crate::boot::{BootError, Bootloader};
+use crate::bundle::{self, Keyring};
+use crate::config::{Config, SlotConfig};
+use crate::slot::SlotWriter;
+use crate::source::{ByteSource, SourceError};
+use crate::state::{InstallRecord, SlotStatus, StateStore};
+use progress::Reporter;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// Refused before any byte was written to a slot.
+    #[error("{0}")]
+    Refused(String),
+    /// Failed after writing began; the target slot stays out of the boot selection.
+    #[error("{0}")]
+    Failed(String),
+    #[error("install cancelled")]
+    Cancelled,
+}
+
+impl From<BootError> for InstallError {
+    fn from(e: BootError) -> Self {
+        InstallError::Failed(e.to_string())
+    }
+}
+
+impl From<crate::state::StateError> for InstallError {
+    fn from(e: crate::state::StateError) -> Self {
+        InstallError::Failed(e.to_string())
+    }
+}
+
+impl From<crate::slot::SlotError> for InstallError {
+    fn from(e: crate::slot::SlotError) -> Self {
+        InstallError::Failed(e.to_string())
+    }
+}
+
+/// Opens the byte source an install request names.
+pub type SourceOpener = dyn Fn(&InstallRequest, Arc<AtomicBool>) -> Result<Box<dyn ByteSource>, SourceError>
+    + Send
+    + Sync;
+
+/// Everything the pipeline needs from the device.
+pub struct Context<'a> {
+    pub config: &'a Config,
+    pub keyring: &'a Keyring,
+    pub bootloader: &'a dyn Bootloader,
+    pub store: &'a StateStore,
+    pub booted: Option<SlotConfig>,
+    pub open_source: &'a SourceOpener,
+}
+
+/// What a successful install did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub version: String,
+    pub manifest_hash: String,
+    /// Slot names written, in manifest order.
+    pub slots: Vec<String>,
+    /// The bootname now first in the boot order, if a bootable slot was written.
+    pub activated: Option<String>,
+    pub bytes_written: u64,
+    pub bytes_downloaded: u64,
+    pub bytes_reused: u64,
+}
+
+pub(crate) fn check_cancel(cancel: &AtomicBool) -> Result<(), InstallError> {
+    if cancel.load(Ordering::Relaxed) {
+        Err(InstallError::Cancelled)
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs one install to the end. `resuming` is true when a journal from an interrupted
+/// run of the same transaction exists: the target slot is then re-checked chunk by chunk
+/// and only what is missing or wrong is fetched again.
+pub fn run(
+    ctx: &Context<'_>,
+    transaction: &str,
+    req: &InstallRequest,
+    resuming: bool,
+    cancel: Arc<AtomicBool>,
+    emit: &mut dyn FnMut(Progress),
+) -> Result<Summary, InstallError> {
+    let mut reporter = Reporter::new(emit);
+    reporter.step(1, "Opening bundle");
+    let mut source =
+        (ctx.open_source)(req, cancel.clone()).map_err(|e| InstallError::Refused(e.to_string()))?;
+    let remote = req.source.starts_with("http://") || req.source.starts_with("https://");
+
+    reporter.step(2, "Verifying signature");
+    if ctx.keyring.is_empty() {
+        return Err(InstallError::Refused(
+            "no trusted keys: [keyring] paths is empty, so no bundle can be verified".into(),
+        ));
+    }
+    let bundle = bundle::reader::open(source.as_mut(), ctx.keyring)
+        .map_err(|e| InstallError::Refused(e.to_string()))?;
+    check_cancel(&cancel)?;
+
+    reporter.step(2, "Checking bundle");
+    let state = ctx.store.load()?;
+    let plan = plan::make(ctx, &state, req, &bundle)?;
+    let chunk_indexes = plan
+        .images
+        .iter()
+        .map(|p| bundle.chunk_index(source.as_mut(), &p.image))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| InstallError::Refused(e.to_string()))?;
+    check_cancel(&cancel)?;
+
+    // From here on slots are touched: remember the bundle, take targets out of selection.
+    let mut state = ctx.store.load()?;
+    let same_bundle = state
+        .journal
+        .as_ref()
+        .is_some_and(|j| j.manifest_hash == bundle.manifest_hash);
+    if let Some(j) = state.journal.as_mut() {
+        if resuming && !j.manifest_hash.is_empty() && !same_bundle {
+            log::warn!(
+                "bundle changed since the interrupted attempt (manifest {} -> {}); starting over",
+                j.manifest_hash,
+                bundle.manifest_hash
+            );
+        }
+        j.manifest_hash = bundle.manifest_hash.clone();
+    }
+    let version = bundle.manifest.update.version.clone();
+    for p in &plan.images {
+        state.slots.insert(
+            p.slot.name.clone(),
+            SlotStatus {
+                status: "installing".into(),
+                version: version.clone(),
+                compatible: bundle.manifest.update.compatible.clone(),
+                bundle_hash: bundle.manifest_hash.clone(),
+                transaction: transaction.to_owned(),
+                ..Default::default()
+            },
+        );
+    }
+    let first = plan.images.first().map(|p| p.slot.clone());
+    state.last_install = Some(InstallRecord {
+        version: version.clone(),
+        slot: first.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+        bootname: first
+            .as_ref()
+            .and_then(|s| s.bootname.clone())
+            .unwrap_or_default(),
+        transaction: transaction.to_owned(),
+        result: "installing".into(),
+        error: String::new(),
+    });
+    ctx.store.save(&state)?;
+    for p in &plan.images {
+        if let Some(b) = &p.slot.bootname {
+            ctx.bootloader.update(&mut |s| s.disable(b))?;
+            log::info!(
+                "slot {} ({b}) taken out of the boot selection before writing",
+                p.slot.name
+            );
+        }
+    }
+
+    // Copy every image, verified chunk by chunk.
+    let total: u64 = plan.images.iter().map(|p| p.image.size).sum();
+    reporter.set_total(total);
+    let mut written = 0;
+    for (p, index) in plan.images.iter().zip(&chunk_indexes) {
+        reporter.step(2, &format!("Writing {} to {}", p.image.file, p.slot.name));
+        let writer = SlotWriter::open(&p.slot, ctx.booted.as_ref())?;
+        let member = bundle
+            .image_member(&p.image)
+            .map_err(|e| InstallError::Failed(e.to_string()))?
+            .clone();
+        let reuse = copy::Reuse {
+            // A resumed or network install first checks what the target already holds.
+            target: resuming || remote || same_bundle,
+            // Network installs take unchanged chunks from the running slot.
+            active: if remote {
+                p.active_device.clone()
+            } else {
+                None
+            },
+        };
+        copy::copy_image(
+            source.as_mut(),
+            &member,
+            &p.image,
+            index,
+            &writer,
+            &reuse,
+            &cancel,
+            &mut reporter,
+        )?;
+        check_cancel(&cancel)?;
+        reporter.step(2, &format!("Checking {} in {}", p.image.file, p.slot.name));
+        copy::read_back(&writer, &p.image, &cancel)?;
+        written += p.image.size;
+    }
+
+    // Record what is in the slots, then activate: a crash in between resumes and re-activates.
+    let mut state = ctx.store.load()?;
+    let now = crate::state::now_rfc3339();
+    for p in &plan.images {
+        if let Some(s) = state.slots.get_mut(&p.slot.name) {
+            s.status = "ok".into();
+            s.sha256 = p.image.sha256.clone();
+            s.size = p.image.size;
+            s.installed_at = now.clone();
+        }
+    }
+    ctx.store.save(&state)?;
+    reporter.step(2, "Activating");
+    let attempts = ctx.config.system.boot_attempts;
+    let fallback = ctx.booted.as_ref().and_then(|b| b.bootname.clone());
+    let activated = plan.images.iter().find_map(|p| p.slot.bootname.clone());
+    if let Some(b) = &activated {
+        let sel = ctx
+            .bootloader
+            .update(&mut |s| s.activate(b, attempts, fallback.as_deref()))?;
+        log::info!("activated slot {b}: BOOT_ORDER=\"{}\"", sel.order.join(" "));
+    }
+    let mut state = ctx.store.load()?;
+    if let Some(li) = state.last_install.as_mut() {
+        li.result = if activated.is_some() {
+            "activated".into()
+        } else {
+            "good".into()
+        };
+    }
+    state.journal = None;
+    ctx.store.save(&state)?;
+    let reused = reporter.reused_bytes();
+    reporter.finish("Installing done.");
+    Ok(Summary {
+        version,
+        manifest_hash: bundle.manifest_hash,
+        slots: plan.images.iter().map(|p| p.slot.name.clone()).collect(),
+        activated,
+        bytes_written: written,
+        bytes_downloaded: source.bytes_fetched(),
+        bytes_reused: reused,
+    })
+}

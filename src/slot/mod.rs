@@ -13,9 +13,16 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum SlotError {
     #[error("cannot read kernel command line {path}: {source}")]
-    Cmdline { path: PathBuf, source: std::io::Error },
+    Cmdline {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("slot {slot} ({device}): {message}")]
-    Device { slot: String, device: PathBuf, message: String },
+    Device {
+        slot: String,
+        device: PathBuf,
+        message: String,
+    },
     #[error("refusing to write slot {0}: it is the booted slot")]
     Booted(String),
 }
@@ -35,24 +42,34 @@ pub fn booted_from_cmdline(cmdline: &str) -> Option<String> {
 /// The booted slot per the configured kernel command line, if it names a configured slot.
 pub fn booted_slot(config: &Config) -> Result<Option<SlotConfig>, SlotError> {
     let path = &config.system.kernel_cmdline;
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| SlotError::Cmdline { path: path.clone(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| SlotError::Cmdline {
+        path: path.clone(),
+        source,
+    })?;
     Ok(booted_from_cmdline(&text).and_then(|id| find_slot(config, &id)))
 }
 
 /// A slot by bootname or by slot name.
 pub fn find_slot(config: &Config, id: &str) -> Option<SlotConfig> {
-    config.slots().into_iter().find(|s| s.bootname.as_deref() == Some(id) || s.name == id)
+    config
+        .slots()
+        .into_iter()
+        .find(|s| s.bootname.as_deref() == Some(id) || s.name == id)
 }
 
 /// Size in bytes of a slot device (regular file or block device).
 pub fn device_size(slot: &SlotConfig) -> Result<u64, SlotError> {
     let mut f = File::open(&slot.device).map_err(|e| dev_err(slot, format!("cannot open: {e}")))?;
-    f.seek(SeekFrom::End(0)).map_err(|e| dev_err(slot, format!("cannot determine size: {e}")))
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| dev_err(slot, format!("cannot determine size: {e}")))
 }
 
 fn dev_err(slot: &SlotConfig, message: String) -> SlotError {
-    SlotError::Device { slot: slot.name.clone(), device: slot.device.clone(), message }
+    SlotError::Device {
+        slot: slot.name.clone(),
+        device: slot.device.clone(),
+        message,
+    }
 }
 
 /// Positional reads and writes into one target slot.
@@ -73,8 +90,14 @@ impl SlotWriter {
             .write(true)
             .open(&slot.device)
             .map_err(|e| dev_err(slot, format!("cannot open for writing: {e}")))?;
-        let size = file.seek(SeekFrom::End(0)).map_err(|e| dev_err(slot, format!("cannot determine size: {e}")))?;
-        Ok(Self { slot: slot.clone(), file, size })
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(|e| dev_err(slot, format!("cannot determine size: {e}")))?;
+        Ok(Self {
+            slot: slot.clone(),
+            file,
+            size,
+        })
     }
 
     pub fn size(&self) -> u64 {
@@ -86,24 +109,37 @@ impl SlotWriter {
     }
 
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), SlotError> {
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| dev_err(&self.slot, format!("write of {} bytes at {offset} failed: {e}", data.len())))
+        self.file.write_all_at(data, offset).map_err(|e| {
+            dev_err(
+                &self.slot,
+                format!("write of {} bytes at {offset} failed: {e}", data.len()),
+            )
+        })
     }
 
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), SlotError> {
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| dev_err(&self.slot, format!("read of {} bytes at {offset} failed: {e}", buf.len())))
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            dev_err(
+                &self.slot,
+                format!("read of {} bytes at {offset} failed: {e}", buf.len()),
+            )
+        })
     }
 
     /// Flushes everything written to stable storage, then drops it from the page cache so
     /// a following read-back comes from the device, not from memory.
     pub fn sync_and_drop_cache(&self) -> Result<(), SlotError> {
-        self.file.sync_all().map_err(|e| dev_err(&self.slot, format!("sync failed: {e}")))?;
+        self.file
+            .sync_all()
+            .map_err(|e| dev_err(&self.slot, format!("sync failed: {e}")))?;
         // Best effort: a device that ignores the hint still reads back correct data.
-        let _ = nix::fcntl::posix_fadvise(&self.file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+        let _ = nix::fcntl::posix_fadvise(
+            &self.file,
+            0,
+            0,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
         Ok(())
     }
 }
@@ -137,8 +173,14 @@ mod tests {
 
     #[test]
     fn cmdline_prefers_rota_over_rauc() {
-        assert_eq!(booted_from_cmdline("console=ttyS0 rauc.slot=B rota.slot=A\n").as_deref(), Some("A"));
-        assert_eq!(booted_from_cmdline("root=/dev/mmcblk0p3 rauc.slot=B").as_deref(), Some("B"));
+        assert_eq!(
+            booted_from_cmdline("console=ttyS0 rauc.slot=B rota.slot=A\n").as_deref(),
+            Some("A")
+        );
+        assert_eq!(
+            booted_from_cmdline("root=/dev/mmcblk0p3 rauc.slot=B").as_deref(),
+            Some("B")
+        );
         assert_eq!(booted_from_cmdline("root=/dev/sda1 rota.slot="), None);
         assert_eq!(booted_from_cmdline(""), None);
     }
@@ -148,7 +190,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dev = dir.path().join("a.img");
         std::fs::write(&dev, vec![0u8; 4096]).unwrap();
-        let a = SlotConfig { name: "rootfs.0".into(), class: "rootfs".into(), index: 0, device: dev, bootname: Some("A".into()) };
+        let a = SlotConfig {
+            name: "rootfs.0".into(),
+            class: "rootfs".into(),
+            index: 0,
+            device: dev,
+            bootname: Some("A".into()),
+        };
         let err = SlotWriter::open(&a, Some(&a)).err().unwrap();
         assert!(err.to_string().contains("booted slot"), "{err}");
         assert_eq!(SlotWriter::open(&a, None).unwrap().size(), 4096);

@@ -15,21 +15,34 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        let file = File::open(path)
-            .map_err(|e| SourceError::Fatal(format!("cannot open bundle {}: {e}", path.display())))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| SourceError::Fatal(format!("cannot stat bundle {}: {e}", path.display())))?;
+        let file = File::open(path).map_err(|e| {
+            SourceError::Fatal(format!("cannot open bundle {}: {e}", path.display()))
+        })?;
+        let meta = file.metadata().map_err(|e| {
+            SourceError::Fatal(format!("cannot stat bundle {}: {e}", path.display()))
+        })?;
         if !meta.is_file() {
-            return Err(SourceError::Fatal(format!("bundle {} is not a regular file", path.display())));
+            return Err(SourceError::Fatal(format!(
+                "bundle {} is not a regular file",
+                path.display()
+            )));
         }
-        Ok(Self { file, path: path.to_owned(), len: meta.len(), fetched: 0 })
+        Ok(Self {
+            file,
+            path: path.to_owned(),
+            len: meta.len(),
+            fetched: 0,
+        })
     }
 
     fn check_range(&self, offset: u64, len: u64) -> Result<(), SourceError> {
-        let end = offset.checked_add(len).unwrap_or(u64::MAX);
+        let end = offset.saturating_add(len);
         if end > self.len {
-            return Err(SourceError::OutOfRange { offset, end, len: self.len });
+            return Err(SourceError::OutOfRange {
+                offset,
+                end,
+                len: self.len,
+            });
         }
         Ok(())
     }
@@ -42,14 +55,18 @@ impl ByteSource for FileSource {
 
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
         self.check_range(offset, buf.len() as u64)?;
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(|e| SourceError::Io(format!("{}: read at {offset}: {e}", self.path.display())))?;
+        self.file.read_exact_at(buf, offset).map_err(|e| {
+            SourceError::Io(format!("{}: read at {offset}: {e}", self.path.display()))
+        })?;
         self.fetched += buf.len() as u64;
         Ok(())
     }
 
-    fn read_range(&mut self, offset: u64, len: u64) -> Result<Box<dyn Read + Send + '_>, SourceError> {
+    fn read_range(
+        &mut self,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, SourceError> {
         self.check_range(offset, len)?;
         let mut f = self
             .file

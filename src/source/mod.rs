@@ -24,6 +24,7 @@ pub enum SourceError {
 }
 
 /// Ranged, restartable reads over a bundle.
+#[allow(clippy::len_without_is_empty)]
 pub trait ByteSource: Send {
     /// Total size of the bundle in bytes.
     fn len(&mut self) -> Result<u64, SourceError>;
@@ -32,7 +33,11 @@ pub trait ByteSource: Send {
     /// A sequential reader over `offset..offset + len` (one HTTP Range request). A
     /// network implementation reconnects and continues transparently after a dropped
     /// connection, within its retry budget.
-    fn read_range(&mut self, offset: u64, len: u64) -> Result<Box<dyn Read + Send + '_>, SourceError>;
+    fn read_range(
+        &mut self,
+        offset: u64,
+        len: u64,
+    ) -> Result<Box<dyn Read + Send + '_>, SourceError>;
     /// Bytes fetched from the underlying medium so far (network traffic for HTTP).
     fn bytes_fetched(&self) -> u64;
     /// For messages: the path or URL.

@@ -1,0 +1,163 @@
+//! Deciding what an install will do, before it does anything: the bundle must be meant
+//! for this device (compatible), not a downgrade (unless forced), and every image must
+//! have an inactive target slot large enough to hold it.
+
+use super::{Context, InstallError};
+use crate::agent::InstallRequest;
+use crate::bundle::{Bundle, ImageEntry, ImageTarget};
+use crate::config::SlotConfig;
+use crate::state::State;
+use std::path::PathBuf;
+
+/// One image and where it goes.
+#[derive(Debug, Clone)]
+pub struct ImagePlan {
+    pub image: ImageEntry,
+    pub slot: SlotConfig,
+    /// The running slot of the same class, a source of unchanged chunks.
+    pub active_device: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub images: Vec<ImagePlan>,
+}
+
+pub fn make(
+    ctx: &Context<'_>,
+    state: &State,
+    req: &InstallRequest,
+    bundle: &Bundle,
+) -> Result<Plan, InstallError> {
+    let refuse = |m: String| Err(InstallError::Refused(m));
+    let update = &bundle.manifest.update;
+    if let Some(want) = &req.require_manifest_hash {
+        if !want.eq_ignore_ascii_case(&bundle.manifest_hash) {
+            return refuse(format!(
+                "manifest hash is {}, but {want} was required",
+                bundle.manifest_hash
+            ));
+        }
+    }
+    let compatible = &ctx.config.system.compatible;
+    if !req.ignore_compatible && &update.compatible != compatible {
+        return refuse(format!(
+            "bundle is for {:?}, this device is {:?} (use --ignore-compatible to override)",
+            update.compatible, compatible
+        ));
+    }
+    let new_version = bundle
+        .manifest
+        .version()
+        .map_err(|e| InstallError::Refused(e.to_string()))?;
+    if let Some(booted) = &ctx.booted {
+        let running = state
+            .slots
+            .get(&booted.name)
+            .filter(|s| s.status == "ok" && !s.version.is_empty());
+        if let Some(running) = running {
+            match semver::Version::parse(&running.version) {
+                Ok(v) if new_version < v && !req.force_version => {
+                    return refuse(format!(
+                        "bundle version {new_version} is lower than the booted slot's {v} (use --force-version to downgrade)"
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("booted slot's recorded version {:?} is not semver ({e}); not comparing", running.version),
+            }
+        }
+    }
+
+    let mut images = Vec::new();
+    for img in &bundle.manifest.images {
+        let class = match img.target() {
+            ImageTarget::SlotClass(c) => c,
+            ImageTarget::Mcu(m) => return refuse(format!(
+                "image {} is for MCU node {m:?}, which this rota cannot relay from a bundle yet",
+                img.file
+            )),
+        };
+        let slot = pick_target(ctx, state, &class, &img.file)?;
+        if images.iter().any(|p: &ImagePlan| p.slot.name == slot.name) {
+            return refuse(format!(
+                "two images of the bundle target slot {}",
+                slot.name
+            ));
+        }
+        let capacity =
+            crate::slot::device_size(&slot).map_err(|e| InstallError::Refused(e.to_string()))?;
+        if img.size > capacity {
+            return refuse(format!(
+                "image {} is {} bytes, larger than slot {} ({}) which holds {capacity} bytes",
+                img.file,
+                img.size,
+                slot.name,
+                slot.device.display()
+            ));
+        }
+        let active_device = ctx
+            .booted
+            .as_ref()
+            .filter(|b| b.class == class)
+            .map(|b| b.device.clone());
+        images.push(ImagePlan {
+            image: img.clone(),
+            slot,
+            active_device,
+        });
+    }
+    if images.is_empty() {
+        return refuse("bundle has no images".into());
+    }
+    Ok(Plan { images })
+}
+
+/// The inactive slot of `class`: never the booted one. With more than one candidate
+/// (A/B/C), prefer a failed slot, then a never-written one, then the oldest install.
+fn pick_target(
+    ctx: &Context<'_>,
+    state: &State,
+    class: &str,
+    file: &str,
+) -> Result<SlotConfig, InstallError> {
+    let booted = ctx.booted.as_ref();
+    let all: Vec<SlotConfig> = ctx
+        .config
+        .slots()
+        .into_iter()
+        .filter(|s| s.class == class)
+        .collect();
+    if all.is_empty() {
+        return Err(InstallError::Refused(format!(
+            "image {file} is for slot class {class:?}, which is not configured"
+        )));
+    }
+    if booted.is_none() && all.iter().any(|s| s.bootname.is_some()) {
+        return Err(InstallError::Refused(format!(
+            "cannot tell which slot is booted: no rota.slot= or rauc.slot= naming a configured slot in {}",
+            ctx.config.system.kernel_cmdline.display()
+        )));
+    }
+    let mut candidates: Vec<SlotConfig> = all
+        .into_iter()
+        .filter(|s| booted.is_none_or(|b| b.name != s.name && b.device != s.device))
+        .collect();
+    candidates.sort_by_key(|s| {
+        let st = state.slots.get(&s.name);
+        let rank = match st.map(|x| x.status.as_str()) {
+            Some("failed") | Some("cancelled") | Some("installing") => 0,
+            None => 1,
+            Some(_) => 2,
+        };
+        (
+            rank,
+            st.map(|x| x.installed_at.clone()).unwrap_or_default(),
+            s.index,
+        )
+    });
+    candidates.into_iter().next().ok_or_else(|| {
+        InstallError::Refused(format!(
+            "slot class {class:?} has no inactive slot to install {file} into"
+        ))
+    })
+}
