@@ -111,6 +111,8 @@ pub enum AgentEvent {
     Progress(Progress),
     /// Any snapshot field changed (operation, last error, primary...).
     Changed(Snapshot),
+    /// Someone asked for an update check now (`rota poll`, D-Bus `Poll`); pollers listen for it.
+    PollRequested,
     /// An install ended: always sent, failure and cancel included.
     Completed {
         transaction: String,
@@ -334,7 +336,6 @@ struct Agent {
     snapshot: watch::Sender<Snapshot>,
     worker_tx: mpsc::UnboundedSender<WorkerMsg>,
     running: Option<Running>,
-    poll: Option<mpsc::Sender<()>>,
 }
 
 /// Opens bundles from local paths and http(s) URLs.
@@ -537,9 +538,11 @@ impl Agent {
                 let _ = reply.send(self.status());
             }
             Request::Poll(reply) => {
-                let res = match &self.poll {
-                    Some(tx) => tx.try_send(()).or(Ok(())),
-                    None => Err(AgentError::Failed("no [update] poll is configured".into())),
+                let res = if self.device.config.update.is_some() {
+                    let _ = self.events.send(AgentEvent::PollRequested);
+                    Ok(())
+                } else {
+                    Err(AgentError::Failed("no [update] poll is configured".into()))
                 };
                 let _ = reply.send(res);
             }
