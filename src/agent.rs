@@ -427,7 +427,6 @@ pub async fn start_with(
         snapshot: snap_tx,
         worker_tx,
         running: None,
-        poll: None,
     };
     if let Some(journal) = state.journal.clone() {
         log::info!(
