@@ -397,8 +397,11 @@ pub async fn start_with(
     }
     let mut last_error = String::new();
     if let Ok(boot) = &boot {
+        let before = state.last_install.clone();
         if let Some(msg) = follow_up(&device, &mut state, boot) {
             last_error = msg;
+        }
+        if state.last_install != before {
             device.store.save(&state).map_err(|e| failed(&e))?;
         }
     }
@@ -867,7 +870,11 @@ impl Agent {
         let boot = device.bootloader.read();
         let mut last_error = self.snapshot.borrow().last_error.clone();
         if let Ok(b) = &boot {
-            if self.running.is_none() && follow_up(device, &mut state, b).is_some() {
+            let before = state.last_install.clone();
+            if self.running.is_none() {
+                follow_up(device, &mut state, b);
+            }
+            if state.last_install != before {
                 let _ = device.store.save(&state);
             }
         }

@@ -1,28 +1,466 @@
-//! The U-Boot environment (placeholder until the codec lands: same public API).
+//! The U-Boot environment, read and written natively with libubootenv's semantics.
+//!
+//! `fw_env.config` names one copy (single env) or two (redundant env), each a device or
+//! file, an offset and a size. A single copy is `CRC32 (LE) | data`; a redundant copy is
+//! `CRC32 | flag | data`, the CRC covering the data only. The data is `name=value\0…\0`,
+//! sorted, padded with 0xFF to the copy size — byte for byte what `fw_setenv` writes.
+//!
+//! Reading picks the copy with a valid CRC, the newer flag winning when both are valid
+//! (a counter: 0 is newer than 255). Writing takes the whole env, applies the change and
+//! writes it to the *other* copy with flag + 1, so a power cut at any instant leaves one
+//! valid copy; the active copy is never touched. rota never invents an env: with no valid
+//! copy it refuses to write, because U-Boot would otherwise drop its built-in defaults.
+
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 
 pub type EnvVars = BTreeMap<String, String>;
 
+/// The lock libubootenv's fw_printenv/fw_setenv take, so rota and they never interleave.
+pub const LOCK_FILE: &str = "/var/lock/fw_printenv.lock";
+/// Largest env copy accepted (U-Boot envs are 8 KiB to 256 KiB).
+pub const MAX_ENV_SIZE: u64 = 1 << 20;
+/// Smallest sensible env copy: CRC, flag and a terminator.
+const MIN_ENV_SIZE: u64 = 16;
+/// Longest fw_env.config accepted.
+const MAX_CONFIG_SIZE: u64 = 64 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum EnvError {
+    #[error("{path}:{line}: {message}")]
+    Config {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Io(String),
+    #[error("no valid U-Boot environment: {0}")]
+    NoValidCopy(String),
     #[error("{0}")]
     Invalid(String),
 }
 
-pub struct UbootEnv {}
+/// One copy of the environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvLocation {
+    pub device: PathBuf,
+    pub offset: u64,
+    pub size: u64,
+    pub sector_size: Option<u64>,
+    pub sectors: Option<u64>,
+}
+
+/// The parsed `fw_env.config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FwEnvConfig {
+    pub copies: Vec<EnvLocation>,
+}
+
+fn parse_num(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+impl FwEnvConfig {
+    /// Parses `fw_env.config` text; relative device paths resolve against `origin`'s directory.
+    pub fn parse(text: &str, origin: &Path) -> Result<Self, EnvError> {
+        let base = origin.parent().map(Path::to_owned).unwrap_or_default();
+        let err = |line: usize, message: String| EnvError::Config {
+            path: origin.to_owned(),
+            line,
+            message,
+        };
+        let mut copies = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let n = i + 1;
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 3 || f.len() > 5 {
+                return Err(err(
+                    n,
+                    format!(
+                        "expected `device offset size [sector-size [sectors]]`, found {} fields",
+                        f.len()
+                    ),
+                ));
+            }
+            let num = |idx: usize, what: &str| {
+                parse_num(f[idx]).ok_or_else(|| {
+                    err(
+                        n,
+                        format!("{what} {:?} is not a number (decimal or 0x hex)", f[idx]),
+                    )
+                })
+            };
+            let offset = num(1, "offset")?;
+            let size = num(2, "size")?;
+            if !(MIN_ENV_SIZE..=MAX_ENV_SIZE).contains(&size) {
+                return Err(err(
+                    n,
+                    format!("env size {size} is outside {MIN_ENV_SIZE}..={MAX_ENV_SIZE}"),
+                ));
+            }
+            if offset.checked_add(size).is_none() {
+                return Err(err(n, "offset + size overflows".into()));
+            }
+            let sector_size = if f.len() > 3 {
+                Some(num(3, "sector size")?)
+            } else {
+                None
+            };
+            let sectors = if f.len() > 4 {
+                Some(num(4, "sector count")?)
+            } else {
+                None
+            };
+            let dev = PathBuf::from(f[0]);
+            let device = if dev.is_relative() {
+                base.join(dev)
+            } else {
+                dev
+            };
+            copies.push(EnvLocation {
+                device,
+                offset,
+                size,
+                sector_size,
+                sectors,
+            });
+        }
+        match copies.len() {
+            0 => Err(err(0, "no environment location configured".into())),
+            1 => Ok(Self { copies }),
+            2 => {
+                if copies[0].size != copies[1].size {
+                    return Err(err(
+                        0,
+                        format!(
+                            "the two copies differ in size ({} and {})",
+                            copies[0].size, copies[1].size
+                        ),
+                    ));
+                }
+                let (a, b) = (&copies[0], &copies[1]);
+                if a.device == b.device
+                    && a.offset < b.offset + b.size
+                    && b.offset < a.offset + a.size
+                {
+                    return Err(err(0, "the two copies overlap".into()));
+                }
+                Ok(Self { copies })
+            }
+            k => Err(err(
+                0,
+                format!("{k} locations configured; one (single) or two (redundant) are allowed"),
+            )),
+        }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, EnvError> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| EnvError::Io(format!("{}: {e}", path.display())))?;
+        if meta.len() > MAX_CONFIG_SIZE {
+            return Err(EnvError::Io(format!(
+                "{}: {} bytes is too large for fw_env.config",
+                path.display(),
+                meta.len()
+            )));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| EnvError::Io(format!("{}: {e}", path.display())))?;
+        Self::parse(&text, path)
+    }
+
+    pub fn is_redundant(&self) -> bool {
+        self.copies.len() == 2
+    }
+}
+
+/// A copy as read from storage.
+#[derive(Debug)]
+struct Copy {
+    flag: u8,
+    vars: Option<EnvVars>,
+    problem: String,
+}
+
+/// `a` is newer than `b` in counter mode (wraps: 0 is newer than 255).
+fn newer(a: u8, b: u8) -> bool {
+    match (a, b) {
+        (0, 255) => true,
+        (255, 0) => false,
+        _ => a > b,
+    }
+}
+
+/// Splits `name=value\0...\0\0` into variables.
+pub fn decode(data: &[u8]) -> EnvVars {
+    let mut vars = EnvVars::new();
+    for entry in data.split(|b| *b == 0) {
+        if entry.is_empty() {
+            break;
+        }
+        let text = String::from_utf8_lossy(entry);
+        if let Some((k, v)) = text.split_once('=') {
+            vars.insert(k.to_owned(), v.to_owned());
+        }
+    }
+    vars
+}
+
+/// Serializes variables into a data area of exactly `len` bytes (sorted, 0xFF padding).
+pub fn encode(vars: &EnvVars, len: usize) -> Result<Vec<u8>, EnvError> {
+    let mut data = Vec::with_capacity(len);
+    for (k, v) in vars {
+        if k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') {
+            return Err(EnvError::Invalid(format!(
+                "variable {k:?} cannot be stored (empty name, '=' in the name, or NUL)"
+            )));
+        }
+        data.extend_from_slice(k.as_bytes());
+        data.push(b'=');
+        data.extend_from_slice(v.as_bytes());
+        data.push(0);
+    }
+    data.push(0);
+    if data.len() > len {
+        return Err(EnvError::Invalid(format!(
+            "the environment needs {} bytes but the env area holds {len}",
+            data.len()
+        )));
+    }
+    data.resize(len, 0xFF);
+    Ok(data)
+}
+
+/// The U-Boot environment described by a `fw_env.config`.
+pub struct UbootEnv {
+    config: FwEnvConfig,
+    lock_path: PathBuf,
+}
 
 impl UbootEnv {
-    pub fn open(_fw_env_config: &Path) -> Result<Self, EnvError> {
-        Err(EnvError::Invalid("U-Boot env support not built yet".into()))
+    pub fn new(config: FwEnvConfig) -> Self {
+        Self {
+            config,
+            lock_path: PathBuf::from(LOCK_FILE),
+        }
     }
+
+    pub fn open(fw_env_config: &Path) -> Result<Self, EnvError> {
+        Ok(Self::new(FwEnvConfig::load(fw_env_config)?))
+    }
+
+    pub fn config(&self) -> &FwEnvConfig {
+        &self.config
+    }
+
+    fn header_len(&self) -> u64 {
+        if self.config.is_redundant() {
+            5
+        } else {
+            4
+        }
+    }
+
+    fn lock(&self) -> Result<nix::fcntl::Flock<File>, EnvError> {
+        if let Some(dir) = self.lock_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&self.lock_path)
+            .map_err(|e| EnvError::Io(format!("lock {}: {e}", self.lock_path.display())))?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| EnvError::Io(format!("lock {}: {e}", self.lock_path.display())))
+    }
+
+    fn read_copy(&self, loc: &EnvLocation) -> Result<Copy, EnvError> {
+        let f = File::open(&loc.device)
+            .map_err(|e| EnvError::Io(format!("{}: {e}", loc.device.display())))?;
+        let mut buf = vec![0u8; loc.size as usize];
+        if let Err(e) = f.read_exact_at(&mut buf, loc.offset) {
+            return Ok(Copy {
+                flag: 0,
+                vars: None,
+                problem: format!(
+                    "{} at {:#x}: cannot read {} bytes ({e})",
+                    loc.device.display(),
+                    loc.offset,
+                    loc.size
+                ),
+            });
+        }
+        let h = self.header_len() as usize;
+        let stored = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        let flag = if h == 5 { buf[4] } else { 0 };
+        let computed = crc32fast::hash(&buf[h..]);
+        if stored != computed {
+            return Ok(Copy {
+                flag,
+                vars: None,
+                problem: format!(
+                    "{} at {:#x}: CRC32 is {computed:08x}, stored {stored:08x}",
+                    loc.device.display(),
+                    loc.offset
+                ),
+            });
+        }
+        Ok(Copy {
+            flag,
+            vars: Some(decode(&buf[h..])),
+            problem: String::new(),
+        })
+    }
+
+    /// Reads every copy; returns the index of the active one (if any) and the copies.
+    fn read_all(&self) -> Result<(Option<usize>, Vec<Copy>), EnvError> {
+        let copies = self
+            .config
+            .copies
+            .iter()
+            .map(|l| self.read_copy(l))
+            .collect::<Result<Vec<_>, _>>()?;
+        let active = match (copies.first(), copies.get(1)) {
+            (Some(a), None) => a.vars.as_ref().map(|_| 0),
+            (Some(a), Some(b)) => match (a.vars.is_some(), b.vars.is_some()) {
+                (true, true) => Some(if newer(b.flag, a.flag) { 1 } else { 0 }),
+                (true, false) => Some(0),
+                (false, true) => Some(1),
+                (false, false) => None,
+            },
+            _ => None,
+        };
+        Ok((active, copies))
+    }
+
+    fn no_valid(copies: &[Copy]) -> EnvError {
+        EnvError::NoValidCopy(
+            copies
+                .iter()
+                .map(|c| c.problem.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
+
+    /// The variables of the valid (newest) copy.
     pub fn read(&self) -> Result<EnvVars, EnvError> {
-        Err(EnvError::Invalid("U-Boot env support not built yet".into()))
+        let _lock = self.lock()?;
+        let (active, mut copies) = self.read_all()?;
+        match active {
+            Some(i) => Ok(copies.swap_remove(i).vars.unwrap_or_default()),
+            None => Err(Self::no_valid(&copies)),
+        }
     }
+
+    /// Applies `f` to the current variables and stores the result in one write (see the
+    /// module doc); returns the variables written.
     pub fn update<F: FnOnce(&mut EnvVars) -> Result<(), EnvError>>(
         &self,
-        _f: F,
+        f: F,
     ) -> Result<EnvVars, EnvError> {
-        Err(EnvError::Invalid("U-Boot env support not built yet".into()))
+        let _lock = self.lock()?;
+        let (active, copies) = self.read_all()?;
+        let Some(active) = active else {
+            return Err(Self::no_valid(&copies));
+        };
+        let mut vars = copies[active].vars.clone().unwrap_or_default();
+        f(&mut vars)?;
+        let (target, flag) = if self.config.is_redundant() {
+            (1 - active, copies[active].flag.wrapping_add(1))
+        } else {
+            (0, 0)
+        };
+        let loc = &self.config.copies[target];
+        let h = self.header_len() as usize;
+        let data = encode(&vars, loc.size as usize - h)?;
+        let mut image = Vec::with_capacity(loc.size as usize);
+        image.extend_from_slice(&crc32fast::hash(&data).to_le_bytes());
+        if h == 5 {
+            image.push(flag);
+        }
+        image.extend_from_slice(&data);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&loc.device)
+            .map_err(|e| EnvError::Io(format!("{}: {e}", loc.device.display())))?;
+        file.write_all_at(&image, loc.offset)
+            .and_then(|_| file.sync_all())
+            .map_err(|e| {
+                EnvError::Io(format!(
+                    "{} at {:#x}: write failed: {e}",
+                    loc.device.display(),
+                    loc.offset
+                ))
+            })?;
+        Ok(vars)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_parses_single_redundant_and_rejects_garbage() {
+        let p = Path::new("/etc/fw_env.config");
+        let c = FwEnvConfig::parse(
+            "# comment\n/dev/mmcblk0 0x400000 0x4000\n/dev/mmcblk0 0x404000 0x4000 0x200 # tail\n",
+            p,
+        )
+        .unwrap();
+        assert!(c.is_redundant());
+        assert_eq!(c.copies[1].offset, 0x404000);
+        assert_eq!(c.copies[1].sector_size, Some(0x200));
+        let c = FwEnvConfig::parse("uboot.env 0 16384\n", p).unwrap();
+        assert_eq!(c.copies[0].device, PathBuf::from("/etc/uboot.env"));
+        let e = FwEnvConfig::parse("\n/dev/x 0x0 zz\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(":2:") && e.contains("\"zz\""), "{e}");
+        let e = FwEnvConfig::parse("/dev/x 0 0x4000\n/dev/x 0x2000 0x4000\n", p)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("overlap"), "{e}");
+        assert!(FwEnvConfig::parse("", p).is_err());
+    }
+
+    #[test]
+    fn flag_counter_wraps() {
+        assert!(newer(2, 1));
+        assert!(newer(0, 255));
+        assert!(!newer(255, 0));
+        assert!(!newer(7, 7));
+    }
+
+    #[test]
+    fn encode_is_sorted_terminated_padded_and_bounded() {
+        let vars: EnvVars = [
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ]
+        .into();
+        let d = encode(&vars, 16).unwrap();
+        assert_eq!(&d[..9], b"a=1\0b=2\0\0");
+        assert!(d[9..].iter().all(|b| *b == 0xFF));
+        assert_eq!(decode(&d), vars);
+        assert!(encode(&vars, 8)
+            .unwrap_err()
+            .to_string()
+            .contains("needs 9 bytes"));
+        let bad: EnvVars = [("a=b".to_string(), "1".to_string())].into();
+        assert!(encode(&bad, 64).is_err());
     }
 }

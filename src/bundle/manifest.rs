@@ -1,6 +1,7 @@
 //! The signed manifest (`manifest.toml` inside a bundle) and the hand-written input
 //! manifest that `rota bundle create` reads.
 
+use super::BundleError;
 use serde::{Deserialize, Serialize};
 
 /// Manifest format version written by this rota.
@@ -81,13 +82,182 @@ impl ImageEntry {
     }
 }
 
+/// Limits that keep a hostile manifest from asking for absurd work or memory.
+/// Largest image: 64 GiB (eMMC sizes of the devices we target).
+pub const MAX_IMAGE_SIZE: u64 = 64 << 30;
+/// Longest tar member name (ustar `name` field, no prefix).
+pub const MAX_NAME_LEN: usize = 99 - super::CHUNKS_SUFFIX.len();
+
 impl Manifest {
-    pub fn version(&self) -> Result<semver::Version, super::BundleError> {
+    /// Parses and validates the signed manifest bytes.
+    pub fn parse(bytes: &[u8]) -> Result<Manifest, BundleError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| {
+            BundleError::Manifest(format!("not UTF-8 (at byte {})", e.valid_up_to()))
+        })?;
+        let m: Manifest =
+            toml::from_str(text).map_err(|e| BundleError::Manifest(one_line(&e.to_string())))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    pub fn to_toml(&self) -> Result<String, BundleError> {
+        toml::to_string(self).map_err(|e| BundleError::Manifest(format!("cannot serialize: {e}")))
+    }
+
+    pub fn version(&self) -> Result<semver::Version, BundleError> {
         semver::Version::parse(&self.update.version).map_err(|e| {
-            super::BundleError::Manifest(format!(
+            BundleError::Manifest(format!(
                 "version {:?} is not semver: {e}",
                 self.update.version
             ))
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), BundleError> {
+        let bad = |m: String| Err(BundleError::Manifest(m));
+        if self.format != FORMAT {
+            return bad(format!(
+                "format {} is not supported (this rota reads format {FORMAT})",
+                self.format
+            ));
+        }
+        if self.update.compatible.trim().is_empty() {
+            return bad("[update] compatible is empty".into());
+        }
+        self.version()?;
+        if self.images.is_empty() {
+            return bad("no [[image]]".into());
+        }
+        if self.images.len() > super::MAX_IMAGES {
+            return bad(format!(
+                "{} images, at most {} are allowed",
+                self.images.len(),
+                super::MAX_IMAGES
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, img) in self.images.iter().enumerate() {
+            let n = i + 1;
+            match (&img.slot_class, &img.mcu) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return bad(format!(
+                        "image {n} ({}) must have exactly one of slot-class or mcu",
+                        img.file
+                    ))
+                }
+                _ => {}
+            }
+            check_member_name(&img.file)
+                .map_err(|m| BundleError::Manifest(format!("image {n}: {m}")))?;
+            if !names.insert(img.file.clone()) {
+                return bad(format!("image file {:?} appears twice", img.file));
+            }
+            if img.size == 0 {
+                return bad(format!("image {} is empty (size 0)", img.file));
+            }
+            if img.size > MAX_IMAGE_SIZE {
+                return bad(format!(
+                    "image {} declares {} bytes, the limit is {MAX_IMAGE_SIZE}",
+                    img.file, img.size
+                ));
+            }
+            check_chunk_size(img.chunk_size)
+                .map_err(|m| BundleError::Manifest(format!("image {}: {m}", img.file)))?;
+            for (what, h) in [
+                ("sha256", &img.sha256),
+                ("chunks-sha256", &img.chunks_sha256),
+            ] {
+                if h.len() != 64
+                    || !h
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                {
+                    return bad(format!(
+                        "image {}: {what} must be 64 lower-case hex digits",
+                        img.file
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A tar member name rota writes and accepts: a plain file name.
+pub fn check_member_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "file name {name:?} must be 1 to {MAX_NAME_LEN} bytes"
+        ));
+    }
+    if name.contains('/') || name == "." || name == ".." || name.starts_with('-') {
+        return Err(format!(
+            "file name {name:?} must be a plain name (no '/', not '.' or '..')"
+        ));
+    }
+    if !name.bytes().all(|b| b.is_ascii_graphic() && b != b'\\') {
+        return Err(format!(
+            "file name {name:?} may only use printable ASCII without spaces"
+        ));
+    }
+    if name == super::MANIFEST_NAME
+        || name == super::SIGNATURE_NAME
+        || name.ends_with(super::CHUNKS_SUFFIX)
+    {
+        return Err(format!("file name {name:?} is reserved"));
+    }
+    Ok(())
+}
+
+pub fn check_chunk_size(size: u32) -> Result<(), String> {
+    if !size.is_power_of_two() || !(super::MIN_CHUNK_SIZE..=super::MAX_CHUNK_SIZE).contains(&size) {
+        return Err(format!(
+            "chunk size {size} must be a power of two from {} to {}",
+            super::MIN_CHUNK_SIZE,
+            super::MAX_CHUNK_SIZE
+        ));
+    }
+    Ok(())
+}
+
+/// The TOML parser's multi-line messages, folded for logs and D-Bus errors.
+pub fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && *l != "|")
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The hand-written `manifest.toml` that `rota bundle create DIR` reads.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputManifest {
+    pub update: InputUpdate,
+    #[serde(rename = "image", default)]
+    pub images: Vec<InputImage>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputUpdate {
+    pub compatible: String,
+    pub version: String,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct InputImage {
+    pub slot_class: Option<String>,
+    pub mcu: Option<String>,
+    pub file: String,
+}
+
+impl InputManifest {
+    pub fn parse(text: &str, path: &std::path::Path) -> Result<InputManifest, BundleError> {
+        toml::from_str(text).map_err(|e| {
+            BundleError::Manifest(format!("{}: {}", path.display(), one_line(&e.to_string())))
         })
     }
 }

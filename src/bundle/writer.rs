@@ -1,1 +1,164 @@
 //! Building and signing bundles (`rota bundle create`).
+//!
+//! Each image is read twice, streaming: once to compute its SHA-256, CRC32 and chunk
+//! index (the manifest must come first in the tar), once to copy it into the archive.
+//! Memory stays constant in the image size; the output appears atomically.
+
+use super::manifest::{
+    check_chunk_size, check_member_name, ImageEntry, InputManifest, Manifest, UpdateInfo, FORMAT,
+};
+use super::{BundleError, ChunkIndex, MANIFEST_NAME, SIGNATURE_NAME};
+use ed25519_dalek::{Signer, SigningKey};
+use sha2::{Digest, Sha256};
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read};
+use std::path::{Path, PathBuf};
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> BundleError {
+    BundleError::Io(format!("{}: {e}", path.display()))
+}
+
+struct Hashed {
+    size: u64,
+    sha256: String,
+    crc32: u32,
+    chunks: ChunkIndex,
+}
+
+fn hash_image(path: &Path, chunk_size: u32) -> Result<Hashed, BundleError> {
+    let mut f = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut whole = Sha256::new();
+    let mut crc = crc32fast::Hasher::new();
+    let mut hashes = Vec::new();
+    let mut buf = vec![0u8; chunk_size as usize];
+    let mut size = 0u64;
+    loop {
+        // Fill a whole chunk (short reads are allowed by Read).
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = f.read(&mut buf[filled..]).map_err(|e| io_err(path, e))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        let data = &buf[..filled];
+        whole.update(data);
+        crc.update(data);
+        hashes.push(Sha256::digest(data).into());
+        size += filled as u64;
+        if filled < buf.len() {
+            break;
+        }
+    }
+    Ok(Hashed {
+        size,
+        sha256: hex::encode(whole.finalize()),
+        crc32: crc.finalize(),
+        chunks: ChunkIndex {
+            chunk_size,
+            image_size: size,
+            hashes,
+        },
+    })
+}
+
+fn header(name: &str, size: u64) -> Result<tar::Header, BundleError> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(name)
+        .map_err(|e| BundleError::Format(format!("member name {name:?}: {e}")))?;
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    Ok(h)
+}
+
+/// Builds `out` from `dir/manifest.toml` and the images it names, signed with `key`.
+pub fn create(
+    dir: &Path,
+    out: &Path,
+    key: &SigningKey,
+    chunk_size: u32,
+) -> Result<Manifest, BundleError> {
+    check_chunk_size(chunk_size).map_err(BundleError::Manifest)?;
+    let input_path = dir.join(MANIFEST_NAME);
+    let text = std::fs::read_to_string(&input_path).map_err(|e| io_err(&input_path, e))?;
+    let input = InputManifest::parse(&text, &input_path)?;
+    let mut images = Vec::new();
+    let mut sources: Vec<(PathBuf, ChunkIndex)> = Vec::new();
+    for (i, img) in input.images.iter().enumerate() {
+        check_member_name(&img.file)
+            .map_err(|m| BundleError::Manifest(format!("image {}: {m}", i + 1)))?;
+        let path = dir.join(&img.file);
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| io_err(&path, e))?;
+        if !meta.is_file() {
+            return Err(BundleError::Manifest(format!(
+                "{} is not a regular file",
+                path.display()
+            )));
+        }
+        let h = hash_image(&path, chunk_size)?;
+        let chunks_sha256 = hex::encode(Sha256::digest(h.chunks.to_bytes()));
+        images.push(ImageEntry {
+            slot_class: img.slot_class.clone(),
+            mcu: img.mcu.clone(),
+            file: img.file.clone(),
+            size: h.size,
+            sha256: h.sha256,
+            crc32: h.crc32,
+            chunk_size,
+            chunks_sha256,
+        });
+        sources.push((path, h.chunks));
+    }
+    let manifest = Manifest {
+        format: FORMAT,
+        update: UpdateInfo {
+            compatible: input.update.compatible,
+            version: input.update.version,
+            description: input.update.description,
+            build: Some(crate::state::now_rfc3339()),
+        },
+        images,
+    };
+    manifest.validate()?;
+    let manifest_bytes = manifest.to_toml()?.into_bytes();
+    let signature = key.sign(&manifest_bytes).to_bytes();
+
+    let tmp = out.with_extension("rota.tmp");
+    let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
+    let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
+    let mut append = |name: &str, size: u64, data: &mut dyn Read| -> Result<(), BundleError> {
+        tar.append(&header(name, size)?, data)
+            .map_err(|e| io_err(&tmp, e))
+    };
+    append(
+        MANIFEST_NAME,
+        manifest_bytes.len() as u64,
+        &mut &manifest_bytes[..],
+    )?;
+    append(SIGNATURE_NAME, signature.len() as u64, &mut &signature[..])?;
+    for (img, (path, chunks)) in manifest.images.iter().zip(&sources) {
+        let index = chunks.to_bytes();
+        append(&img.chunks_file(), index.len() as u64, &mut &index[..])?;
+        let f = File::open(path).map_err(|e| io_err(path, e))?;
+        // Exactly the hashed size, even if the file grew meanwhile.
+        let mut reader = BufReader::with_capacity(1 << 20, f).take(img.size);
+        append(&img.file, img.size, &mut reader)?;
+    }
+    let writer = tar.into_inner().map_err(|e| io_err(&tmp, e))?;
+    let file = writer.into_inner().map_err(|e| io_err(&tmp, e.error()))?;
+    file.sync_all().map_err(|e| io_err(&tmp, e))?;
+    std::fs::rename(&tmp, out).map_err(|e| io_err(out, e))?;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        crate::fsutil::sync_dir(parent).map_err(|e| io_err(parent, e))?;
+    }
+    Ok(manifest)
+}

@@ -72,10 +72,12 @@ pub fn make(
     for img in &bundle.manifest.images {
         let class = match img.target() {
             ImageTarget::SlotClass(c) => c,
-            ImageTarget::Mcu(m) => return refuse(format!(
+            ImageTarget::Mcu(m) => {
+                return refuse(format!(
                 "image {} is for MCU node {m:?}, which this rota cannot relay from a bundle yet",
                 img.file
-            )),
+            ))
+            }
         };
         let slot = pick_target(ctx, state, &class, &img.file)?;
         if images.iter().any(|p: &ImagePlan| p.slot.name == slot.name) {
