@@ -1,12 +1,110 @@
-//! `rota bundle create|info|verify`.
+//! `rota bundle create|info|verify`: build, inspect and check bundles locally.
+
 use super::{CliResult, Failure};
+use crate::bundle::{self, reader, Bundle, Keyring};
+use crate::source::file::FileSource;
 use std::path::{Path, PathBuf};
-pub fn create(_dir: &Path, _out: &Path, _key: &Path, _chunk_size: Option<u32>) -> CliResult {
-    Err(Failure::Failed("not implemented yet".into()))
+
+fn failed(e: impl std::fmt::Display) -> Failure {
+    Failure::Failed(e.to_string())
 }
-pub fn info(_bundle: &Path, _keyring: &[PathBuf], _json: bool) -> CliResult {
-    Err(Failure::Failed("not implemented yet".into()))
+
+pub fn create(dir: &Path, out: &Path, key: &Path, chunk_size: Option<u32>) -> CliResult {
+    let key = bundle::keys::load_signing_key(key).map_err(failed)?;
+    let m = bundle::writer::create(
+        dir,
+        out,
+        &key,
+        chunk_size.unwrap_or(bundle::DEFAULT_CHUNK_SIZE),
+    )
+    .map_err(failed)?;
+    let bytes: u64 = m.images.iter().map(|i| i.size).sum();
+    println!(
+        "{}: version {} for {:?}, {} image(s), {bytes} bytes, signed by key {}",
+        out.display(),
+        m.update.version,
+        m.update.compatible,
+        m.images.len(),
+        bundle::keys::key_id(&key.verifying_key())
+    );
+    Ok(())
 }
-pub fn verify(_bundle: &Path, _keyring: &[PathBuf]) -> CliResult {
-    Err(Failure::Failed("not implemented yet".into()))
+
+fn open(path: &Path, keyring: &[PathBuf]) -> Result<(FileSource, Bundle), Failure> {
+    let mut src = FileSource::open(path).map_err(failed)?;
+    let b = if keyring.is_empty() {
+        reader::open_unverified(&mut src)
+    } else {
+        let ring = Keyring::load(keyring).map_err(failed)?;
+        reader::open(&mut src, &ring)
+    }
+    .map_err(|e| Failure::Failed(format!("{}: {e}", path.display())))?;
+    Ok((src, b))
+}
+
+pub fn info(path: &Path, keyring: &[PathBuf], json: bool) -> CliResult {
+    let (_, b) = open(path, keyring)?;
+    let signature = if keyring.is_empty() {
+        "not checked (no --keyring)".to_owned()
+    } else {
+        format!("valid, key {}", b.signer)
+    };
+    let u = &b.manifest.update;
+    if json {
+        let images: Vec<_> = b
+            .manifest
+            .images
+            .iter()
+            .map(|i| {
+                serde_json::json!({
+                    "target": i.target().to_string(), "slot-class": i.slot_class, "mcu": i.mcu, "file": i.file,
+                    "size": i.size, "sha256": i.sha256, "crc32": format!("{:08x}", i.crc32), "chunk-size": i.chunk_size,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "compatible": u.compatible, "version": u.version, "description": u.description, "build": u.build,
+            "manifest_hash": b.manifest_hash, "signature": signature, "signer": b.signer, "size": b.size, "images": images,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("bundle      {} ({} bytes)", path.display(), b.size);
+    println!("compatible  {}", u.compatible);
+    println!("version     {}", u.version);
+    if let Some(d) = &u.description {
+        println!("description {d}");
+    }
+    if let Some(d) = &u.build {
+        println!("build       {d}");
+    }
+    println!("manifest    sha256 {}", b.manifest_hash);
+    println!("signature   {signature}");
+    for (n, i) in b.manifest.images.iter().enumerate() {
+        println!(
+            "image {}     {} -> {}: {} bytes, sha256 {}, crc32 {:08x}, {} chunks of {}",
+            n + 1,
+            i.file,
+            i.target(),
+            i.size,
+            i.sha256,
+            i.crc32,
+            bundle::ChunkIndex::count_for(i.size, i.chunk_size),
+            i.chunk_size
+        );
+    }
+    Ok(())
+}
+
+pub fn verify(path: &Path, keyring: &[PathBuf]) -> CliResult {
+    let (mut src, b) = open(path, keyring)?;
+    reader::verify_payload(&mut src, &b, &mut |_, _| {})
+        .map_err(|e| Failure::Failed(format!("{}: {e}", path.display())))?;
+    println!(
+        "{}: signature valid (key {}), {} image(s) verified: every chunk, SHA-256 and CRC32",
+        path.display(),
+        b.signer,
+        b.manifest.images.len()
+    );
+    Ok(())
 }
