@@ -36,7 +36,7 @@ bootname = "B"
 T
 cat > bus.conf <<X
 <busconfig><type>system</type><listen>unix:path=$W/bus</listen><auth>EXTERNAL</auth>
-<policy context="default"><allow user="*"/><allow own="*"/><allow send_destination="*"/></policy></busconfig>
+<policy context="default"><allow user="*"/><allow own="*"/><allow send_destination="*"/><allow receive_sender="*"/></policy></busconfig>
 X
 dbus-daemon --config-file=bus.conf --fork --print-pid=1 > dbus.pid
 export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$W/bus ROTA_CONFIG=$W/system.toml

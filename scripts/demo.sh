@@ -77,6 +77,7 @@ cat > bus.conf <<XML
     <allow user="*"/>
     <allow own="*"/>
     <allow send_destination="*"/>
+    <allow receive_sender="*"/>
   </policy>
 </busconfig>
 XML
@@ -108,8 +109,9 @@ TOML
 "$ROTA" bundle create bundle-src update-1.1.0.rota --key keys/release.key.pem
 tar tvf update-1.1.0.rota
 "$ROTA" bundle verify update-1.1.0.rota --keyring keys/release.pub.pem
+mkdir -p sigcheck && tar xf update-1.1.0.rota -C sigcheck manifest.toml manifest.toml.sig
 openssl pkeyutl -verify -pubin -inkey keys/release.pub.pem -rawin \
-  -in <(tar xOf update-1.1.0.rota manifest.toml) -sigfile <(tar xOf update-1.1.0.rota manifest.toml.sig)
+  -in sigcheck/manifest.toml -sigfile sigcheck/manifest.toml.sig
 
 step "install over D-Bus (rota install → io.rota.Agent1.Install)"
 "$ROTA" install "$SIM/update-1.1.0.rota"

@@ -1,23 +1,284 @@
-//! `rota install|cancel|status|mark|poll`: D-Bus clients of the running service.
+//! `rota install|cancel|status|mark|poll`: clients of the running service on the system
+//! bus (`DBUS_SYSTEM_BUS_ADDRESS` is honoured).
+//!
+//! `install` subscribes to progress and `Completed` before it calls `Install`, so no event
+//! is missed; on a terminal it draws a progress bar, otherwise it prints one line per
+//! step, and with `--json` one JSON object per event.
+
 use super::{CliResult, Failure};
+use crate::service::proxy::Agent1Proxy;
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use zbus::zvariant::Value;
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))
+}
+
+async fn connect() -> Result<Agent1Proxy<'static>, Failure> {
+    let unreachable = |e: zbus::Error| {
+        Failure::Usage(format!(
+            "cannot reach the rota service on the system bus: {e}"
+        ))
+    };
+    let conn = zbus::Connection::system().await.map_err(unreachable)?;
+    let proxy = Agent1Proxy::new(&conn).await.map_err(unreachable)?;
+    // Fail early, with exit code 2, when nobody owns the name.
+    let dbus = zbus::fdo::DBusProxy::new(&conn)
+        .await
+        .map_err(unreachable)?;
+    let owned = dbus
+        .name_has_owner(
+            zbus::names::BusName::try_from(crate::service::BUS_NAME)
+                .map_err(|e| unreachable(e.into()))?,
+        )
+        .await
+        .map_err(|e| unreachable(e.into()))?;
+    if !owned {
+        return Err(Failure::Usage(format!(
+            "cannot reach the rota service: nobody owns {} on the system bus (is rota.service running?)",
+            crate::service::BUS_NAME
+        )));
+    }
+    Ok(proxy)
+}
+
+/// A D-Bus method error: the service's own message, without the error name.
+fn call_failed(e: zbus::Error) -> Failure {
+    match e {
+        zbus::Error::MethodError(name, Some(msg), _) if name.starts_with("io.rota.Error.") => {
+            Failure::Failed(msg)
+        }
+        zbus::Error::MethodError(name, msg, _)
+            if name.as_str() == "org.freedesktop.DBus.Error.AccessDenied" =>
+        {
+            Failure::Failed(format!(
+                "access denied by the bus policy: {}",
+                msg.unwrap_or_default()
+            ))
+        }
+        other => Failure::Failed(other.to_string()),
+    }
+}
+
 pub fn install(
-    _source: &str,
-    _json: bool,
-    _force_version: bool,
-    _ignore_compatible: bool,
-    _reboot: bool,
+    source: &str,
+    json: bool,
+    force_version: bool,
+    ignore_compatible: bool,
+    reboot: bool,
 ) -> CliResult {
-    Err(Failure::Failed("not implemented yet".into()))
+    let source = if source.starts_with("http://")
+        || source.starts_with("https://")
+        || source.starts_with('/')
+    {
+        source.to_owned()
+    } else {
+        std::path::absolute(source)
+            .map_err(|e| Failure::Usage(format!("{source}: {e}")))?
+            .display()
+            .to_string()
+    };
+    runtime()?.block_on(async move {
+        let proxy = connect().await?;
+        let mut progress = proxy.receive_progress_changed().await;
+        let mut completed = proxy.receive_completed().await.map_err(call_failed)?;
+        let mut opts: HashMap<&str, Value> = HashMap::new();
+        if force_version {
+            opts.insert("force-version", Value::from(true));
+        }
+        if ignore_compatible {
+            opts.insert("ignore-compatible", Value::from(true));
+        }
+        if reboot {
+            opts.insert("reboot", Value::from(true));
+        }
+        let transaction = proxy.install(&source, opts).await.map_err(call_failed)?;
+        let mut view = View::new(json, &transaction);
+        loop {
+            tokio::select! {
+                Some(p) = progress.next() => {
+                    if let Ok(p) = p.get().await { view.progress(&p); }
+                }
+                Some(c) = completed.next() => {
+                    let Ok(args) = c.args() else { continue };
+                    if args.transaction != transaction { continue; }
+                    view.done(args.result, &args.message);
+                    return if args.result == 0 { Ok(()) } else { Err(Failure::Failed(args.message.clone())) };
+                }
+                else => return Err(Failure::Failed("lost the connection to the rota service".into())),
+            }
+        }
+    })
 }
+
+type Prog = (u32, String, u64, u64, u64, u64, u64, u64);
+
+/// How install progress is shown.
+struct View {
+    json: bool,
+    bar: Option<indicatif::ProgressBar>,
+    last_message: String,
+}
+
+impl View {
+    fn new(json: bool, transaction: &str) -> View {
+        let bar = (!json && std::io::stdout().is_terminal()).then(|| {
+            let b = indicatif::ProgressBar::new(100);
+            let style =
+                indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>3}% {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+                    .progress_chars("=> ");
+            b.set_style(style);
+            b
+        });
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "started", "transaction": transaction})
+            );
+        } else if bar.is_none() {
+            println!("install {transaction} started");
+        }
+        View {
+            json,
+            bar,
+            last_message: String::new(),
+        }
+    }
+
+    fn progress(&mut self, p: &Prog) {
+        let (percent, message, done, total, downloaded, reused, rate, eta) = p;
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "progress", "percent": percent, "message": message, "bytes_done": done,
+                    "bytes_total": total, "bytes_downloaded": downloaded, "bytes_reused": reused, "rate": rate, "eta_secs": eta})
+            );
+            return;
+        }
+        let detail = if *total > 0 {
+            format!(
+                "{message} — {} / {} MiB, {:.1} MiB/s, ETA {eta}s",
+                done >> 20,
+                total >> 20,
+                *rate as f64 / 1048576.0
+            )
+        } else {
+            message.clone()
+        };
+        match &self.bar {
+            Some(b) => {
+                b.set_position(u64::from(*percent));
+                b.set_message(detail);
+            }
+            None if *message != self.last_message => println!("{percent:>3}% {message}"),
+            None => {}
+        }
+        self.last_message = message.clone();
+    }
+
+    fn done(&mut self, result: i32, message: &str) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "completed", "result": result, "message": message})
+            );
+        } else if result == 0 {
+            println!("{message}");
+        }
+    }
+}
+
 pub fn cancel() -> CliResult {
-    Err(Failure::Failed("not implemented yet".into()))
+    runtime()?.block_on(async {
+        connect().await?.cancel().await.map_err(call_failed)?;
+        println!("cancel requested");
+        Ok(())
+    })
 }
-pub fn status(_json: bool) -> CliResult {
-    Err(Failure::Failed("not implemented yet".into()))
+
+pub fn status(json: bool) -> CliResult {
+    runtime()?.block_on(async move {
+        let text = connect().await?.get_status().await.map_err(call_failed)?;
+        if json {
+            println!("{text}");
+            return Ok(());
+        }
+        let st: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| Failure::Failed(e.to_string()))?;
+        print_status(&st);
+        Ok(())
+    })
 }
-pub fn mark(_state: &str, _slot: &str) -> CliResult {
-    Err(Failure::Failed("not implemented yet".into()))
+
+fn print_status(st: &serde_json::Value) {
+    let s = |v: &serde_json::Value| v.as_str().unwrap_or("").to_owned();
+    println!("compatible: {}", s(&st["compatible"]));
+    println!("booted:     {}", s(&st["booted"]));
+    println!("primary:    {}", s(&st["primary"]));
+    println!("operation:  {}", s(&st["operation"]));
+    if !s(&st["last_error"]).is_empty() {
+        println!("last error: {}", s(&st["last_error"]));
+    }
+    println!("slots:");
+    for slot in st["slots"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<10} {:<3} {:<9} boot {:<5} (attempts {}) version {:<10} {}",
+            s(&slot["name"]),
+            s(&slot["bootname"]),
+            s(&slot["state"]),
+            s(&slot["boot_status"]),
+            slot["boot_attempts_left"]
+                .as_u64()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "-".into()),
+            slot["version"].as_str().unwrap_or("-"),
+            s(&slot["device"])
+        );
+    }
+    if let Some(li) = st["last_install"].as_object() {
+        println!(
+            "last install: {} → {} ({}), transaction {}",
+            li.get("version").and_then(|v| v.as_str()).unwrap_or(""),
+            li.get("slot").and_then(|v| v.as_str()).unwrap_or(""),
+            li.get("result").and_then(|v| v.as_str()).unwrap_or(""),
+            li.get("transaction").and_then(|v| v.as_str()).unwrap_or("")
+        );
+    }
+    for m in st["mcu"].as_array().into_iter().flatten() {
+        println!(
+            "mcu {}: version {} ({})",
+            s(&m["name"]),
+            s(&m["version"]),
+            s(&m["state"])
+        );
+    }
 }
+
+pub fn mark(state: &str, slot: &str) -> CliResult {
+    runtime()?.block_on(async {
+        let (_, message) = connect()
+            .await?
+            .mark(state, slot)
+            .await
+            .map_err(call_failed)?;
+        println!("{message}");
+        Ok(())
+    })
+}
+
 pub fn poll() -> CliResult {
-    Err(Failure::Failed("not implemented yet".into()))
+    runtime()?.block_on(async {
+        connect().await?.poll().await.map_err(call_failed)?;
+        println!("poll requested");
+        Ok(())
+    })
 }

@@ -1,0 +1,297 @@
+//! `io.rota.Agent1` at `/io/rota`: rota's own D-Bus interface.
+//!
+//! Methods: `Install(s source, a{sv} options) → s transaction` (returns at once),
+//! `Cancel()`, `Mark(s state, s slot) → (s slot, s message)`, `GetSlotStatus() →
+//! a(sa{sv})`, `GetStatus() → s` (the JSON of `rota status --json`), `Poll()`.
+//! Properties: `Operation s`, `Progress (ustttttt)` (percent, message, bytes done, bytes
+//! total, downloaded, reused, bytes/s, ETA seconds), `LastError s`, `Compatible s`,
+//! `BootSlot s`, `Primary s`, `Transaction s`. Signal: `Completed(s transaction,
+//! i result, s message)`, always sent when an install ends (0 = success).
+
+use super::access;
+use crate::agent::{AgentError, AgentHandle, InstallRequest, MarkState};
+use std::collections::HashMap;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::OwnedValue;
+use zbus::{interface, Connection};
+
+/// Errors as D-Bus error names `io.rota.Error.*`.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "io.rota.Error")]
+pub enum RotaError {
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// Another install is running.
+    Busy(String),
+    InvalidArgument(String),
+    /// The caller may not do this.
+    AccessDenied(String),
+    Failed(String),
+}
+
+impl From<AgentError> for RotaError {
+    fn from(e: AgentError) -> Self {
+        match e {
+            AgentError::Busy(m) => RotaError::Busy(m),
+            AgentError::InvalidArgument(m) => RotaError::InvalidArgument(m),
+            AgentError::Failed(m) => RotaError::Failed(m),
+            AgentError::Stopped => RotaError::Failed("the agent has stopped".into()),
+        }
+    }
+}
+
+/// Longest source string accepted (a path or URL).
+pub const MAX_SOURCE_LEN: usize = 4096;
+/// Most options / headers accepted in one call.
+pub const MAX_OPTIONS: usize = 32;
+
+pub(crate) fn opt_bool(k: &str, v: &OwnedValue) -> Result<bool, String> {
+    v.downcast_ref::<bool>()
+        .map_err(|_| format!("option {k} must be a boolean (b)"))
+}
+
+pub(crate) fn opt_str(k: &str, v: &OwnedValue) -> Result<String, String> {
+    let s: &str = v
+        .downcast_ref()
+        .map_err(|_| format!("option {k} must be a string (s)"))?;
+    if s.len() > MAX_SOURCE_LEN {
+        return Err(format!("option {k} is longer than {MAX_SOURCE_LEN} bytes"));
+    }
+    Ok(s.to_owned())
+}
+
+pub(crate) fn opt_strs(k: &str, v: &OwnedValue) -> Result<Vec<String>, String> {
+    let arr: zbus::zvariant::Array = v
+        .downcast_ref()
+        .map_err(|_| format!("option {k} must be a string array (as)"))?;
+    if arr.len() > MAX_OPTIONS {
+        return Err(format!("option {k} has more than {MAX_OPTIONS} entries"));
+    }
+    let out: Result<Vec<String>, _> = arr
+        .iter()
+        .map(|x| x.downcast_ref::<&str>().map(str::to_owned))
+        .collect();
+    out.map_err(|_| format!("option {k} must be a string array (as)"))
+}
+
+/// Fills `req` from an `a{sv}`; `rauc` selects RAUC's key names and error wording.
+pub(crate) fn apply_options(
+    req: &mut InstallRequest,
+    options: &HashMap<String, OwnedValue>,
+    rauc: bool,
+) -> Result<(), String> {
+    if options.len() > MAX_OPTIONS {
+        return Err(format!("more than {MAX_OPTIONS} options"));
+    }
+    for (k, v) in options {
+        match k.as_str() {
+            "ignore-compatible" => req.ignore_compatible = opt_bool(k, v)?,
+            "force-version" if !rauc => req.force_version = opt_bool(k, v)?,
+            "ignore-version-limit" if rauc => req.force_version = opt_bool(k, v)?,
+            "reboot" if !rauc => req.reboot = Some(opt_bool(k, v)?),
+            "transaction-id" => req.transaction_id = Some(opt_str(k, v)?).filter(|s| !s.is_empty()),
+            "require-manifest-hash" => req.require_manifest_hash = Some(opt_str(k, v)?),
+            "tls-ca" => req.tls_ca = Some(opt_str(k, v)?),
+            "tls-cert" => req.tls_cert = Some(opt_str(k, v)?),
+            "tls-key" => req.tls_key = Some(opt_str(k, v)?),
+            "tls-no-verify" => req.tls_no_verify = opt_bool(k, v)?,
+            "http-headers" => req.http_headers = opt_strs(k, v)?,
+            _ if rauc => return Err(format!("Unsupported key: {k}")),
+            _ => return Err(format!("unknown install option {k:?}")),
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the caller may read a local source; URLs pass.
+pub(crate) async fn check_source(
+    conn: &Connection,
+    header: &zbus::message::Header<'_>,
+    source: &str,
+) -> Result<String, String> {
+    if source.is_empty() || source.len() > MAX_SOURCE_LEN {
+        return Err(format!("the source must be 1 to {MAX_SOURCE_LEN} bytes"));
+    }
+    if source.starts_with("http://") || source.starts_with("https://") {
+        return Ok(source.to_owned());
+    }
+    let path = source.strip_prefix("file://").unwrap_or(source);
+    if !path.starts_with('/') {
+        return Err(format!(
+            "{path:?} is not an absolute path (the service cannot know the caller's directory)"
+        ));
+    }
+    if let Some(uid) = access::caller_uid(conn, header).await {
+        access::may_read(uid, std::path::Path::new(path))
+            .map_err(|e| format!("the caller cannot read the bundle: {e}"))?;
+    }
+    Ok(path.to_owned())
+}
+
+/// Slot status as `a(sa{sv})`, RAUC's key names.
+pub(crate) async fn slot_status(
+    agent: &AgentHandle,
+) -> Result<Vec<(String, HashMap<String, OwnedValue>)>, RotaError> {
+    let st = agent.status().await?;
+    Ok(st
+        .slots
+        .into_iter()
+        .map(|s| {
+            let mut d = HashMap::new();
+            d.insert("class".to_owned(), super::ov(s.class));
+            d.insert("device".to_owned(), super::ov(s.device));
+            d.insert("type".to_owned(), super::ov("raw"));
+            d.insert("state".to_owned(), super::ov(s.state));
+            if let Some(b) = s.bootname {
+                d.insert("bootname".to_owned(), super::ov(b));
+                d.insert("boot-status".to_owned(), super::ov(s.boot_status));
+            }
+            if let Some(n) = s.boot_attempts_left {
+                d.insert("boot-attempts-left".to_owned(), super::ov(n));
+            }
+            if let Some(v) = s.version {
+                d.insert("bundle.version".to_owned(), super::ov(v));
+                d.insert(
+                    "bundle.compatible".to_owned(),
+                    super::ov(st.compatible.clone()),
+                );
+            }
+            if let Some(v) = s.bundle_hash {
+                d.insert("bundle.hash".to_owned(), super::ov(v));
+            }
+            if let Some(v) = s.sha256 {
+                d.insert("sha256".to_owned(), super::ov(v));
+            }
+            if let Some(v) = s.size {
+                d.insert("size".to_owned(), super::ov(v));
+            }
+            if let Some(v) = s.installed_at {
+                d.insert("installed.timestamp".to_owned(), super::ov(v));
+            }
+            if let Some(v) = s.transaction {
+                d.insert("installed.transaction".to_owned(), super::ov(v));
+            }
+            if let Some(v) = s.status {
+                let v = if v == "installing" {
+                    "pending".to_owned()
+                } else {
+                    v
+                };
+                d.insert("status".to_owned(), super::ov(v));
+            }
+            (s.name, d)
+        })
+        .collect())
+}
+
+pub struct Agent1 {
+    agent: AgentHandle,
+}
+
+impl Agent1 {
+    pub fn new(agent: AgentHandle) -> Self {
+        Self { agent }
+    }
+}
+
+#[interface(name = "io.rota.Agent1")]
+impl Agent1 {
+    /// Starts an install of a local path or http(s) URL; returns its transaction id.
+    async fn install(
+        &self,
+        source: String,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<String, RotaError> {
+        let source = check_source(conn, &header, &source)
+            .await
+            .map_err(RotaError::InvalidArgument)?;
+        let mut req = InstallRequest {
+            source,
+            ..Default::default()
+        };
+        apply_options(&mut req, &options, false).map_err(RotaError::InvalidArgument)?;
+        Ok(self.agent.install(req).await?)
+    }
+
+    async fn cancel(&self) -> Result<(), RotaError> {
+        Ok(self.agent.cancel().await?)
+    }
+
+    /// `state` is good, bad or active; `slot` is booted, other, a slot name or a bootname.
+    async fn mark(&self, state: String, slot: String) -> Result<(String, String), RotaError> {
+        let how: MarkState = state.parse()?;
+        Ok(self.agent.mark(how, &slot).await?)
+    }
+
+    async fn get_slot_status(
+        &self,
+    ) -> Result<Vec<(String, HashMap<String, OwnedValue>)>, RotaError> {
+        slot_status(&self.agent).await
+    }
+
+    /// The JSON document `rota status --json` prints.
+    async fn get_status(&self) -> Result<String, RotaError> {
+        let st = self.agent.status().await?;
+        serde_json::to_string(&st).map_err(|e| RotaError::Failed(e.to_string()))
+    }
+
+    async fn poll(&self) -> Result<(), RotaError> {
+        Ok(self.agent.poll_now().await?)
+    }
+
+    #[zbus(property)]
+    async fn operation(&self) -> String {
+        self.agent.snapshot().operation.as_str().to_owned()
+    }
+
+    #[zbus(property)]
+    #[allow(clippy::type_complexity)]
+    async fn progress(&self) -> (u32, String, u64, u64, u64, u64, u64, u64) {
+        let p = self.agent.snapshot().progress;
+        (
+            u32::from(p.percent),
+            p.message,
+            p.bytes_done,
+            p.bytes_total,
+            p.bytes_downloaded,
+            p.bytes_reused,
+            p.rate,
+            p.eta_secs,
+        )
+    }
+
+    #[zbus(property)]
+    async fn last_error(&self) -> String {
+        self.agent.snapshot().last_error
+    }
+
+    #[zbus(property)]
+    async fn compatible(&self) -> String {
+        self.agent.snapshot().compatible
+    }
+
+    #[zbus(property)]
+    async fn boot_slot(&self) -> String {
+        self.agent.snapshot().boot_slot
+    }
+
+    #[zbus(property)]
+    async fn primary(&self) -> String {
+        self.agent.snapshot().primary
+    }
+
+    #[zbus(property)]
+    async fn transaction(&self) -> String {
+        self.agent.snapshot().transaction
+    }
+
+    #[zbus(signal)]
+    pub async fn completed(
+        emitter: &SignalEmitter<'_>,
+        transaction: &str,
+        result: i32,
+        message: &str,
+    ) -> zbus::Result<()>;
+}

@@ -1,0 +1,207 @@
+//! RAUC's `de.pengutronix.rauc.Installer` at `/`, exactly as RAUC defines it, so the
+//! `rauc` CLI, rauc-hawkbit-updater and existing UIs drive rota unchanged.
+//!
+//! Differences from RAUC, all in the user's favour: status calls keep answering while an
+//! install runs, and `Completed` is sent for every install, including ones that fail early.
+
+use super::native::{apply_options, check_source, slot_status, RotaError};
+use crate::agent::{AgentHandle, InstallRequest, MarkState};
+use crate::config::Config;
+use std::collections::HashMap;
+use zbus::object_server::SignalEmitter;
+use zbus::zvariant::OwnedValue;
+use zbus::{interface, Connection};
+
+pub struct Installer {
+    agent: AgentHandle,
+    config: Config,
+}
+
+impl Installer {
+    pub fn new(agent: AgentHandle, config: Config) -> Self {
+        Self { agent, config }
+    }
+
+    async fn inspect(&self, source: &str) -> Result<crate::bundle::Bundle, RotaError> {
+        let path = source.strip_prefix("file://").unwrap_or(source).to_owned();
+        if path.starts_with("http://") || path.starts_with("https://") {
+            return Err(RotaError::Failed(
+                "inspecting a bundle by URL is not supported; install it directly".into(),
+            ));
+        }
+        let keys = self.config.keyring.paths.clone();
+        tokio::task::spawn_blocking(move || {
+            let ring = crate::bundle::Keyring::load(&keys)
+                .map_err(|e| RotaError::Failed(e.to_string()))?;
+            let mut src = crate::source::file::FileSource::open(std::path::Path::new(&path))
+                .map_err(|e| RotaError::Failed(e.to_string()))?;
+            crate::bundle::reader::open(&mut src, &ring)
+                .map_err(|e| RotaError::Failed(e.to_string()))
+        })
+        .await
+        .map_err(|e| RotaError::Failed(e.to_string()))?
+    }
+}
+
+#[interface(name = "de.pengutronix.rauc.Installer")]
+impl Installer {
+    async fn install_bundle(
+        &self,
+        source: String,
+        args: HashMap<String, OwnedValue>,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), RotaError> {
+        let source = check_source(conn, &header, &source)
+            .await
+            .map_err(RotaError::InvalidArgument)?;
+        let mut req = InstallRequest {
+            source,
+            ..Default::default()
+        };
+        apply_options(&mut req, &args, true).map_err(RotaError::InvalidArgument)?;
+        self.agent.install(req).await?;
+        Ok(())
+    }
+
+    /// Deprecated in RAUC; kept for old clients.
+    async fn install(
+        &self,
+        source: String,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), RotaError> {
+        log::info!("D-Bus: Install() is deprecated, use InstallBundle()");
+        let source = check_source(conn, &header, &source)
+            .await
+            .map_err(RotaError::InvalidArgument)?;
+        self.agent
+            .install(InstallRequest {
+                source,
+                ..Default::default()
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Deprecated in RAUC: (compatible, version).
+    async fn info(&self, bundle: String) -> Result<(String, String), RotaError> {
+        let b = self.inspect(&bundle).await?;
+        Ok((b.manifest.update.compatible, b.manifest.update.version))
+    }
+
+    async fn inspect_bundle(
+        &self,
+        source: String,
+        _args: HashMap<String, OwnedValue>,
+    ) -> Result<HashMap<String, OwnedValue>, RotaError> {
+        let b = self.inspect(&source).await?;
+        let u = &b.manifest.update;
+        let mut update: HashMap<String, OwnedValue> = HashMap::new();
+        update.insert("compatible".into(), super::ov(u.compatible.clone()));
+        update.insert("version".into(), super::ov(u.version.clone()));
+        if let Some(d) = &u.description {
+            update.insert("description".into(), super::ov(d.clone()));
+        }
+        if let Some(d) = &u.build {
+            update.insert("build".into(), super::ov(d.clone()));
+        }
+        let images: Vec<HashMap<String, OwnedValue>> = b
+            .manifest
+            .images
+            .iter()
+            .map(|i| {
+                let mut d = HashMap::new();
+                d.insert(
+                    "slot-class".into(),
+                    super::ov(i.slot_class.clone().unwrap_or_default()),
+                );
+                d.insert("filename".into(), super::ov(i.file.clone()));
+                d.insert("checksum".into(), super::ov(i.sha256.clone()));
+                d.insert("size".into(), super::ov(i.size));
+                d
+            })
+            .collect();
+        let mut info = HashMap::new();
+        info.insert("manifest-hash".into(), super::ov(b.manifest_hash.clone()));
+        info.insert("update".into(), super::ov(update));
+        info.insert("images".into(), super::ov(images));
+        Ok(info)
+    }
+
+    async fn mark(
+        &self,
+        state: String,
+        slot_identifier: String,
+    ) -> Result<(String, String), RotaError> {
+        let how: MarkState = state.parse()?;
+        Ok(self.agent.mark(how, &slot_identifier).await?)
+    }
+
+    async fn get_slot_status(
+        &self,
+    ) -> Result<Vec<(String, HashMap<String, OwnedValue>)>, RotaError> {
+        slot_status(&self.agent).await
+    }
+
+    async fn get_primary(&self) -> Result<String, RotaError> {
+        let p = self.agent.snapshot().primary;
+        if p.is_empty() {
+            return Err(RotaError::Failed(
+                "no slot is primary: the boot selection has no slot with attempts left".into(),
+            ));
+        }
+        Ok(p)
+    }
+
+    async fn get_artifact_status(&self) -> Vec<HashMap<String, OwnedValue>> {
+        Vec::new()
+    }
+
+    #[zbus(property)]
+    async fn operation(&self) -> String {
+        self.agent.snapshot().operation.as_str().to_owned()
+    }
+
+    #[zbus(property)]
+    async fn last_error(&self) -> String {
+        self.agent.snapshot().last_error
+    }
+
+    #[zbus(property)]
+    async fn progress(&self) -> (i32, String, i32) {
+        let p = self.agent.snapshot().progress;
+        (i32::from(p.percent), p.message, p.depth.max(1))
+    }
+
+    #[zbus(property)]
+    async fn compatible(&self) -> String {
+        self.config.system.compatible.clone()
+    }
+
+    #[zbus(property)]
+    async fn variant(&self) -> String {
+        String::new()
+    }
+
+    #[zbus(property)]
+    async fn system_version(&self) -> String {
+        match self.agent.status().await {
+            Ok(st) => st
+                .slots
+                .into_iter()
+                .find(|s| s.state == "booted")
+                .and_then(|s| s.version)
+                .unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
+
+    #[zbus(property)]
+    async fn boot_slot(&self) -> String {
+        self.agent.snapshot().boot_slot
+    }
+
+    #[zbus(signal)]
+    pub async fn completed(emitter: &SignalEmitter<'_>, result: i32) -> zbus::Result<()>;
+}
