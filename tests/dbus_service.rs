@@ -342,3 +342,44 @@ fn killed_service_resumes_the_install_on_restart() {
     assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
     assert_eq!(gw.fw_printenv()["BOOT_ORDER"], "B A");
 }
+
+#[test]
+fn reboot_after_activation_runs_the_reboot_command() {
+    let mut gw = Gateway::new(false);
+    let marker = gw.path("rebooted");
+    let cfg = std::fs::read_to_string(gw.path("system.toml"))
+        .unwrap()
+        .replace(
+            "kernel-cmdline = \"cmdline\"\n",
+            &format!(
+                "kernel-cmdline = \"cmdline\"\nreboot-command = [\"touch\", \"{}\"]\n",
+                marker.display()
+            ),
+        );
+    std::fs::write(gw.path("system.toml"), cfg).unwrap();
+    gw.start_service();
+    let (bundle, _) = gw.bundle("v", "acme-gateway", "1.1.0", pattern(1 << 20, 6), "release");
+    gw.rota(&["install", path_str(&bundle)]).success();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(!marker.exists(), "no reboot unless asked");
+    let (bundle, _) = gw.bundle("w", "acme-gateway", "1.2.0", pattern(1 << 20, 7), "release");
+    gw.rota(&["install", "--reboot", path_str(&bundle)])
+        .success();
+    wait_for("the reboot command", 10, || marker.exists());
+}
+
+#[test]
+fn service_refuses_to_start_on_a_bad_config() {
+    let gw = Gateway::new(false);
+    let cfg = std::fs::read_to_string(gw.path("system.toml"))
+        .unwrap()
+        .replace("[bootloader]\n", "[bootloader]\nfw-env-cfg = \"x\"\n");
+    std::fs::write(gw.path("system.toml"), cfg).unwrap();
+    let r = gw.rota(&["service"]);
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr().contains("fw-env-cfg") && r.stderr().contains("line"),
+        "{}",
+        r.stderr()
+    );
+}
