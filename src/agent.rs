@@ -379,8 +379,12 @@ pub async fn start_with(
         .into_iter()
         .filter_map(|s| s.bootname)
         .collect();
-    let bootloader =
-        UbootBackend::open(&config.bootloader.fw_env_config, bootnames).map_err(|e| failed(&e))?;
+    let bootloader = UbootBackend::open(
+        &config.bootloader.fw_env_config,
+        bootnames,
+        config.system.boot_attempts,
+    )
+    .map_err(|e| failed(&e))?;
     let device = Arc::new(Device {
         config,
         keyring,

@@ -85,6 +85,8 @@ pub trait Bootloader: Send + Sync {
 pub struct UbootBackend {
     env: uboot_env::UbootEnv,
     bootnames: Vec<String>,
+    /// What the boot script assumes for a counter that is not set.
+    default_attempts: u32,
 }
 
 const ORDER_VAR: &str = "BOOT_ORDER";
@@ -94,11 +96,17 @@ fn left_var(bootname: &str) -> String {
 }
 
 impl UbootBackend {
-    /// `bootnames` are every configured bootable slot's bootname.
-    pub fn open(fw_env_config: &Path, bootnames: Vec<String>) -> Result<Self, BootError> {
+    /// `bootnames` are every configured bootable slot's bootname; `default_attempts` is
+    /// what the boot script sets an unset counter to (`boot-attempts`).
+    pub fn open(
+        fw_env_config: &Path,
+        bootnames: Vec<String>,
+        default_attempts: u32,
+    ) -> Result<Self, BootError> {
         Ok(Self {
             env: uboot_env::UbootEnv::open(fw_env_config)?,
             bootnames,
+            default_attempts,
         })
     }
 
@@ -112,10 +120,11 @@ impl UbootBackend {
             .bootnames
             .iter()
             .map(|b| {
-                let n = vars
-                    .get(&left_var(b))
-                    .and_then(|v| parse_counter(v))
-                    .unwrap_or(0);
+                // Unset means the script's default; set but unreadable counts as exhausted.
+                let n = match vars.get(&left_var(b)) {
+                    None => self.default_attempts,
+                    Some(v) => parse_counter(v).unwrap_or(0),
+                };
                 (b.clone(), n)
             })
             .collect();

@@ -142,7 +142,10 @@ fn pick_target(
     }
     let mut candidates: Vec<SlotConfig> = all
         .into_iter()
-        .filter(|s| booted.is_none_or(|b| b.name != s.name && b.device != s.device))
+        .filter(|s| {
+            booted
+                .is_none_or(|b| b.name != s.name && !crate::slot::same_device(&b.device, &s.device))
+        })
         .collect();
     candidates.sort_by_key(|s| {
         let st = state.slots.get(&s.name);

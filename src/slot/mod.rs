@@ -57,6 +57,18 @@ pub fn find_slot(config: &Config, id: &str) -> Option<SlotConfig> {
         .find(|s| s.bootname.as_deref() == Some(id) || s.name == id)
 }
 
+/// Whether two paths name the same device or file (symlinks such as
+/// `/dev/disk/by-partlabel/...` resolved).
+pub fn same_device(a: &Path, b: &Path) -> bool {
+    if a == b {
+        return true;
+    }
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
 /// Size in bytes of a slot device (regular file or block device).
 pub fn device_size(slot: &SlotConfig) -> Result<u64, SlotError> {
     let mut f = File::open(&slot.device).map_err(|e| dev_err(slot, format!("cannot open: {e}")))?;
@@ -82,7 +94,7 @@ pub struct SlotWriter {
 impl SlotWriter {
     /// Opens `slot` for writing. `booted` is the running slot, which is never opened.
     pub fn open(slot: &SlotConfig, booted: Option<&SlotConfig>) -> Result<Self, SlotError> {
-        if booted.is_some_and(|b| b.name == slot.name || b.device == slot.device) {
+        if booted.is_some_and(|b| b.name == slot.name || same_device(&b.device, &slot.device)) {
             return Err(SlotError::Booted(slot.name.clone()));
         }
         let mut file = OpenOptions::new()
@@ -199,6 +211,19 @@ mod tests {
         };
         let err = SlotWriter::open(&a, Some(&a)).err().unwrap();
         assert!(err.to_string().contains("booted slot"), "{err}");
+        // The same device under another name (a symlink, like /dev/disk/by-partlabel).
+        let link = dir.path().join("by-label-rootfs-a");
+        std::os::unix::fs::symlink(&a.device, &link).unwrap();
+        let alias = SlotConfig {
+            name: "rootfs.1".into(),
+            device: link,
+            bootname: Some("B".into()),
+            ..a.clone()
+        };
+        assert!(
+            SlotWriter::open(&alias, Some(&a)).is_err(),
+            "an alias of the booted slot is refused"
+        );
         assert_eq!(SlotWriter::open(&a, None).unwrap().size(), 4096);
     }
 }

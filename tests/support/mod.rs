@@ -1,0 +1,4 @@
+//! Shared fixtures for integration tests.
+#![allow(dead_code)]
+
+pub mod gateway;
