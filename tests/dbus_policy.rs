@@ -97,7 +97,10 @@ fn accounts() -> (Caller, Caller) {
 
 /// A gateway with rauc-compat on, a bus with the shipped policies, the service on it.
 fn setup() -> (Gateway, Bus, Service) {
-    let gw = Gateway::new("rauc-compat = true\ngroup = \"rota\"");
+    let gw = Gateway::new(&format!(
+        "rauc-compat = true\ngroup = \"{}\"",
+        policy_group()
+    ));
     let policies = format!(
         "{}\n  <include>{}</include>\n  <include>{}</include>\n",
         pkg_support::SYSTEM_BUS_DEFAULTS,
@@ -130,10 +133,11 @@ fn assert_denied_by_bus(out: &Output, what: &str) {
     let err = pkg_support::reply_error(out);
     assert!(
         !out.status.success()
-            && err.as_ref().is_some_and(|(sender, name, message)| sender
-                == "org.freedesktop.DBus"
-                && name == "org.freedesktop.DBus.Error.AccessDenied"
-                && message.starts_with("Rejected send message")),
+            && err
+                .as_ref()
+                .is_some_and(|(sender, name, message)| sender == "org.freedesktop.DBus"
+                    && name == "org.freedesktop.DBus.Error.AccessDenied"
+                    && message.starts_with("Rejected send message")),
         "{what} should be denied by the bus policy, got {err:?}: {}",
         text(out)
     );
@@ -146,10 +150,11 @@ fn assert_refused_by_service(out: &Output, what: &str, needle: &str) {
     let err = pkg_support::reply_error(out);
     assert!(
         !out.status.success()
-            && err.as_ref().is_some_and(|(sender, name, message)| sender
-                != "org.freedesktop.DBus"
-                && name.starts_with("io.rota.Error.")
-                && message.contains(needle)),
+            && err
+                .as_ref()
+                .is_some_and(|(sender, name, message)| sender != "org.freedesktop.DBus"
+                    && name.starts_with("io.rota.Error.")
+                    && message.contains(needle)),
         "{what} should reach the service and fail with {needle:?}, got {err:?}: {}",
         text(out)
     );
@@ -247,7 +252,10 @@ fn unprivileged_user_may_read_but_not_install_mark_or_own() {
     );
 
     // Reads: RAUC compat.
-    assert_ok(&call(&bus, r, RAUC, &["GetSlotStatus"]), "rauc GetSlotStatus");
+    assert_ok(
+        &call(&bus, r, RAUC, &["GetSlotStatus"]),
+        "rauc GetSlotStatus",
+    );
     assert_ok(&call(&bus, r, RAUC, &["GetPrimary"]), "rauc GetPrimary");
     let out = busctl(
         &bus,
