@@ -455,3 +455,330 @@ fn env_bytes_equal_mkenvimage_output() {
     let crc = u32::from_le_bytes(ours[..4].try_into().unwrap());
     assert_eq!(crc, crc32fast::hash(&ours[4..]));
 }
+
+// ---------------------------------------------------------------- Yocto layer
+
+const LAYER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/yocto-layer/meta-rota");
+
+/// The `-e 's#@NAME@#${VAR}#'` substitutions of the rota recipe's do_install.
+fn recipe_substitutions() -> Vec<(String, String)> {
+    let recipe =
+        std::fs::read_to_string(format!("{LAYER}/recipes-core/rota/rota_0.1.0.bb")).unwrap();
+    recipe
+        .lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("-e 's#@")? + "-e 's#@".len()..];
+            let (name, rest) = rest.split_once("@#")?;
+            let value = rest.split('#').next()?;
+            Some((name.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn yocto_system_toml_template_renders_a_valid_config() {
+    let template =
+        std::fs::read_to_string(format!("{LAYER}/recipes-core/rota/files/system.toml.in")).unwrap();
+    let subs = recipe_substitutions();
+    assert!(subs.len() >= 6, "found only {subs:?} in the recipe");
+    // Every placeholder is filled by the recipe (KEYRING by its own sed), and back.
+    let mut placeholders: Vec<&str> = template.split('@').skip(1).step_by(2).collect();
+    placeholders.sort();
+    placeholders.dedup();
+    for p in &placeholders {
+        assert!(
+            *p == "KEYRING" || subs.iter().any(|(n, _)| n == p),
+            "@{p}@ in system.toml.in is never substituted by the recipe"
+        );
+    }
+    for (n, _) in &subs {
+        assert!(
+            placeholders.contains(&n.as_str()),
+            "the recipe substitutes @{n}@, which the template lacks"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    rota::bundle::keys::write_keypair(d, "release").unwrap();
+    rota::bundle::keys::write_keypair(d, "next").unwrap();
+    for rauc_compat in ["false", "true"] {
+        let values = |name: &str| -> String {
+            match name {
+                "COMPATIBLE" => "raspberrypi4-64".into(),
+                "SLOT_A_DEVICE" => "/dev/mmcblk0p2".into(),
+                "SLOT_B_DEVICE" => "/dev/mmcblk0p3".into(),
+                "BOOT_ATTEMPTS" => "3".into(),
+                "RAUC_COMPAT" => rauc_compat.into(),
+                "DBUS_GROUP" => "rota".into(),
+                "LOCALSTATEDIR" => "/var".into(),
+                "SYSCONFDIR" => "/etc".into(),
+                // What the recipe's loop builds from ROTA_KEYRING_PEMS (two keys).
+                "KEYRING" => format!(
+                    "\"{}\", \"{}\"",
+                    d.join("release.pub.pem").display(),
+                    d.join("next.pub.pem").display()
+                ),
+                other => panic!("no test value for @{other}@"),
+            }
+        };
+        let mut text = template.clone();
+        for p in &placeholders {
+            text = text.replace(&format!("@{p}@"), &values(p));
+        }
+        assert!(!text.contains('@'), "unfilled placeholder:\n{text}");
+        let path = d.join("system.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = rota::config::Config::load(&path)
+            .unwrap_or_else(|e| panic!("the rendered system.toml does not load: {e}\n{text}"));
+        assert_eq!(config.system.compatible, "raspberrypi4-64");
+        assert_eq!(config.dbus.rauc_compat, rauc_compat == "true");
+        assert_eq!(config.dbus.group.as_deref(), Some("rota"));
+        assert_eq!(config.keyring.paths.len(), 2);
+        assert_eq!(config.slots().len(), 2);
+    }
+}
+
+/// Runs the shell function `header` (e.g. `IMAGE_CMD:rota () {`) of a layer file as
+/// bitbake would: bitbake variables expanded from `vars` (every `${UPPER_CASE}` in the
+/// body must have a value; lower-case ones are left, as bitbake leaves unknown
+/// variables), `bbfatal` failing, and `bin` first in PATH.
+fn run_bitbake_shell(file: &str, header: &str, vars: &[(&str, String)], bin: &Path) -> Output {
+    let text = std::fs::read_to_string(format!("{LAYER}/{file}")).unwrap();
+    let header = format!("{header}\n");
+    let start = text
+        .find(&header)
+        .unwrap_or_else(|| panic!("{header:?} in {file}"))
+        + header.len();
+    let end = start + text[start..].find("\n}\n").unwrap();
+    let mut body = text[start..end].to_owned();
+    let mut unknown = Vec::new();
+    let mut i = 0;
+    while let Some(off) = body[i..].find("${") {
+        let s = i + off;
+        let e = s + body[s..].find('}').unwrap();
+        let name = &body[s + 2..e];
+        if name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        {
+            match vars.iter().find(|(k, _)| *k == name) {
+                Some((_, v)) => {
+                    body.replace_range(s..=e, v);
+                    i = s + v.len();
+                    continue;
+                }
+                None => unknown.push(name.to_owned()),
+            }
+        }
+        i = e + 1;
+    }
+    assert!(
+        unknown.is_empty(),
+        "bitbake variables in {file} without a test value: {unknown:?}"
+    );
+    let script = format!("set -e\nbbfatal() {{ echo \"FATAL: $*\" >&2; exit 1; }}\n{body}\n");
+    let path = std::env::var("PATH").unwrap();
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env("PATH", format!("{}:{path}", bin.display()))
+        .output()
+        .unwrap()
+}
+
+fn run_image_cmd(vars: &[(&str, String)], bin: &Path) -> Output {
+    run_bitbake_shell(
+        "classes/rota-bundle.bbclass",
+        "IMAGE_CMD:rota () {",
+        vars,
+        bin,
+    )
+}
+
+#[test]
+fn boot_script_recipe_prepends_board_defaults_and_compiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = dir.path();
+    let hook = "load ${devtype} ${devnum}:${rota_part} ${kernel_addr_r} ${rota_kernel}; booti ${kernel_addr_r} - ${fdt_addr}";
+    let vars = |boot: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("MACHINE", "raspberrypi4-64".into()),
+            ("ROTA_UBOOT_PART_A", "2".into()),
+            ("ROTA_UBOOT_PART_B", "3".into()),
+            ("ROTA_UBOOT_KERNEL", "boot/Image".into()),
+            ("ROTA_UBOOT_BOOT", boot.into()),
+            ("S", env!("CARGO_MANIFEST_DIR").into()),
+            ("B", b.display().to_string()),
+            ("UBOOT_ARCH", "arm64".into()),
+        ]
+    };
+    let recipe = "recipes-bsp/u-boot/rota-boot-script_0.1.0.bb";
+    tool("mkimage", "u-boot-tools");
+    let out = run_bitbake_shell(
+        recipe,
+        "do_compile() {",
+        &vars(hook),
+        Path::new("/nonexistent"),
+    );
+    assert!(out.status.success(), "do_compile: {}", stderr(&out));
+    let cmd = std::fs::read_to_string(b.join("boot.cmd")).unwrap();
+    let upstream = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/bootloader-env/boot.cmd"
+    ))
+    .unwrap();
+    let prologue = cmd
+        .strip_suffix(upstream.as_str())
+        .expect("boot.cmd follows the prologue unchanged");
+    assert_eq!(
+        prologue.lines().skip(1).collect::<Vec<_>>(),
+        [
+            r#"if test -z "${rota_part_A}"; then setenv rota_part_A 2; fi"#,
+            r#"if test -z "${rota_part_B}"; then setenv rota_part_B 3; fi"#,
+            r#"if test -z "${rota_kernel}"; then setenv rota_kernel boot/Image; fi"#,
+            &format!(r#"if test -z "${{rota_boot}}"; then setenv rota_boot '{hook}'; fi"#),
+        ]
+    );
+    // A legacy U-Boot script image (magic 0x27051956) holding the script.
+    let scr = std::fs::read(b.join("boot.scr")).unwrap();
+    assert_eq!(&scr[..4], &[0x27, 0x05, 0x19, 0x56]);
+    assert!(scr
+        .windows(upstream.len().min(200))
+        .any(|w| w == &upstream.as_bytes()[..upstream.len().min(200)]));
+
+    // No hook configured: no rota_boot line.
+    let out = run_bitbake_shell(
+        recipe,
+        "do_compile() {",
+        &vars(""),
+        Path::new("/nonexistent"),
+    );
+    assert!(out.status.success(), "do_compile: {}", stderr(&out));
+    let cmd = std::fs::read_to_string(b.join("boot.cmd")).unwrap();
+    assert!(!cmd.contains("setenv rota_boot"), "{cmd}");
+}
+
+#[test]
+fn rota_bundle_class_builds_a_verifiable_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for sub in ["bin", "work", "imgdeploy", "deploy"] {
+        std::fs::create_dir(d.join(sub)).unwrap();
+    }
+    // `rota` as the class calls it (rota-native in the sysroot's PATH).
+    let mut wrapper = String::from("#!/bin/sh\nexec ");
+    if let Ok(r) = std::env::var("ROTA_TEST_RUNNER") {
+        if !r.trim().is_empty() {
+            wrapper.push_str(&r);
+            wrapper.push(' ');
+        }
+    }
+    wrapper.push_str(concat!(env!("CARGO_BIN_EXE_rota"), " \"$@\"\n"));
+    std::fs::write(d.join("bin/rota"), wrapper).unwrap();
+    std::fs::set_permissions(d.join("bin/rota"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    rota::bundle::keys::write_keypair(d, "release").unwrap();
+    let rootfs = pattern(3 << 20, 5);
+    let name = "core-image-minimal-raspberrypi4-64-20261125";
+    std::fs::write(d.join(format!("imgdeploy/{name}.rootfs.ext4")), &rootfs).unwrap();
+    std::fs::write(d.join("deploy/appfs.img"), pattern(200_000, 6)).unwrap();
+
+    let vars = |key: String, extra: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("ROTA_SIGNING_KEY", key),
+            ("WORKDIR", d.join("work").display().to_string()),
+            ("IMGDEPLOYDIR", d.join("imgdeploy").display().to_string()),
+            ("DEPLOY_DIR_IMAGE", d.join("deploy").display().to_string()),
+            ("IMAGE_NAME", name.to_owned()),
+            ("IMAGE_NAME_SUFFIX", ".rootfs".to_owned()),
+            ("ROTA_COMPATIBLE", "raspberrypi4-64".to_owned()),
+            ("ROTA_BUNDLE_VERSION", "1.4.0".to_owned()),
+            ("ROTA_BUNDLE_DESCRIPTION", "July release".to_owned()),
+            ("ROTA_BUNDLE_SLOT_CLASS", "rootfs".to_owned()),
+            ("ROTA_BUNDLE_CHUNK_SIZE", "65536".to_owned()),
+            ("ROTA_BUNDLE_EXTRA_IMAGES", extra.to_owned()),
+        ]
+    };
+    let key = d.join("release.key.pem").display().to_string();
+    let out = run_image_cmd(
+        &vars(key.clone(), "slot-class:appfs:appfs.img"),
+        &d.join("bin"),
+    );
+    assert!(
+        out.status.success(),
+        "IMAGE_CMD:rota failed: {}",
+        stderr(&out)
+    );
+    let bundle = d.join(format!("imgdeploy/{name}.rootfs.rota"));
+    assert!(
+        !d.join("work/rota-bundle").exists(),
+        "the work directory is left behind"
+    );
+
+    run_ok(
+        pkg_support::rota_command()
+            .args(["bundle", "verify"])
+            .arg(&bundle)
+            .arg("--keyring")
+            .arg(d.join("release.pub.pem")),
+    );
+    let info = run_ok(
+        pkg_support::rota_command()
+            .args(["bundle", "info", "--json"])
+            .arg(&bundle)
+            .arg("--keyring")
+            .arg(d.join("release.pub.pem")),
+    );
+    let info = String::from_utf8_lossy(&info.stdout);
+    for needle in [
+        "raspberrypi4-64",
+        "1.4.0",
+        "July release",
+        "rootfs",
+        "appfs",
+    ] {
+        assert!(
+            info.contains(needle),
+            "bundle info lacks {needle:?}: {info}"
+        );
+    }
+    // The image in the bundle is the image file, byte for byte.
+    let list = run_ok(tool("tar", "tar").arg("tf").arg(&bundle));
+    let members = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        members.starts_with("manifest.toml\nmanifest.toml.sig\n"),
+        "{members}"
+    );
+
+    // Failures name what is wrong.
+    let out = run_image_cmd(&vars(String::new(), ""), &d.join("bin"));
+    assert!(
+        !out.status.success() && stderr(&out).contains("ROTA_SIGNING_KEY"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_image_cmd(&vars(key.clone(), "kernel:x:appfs.img"), &d.join("bin"));
+    assert!(
+        !out.status.success() && stderr(&out).contains("must start with slot-class: or mcu:"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run_image_cmd(
+        &vars(key, "")
+            .into_iter()
+            .map(|(k, v)| {
+                if k == "ROTA_BUNDLE_VERSION" {
+                    (k, "5.0+snapshot".into())
+                } else {
+                    (k, v)
+                }
+            })
+            .collect::<Vec<_>>(),
+        &d.join("bin"),
+    );
+    assert!(
+        !out.status.success(),
+        "a non-semver version must fail the image"
+    );
+    assert!(stderr(&out).contains("5.0+snapshot"), "{}", stderr(&out));
+}

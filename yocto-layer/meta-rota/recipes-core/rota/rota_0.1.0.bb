@@ -19,18 +19,26 @@ export CARGO_PROFILE_RELEASE_STRIP = "false"
 # Must equal the compatible of the bundles (rota-bundle.bbclass uses the same default):
 # set it once in local.conf or the distro config.
 ROTA_COMPATIBLE ??= "${MACHINE}"
+# Slots A and B: partitions 2 and 3 of the SD card (Raspberry Pi) or of the eMMC
+# (i.MX8M EVKs: mmcblk2), matching rota-boot-script's ROTA_UBOOT_PART_A/B.
 ROTA_SLOT_A_DEVICE ?= "/dev/mmcblk0p2"
 ROTA_SLOT_B_DEVICE ?= "/dev/mmcblk0p3"
+ROTA_SLOT_A_DEVICE:mx8m-generic-bsp ?= "/dev/mmcblk2p2"
+ROTA_SLOT_B_DEVICE:mx8m-generic-bsp ?= "/dev/mmcblk2p3"
 ROTA_BOOT_ATTEMPTS ?= "3"
 ROTA_RAUC_COMPAT ?= "false"
 # Members of this group may install and mark over D-Bus (the policy files are patched
 # to name it, and the group is created).
 ROTA_DBUS_GROUP ?= "rota"
 # Release public key(s) (SPKI PEM made by `rota keygen` or openssl) on the build host,
-# installed into /etc/rota/keys/. Without one, rota refuses every bundle.
+# installed into /etc/rota/keys/. Required: rota does not start without a key. Two keys
+# (current and next) allow key rotation.
 ROTA_KEYRING_PEMS ?= ""
 
 SRC_URI += "file://system.toml.in"
+
+# Rebuild when a key file's content changes, not only its name.
+do_install[file-checksums] += "${@' '.join(p + ':True' for p in d.getVar('ROTA_KEYRING_PEMS').split())}"
 
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system ${ROTA_DBUS_GROUP}"
@@ -75,8 +83,7 @@ do_install:append:class-target() {
         keys="$keys\"${sysconfdir}/rota/keys/$name\", "
     done
     if [ -z "$keys" ]; then
-        bbwarn "ROTA_KEYRING_PEMS is empty: the image's rota will refuse every bundle"
-        keys="\"${sysconfdir}/rota/keys/release.pub.pem\", "
+        bbfatal "ROTA_KEYRING_PEMS is empty: name the release public key(s) rota must trust (rota keygen writes NAME.pub.pem); rota does not start without one"
     fi
     sed -i -e "s#@KEYRING@#${keys%, }#" ${D}${sysconfdir}/rota/system.toml
 }
