@@ -22,8 +22,17 @@ impl Installer {
         Self { agent, config }
     }
 
-    async fn inspect(&self, source: &str) -> Result<crate::bundle::Bundle, RotaError> {
-        let path = source.strip_prefix("file://").unwrap_or(source).to_owned();
+    /// Reads a bundle's manifest for a caller; the path is opened only if the caller
+    /// could read it itself (these methods are open to every user on the bus).
+    async fn inspect(
+        &self,
+        source: &str,
+        conn: &Connection,
+        header: &zbus::message::Header<'_>,
+    ) -> Result<crate::bundle::Bundle, RotaError> {
+        let path = check_source(conn, header, source)
+            .await
+            .map_err(RotaError::InvalidArgument)?;
         if path.starts_with("http://") || path.starts_with("https://") {
             return Err(RotaError::Failed(
                 "inspecting a bundle by URL is not supported; install it directly".into(),
@@ -85,8 +94,13 @@ impl Installer {
     }
 
     /// Deprecated in RAUC: (compatible, version).
-    async fn info(&self, bundle: String) -> Result<(String, String), RotaError> {
-        let b = self.inspect(&bundle).await?;
+    async fn info(
+        &self,
+        bundle: String,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(String, String), RotaError> {
+        let b = self.inspect(&bundle, conn, &header).await?;
         Ok((b.manifest.update.compatible, b.manifest.update.version))
     }
 
@@ -94,8 +108,10 @@ impl Installer {
         &self,
         source: String,
         _args: HashMap<String, OwnedValue>,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
     ) -> Result<HashMap<String, OwnedValue>, RotaError> {
-        let b = self.inspect(&source).await?;
+        let b = self.inspect(&source, conn, &header).await?;
         let u = &b.manifest.update;
         let mut update: HashMap<String, OwnedValue> = HashMap::new();
         update.insert("compatible".into(), super::ov(u.compatible.clone()));

@@ -1,0 +1,462 @@
+//! The shipped system-bus policy (`dbus/io.rota.conf`, `dbus/de.pengutronix.rauc.conf`)
+//! enforced by a real `dbus-daemon`, in front of the real `rota service`.
+//!
+//! The bus config has Debian's system-bus defaults (every method call denied unless a
+//! policy file opens it) and `<include>`s the shipped files unchanged. Calls are made with
+//! `busctl` as real users, switched with `setpriv`: an unprivileged user (no groups), and
+//! a member of the policy's group (`rota`). Users and the group are created with
+//! `useradd`/`groupadd` when missing, so the tests need root.
+
+mod pkg_support;
+
+use pkg_support::{busctl, Bus, Caller, Gateway, Service};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Output;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+const READER: &str = "rota-test-reader";
+const OPERATOR: &str = "rota-test-operator";
+
+/// `user`/`group` administration is not safe to run concurrently.
+static ACCOUNTS: Mutex<()> = Mutex::new(());
+
+fn policy_path(name: &str) -> String {
+    format!("{}/dbus/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The group the shipped native policy opens to (the documented default is "rota").
+fn policy_group() -> String {
+    let text = std::fs::read_to_string(policy_path("io.rota.conf")).unwrap();
+    let start = text
+        .find("<policy group=\"")
+        .expect("io.rota.conf has a <policy group=...> section")
+        + "<policy group=\"".len();
+    let end = start + text[start..].find('"').unwrap();
+    text[start..end].to_owned()
+}
+
+fn run_admin(args: &[&str]) {
+    let out = pkg_support::tool(args[0], "passwd")
+        .args(&args[1..])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Makes sure the group and both users exist, with the operator (only) in the group.
+fn accounts() -> (Caller, Caller) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the D-Bus policy tests create users and switch to them: run them as root"
+    );
+    let _lock = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let group = policy_group();
+    if nix::unistd::Group::from_name(&group).unwrap().is_none() {
+        run_admin(&["groupadd", "--system", &group]);
+    }
+    for (name, groups) in [(READER, ""), (OPERATOR, group.as_str())] {
+        if nix::unistd::User::from_name(name).unwrap().is_none() {
+            let mut args = vec![
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+            ];
+            if !groups.is_empty() {
+                args.extend(["--groups", groups]);
+            }
+            args.push(name);
+            run_admin(&args);
+        } else if !groups.is_empty() {
+            run_admin(&["usermod", "--append", "--groups", groups, name]);
+        }
+    }
+    let g = nix::unistd::Group::from_name(&group).unwrap().unwrap();
+    assert!(
+        !g.mem.iter().any(|m| m == READER),
+        "{READER} must not be a member of {group}"
+    );
+    let caller = |name: &str, with_groups| {
+        let u = nix::unistd::User::from_name(name).unwrap().unwrap();
+        Caller {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            with_groups,
+        }
+    };
+    (caller(READER, false), caller(OPERATOR, true))
+}
+
+/// A gateway with rauc-compat on, a bus with the shipped policies, the service on it.
+fn setup() -> (Gateway, Bus, Service) {
+    let gw = Gateway::new(&format!(
+        "rauc-compat = true\ngroup = \"{}\"",
+        policy_group()
+    ));
+    let policies = format!(
+        "{}\n  <include>{}</include>\n  <include>{}</include>\n",
+        pkg_support::SYSTEM_BUS_DEFAULTS,
+        policy_path("io.rota.conf"),
+        policy_path("de.pengutronix.rauc.conf")
+    );
+    let bus = Bus::start(gw.dir.path(), &policies);
+    let svc = Service::start(&gw, &bus, &[]);
+    (gw, bus, svc)
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[track_caller]
+fn assert_ok(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} should succeed: {}", text(out));
+}
+
+/// Refused by dbus-daemon's policy: `org.freedesktop.DBus.Error.AccessDenied` sent by the
+/// bus itself, "Rejected send message" — the service never saw the call.
+#[track_caller]
+fn assert_denied_by_bus(out: &Output, what: &str) {
+    let err = pkg_support::reply_error(out);
+    assert!(
+        !out.status.success()
+            && err
+                .as_ref()
+                .is_some_and(|(sender, name, message)| sender == "org.freedesktop.DBus"
+                    && name == "org.freedesktop.DBus.Error.AccessDenied"
+                    && message.starts_with("Rejected send message")),
+        "{what} should be denied by the bus policy, got {err:?}: {}",
+        text(out)
+    );
+}
+
+/// Let through by the bus, refused by the service with an `io.rota.Error.*` whose message
+/// contains `needle`.
+#[track_caller]
+fn assert_refused_by_service(out: &Output, what: &str, needle: &str) {
+    let err = pkg_support::reply_error(out);
+    assert!(
+        !out.status.success()
+            && err
+                .as_ref()
+                .is_some_and(|(sender, name, message)| sender != "org.freedesktop.DBus"
+                    && name.starts_with("io.rota.Error.")
+                    && message.contains(needle)),
+        "{what} should reach the service and fail with {needle:?}, got {err:?}: {}",
+        text(out)
+    );
+}
+
+const NATIVE: [&str; 3] = ["io.rota", "/io/rota", "io.rota.Agent1"];
+const RAUC: [&str; 3] = ["de.pengutronix.rauc", "/", "de.pengutronix.rauc.Installer"];
+
+fn call(bus: &Bus, who: Option<Caller>, target: [&str; 3], rest: &[&str]) -> Output {
+    let mut args = vec!["call", target[0], target[1], target[2]];
+    args.extend_from_slice(rest);
+    busctl(bus, who, &args)
+}
+
+/// `GetStatus` as parsed JSON.
+fn status(bus: &Bus) -> serde_json::Value {
+    let out = busctl(
+        bus,
+        None,
+        &[
+            "--json=short",
+            "call",
+            NATIVE[0],
+            NATIVE[1],
+            NATIVE[2],
+            "GetStatus",
+        ],
+    );
+    assert_ok(&out, "GetStatus as root");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_str(reply["data"][0].as_str().unwrap()).unwrap()
+}
+
+fn wait_for_result(bus: &Bus, want: &str) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let st = status(bus);
+        let result = st["last_install"]["result"].as_str().unwrap_or("");
+        if result == want {
+            return st;
+        }
+        assert!(
+            result != "failed" && start.elapsed() < Duration::from_secs(120),
+            "install did not reach {want:?}: {st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn unprivileged_user_may_read_but_not_install_mark_or_own() {
+    let (reader, _) = accounts();
+    let (gw, bus, _svc) = setup();
+    let r = Some(reader);
+    let bundle = gw.bundle("update", "1.1.0", &pkg_support::pattern(200_000, 7));
+    let bundle = bundle.to_str().unwrap();
+    let env_before = std::fs::read(gw.path("uboot.env")).unwrap();
+    let slot_b_before = std::fs::read(gw.path("b.img")).unwrap();
+
+    // Reads: native.
+    let out = call(&bus, r, NATIVE, &["GetStatus"]);
+    assert_ok(&out, "GetStatus");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("acme-gateway"));
+    let out = call(&bus, r, NATIVE, &["GetSlotStatus"]);
+    assert_ok(&out, "GetSlotStatus");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("rootfs.1"));
+    let out = busctl(
+        &bus,
+        r,
+        &["get-property", NATIVE[0], NATIVE[1], NATIVE[2], "Operation"],
+    );
+    assert_ok(&out, "Get(Operation)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "s \"idle\"");
+    assert_ok(
+        &call(
+            &bus,
+            r,
+            ["io.rota", "/io/rota", "org.freedesktop.DBus.Properties"],
+            &["GetAll", "s", "io.rota.Agent1"],
+        ),
+        "GetAll",
+    );
+    assert_ok(
+        &busctl(&bus, r, &["introspect", NATIVE[0], NATIVE[1]]),
+        "Introspect",
+    );
+    assert_ok(
+        &call(
+            &bus,
+            r,
+            ["io.rota", "/io/rota", "org.freedesktop.DBus.Peer"],
+            &["Ping"],
+        ),
+        "Ping",
+    );
+
+    // Reads: RAUC compat.
+    assert_ok(
+        &call(&bus, r, RAUC, &["GetSlotStatus"]),
+        "rauc GetSlotStatus",
+    );
+    assert_ok(&call(&bus, r, RAUC, &["GetPrimary"]), "rauc GetPrimary");
+    let out = busctl(
+        &bus,
+        r,
+        &["get-property", RAUC[0], RAUC[1], RAUC[2], "Operation"],
+    );
+    assert_ok(&out, "rauc Get(Operation)");
+    let out = call(&bus, r, RAUC, &["Info", "s", bundle]);
+    assert_ok(&out, "rauc Info of a bundle the caller can read");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1.1.0"));
+
+    // Writes: all refused by the bus, none reaches the service.
+    let denied: [(&[&str; 3], Vec<&str>, &str); 8] = [
+        (
+            &NATIVE,
+            vec!["Install", "sa{sv}", bundle, "0"],
+            "native Install",
+        ),
+        (&NATIVE, vec!["Mark", "ss", "good", "booted"], "native Mark"),
+        (
+            &NATIVE,
+            vec!["Mark", "ss", "active", "other"],
+            "native Mark active",
+        ),
+        (&NATIVE, vec!["Cancel"], "native Cancel"),
+        (&NATIVE, vec!["Poll"], "native Poll"),
+        (
+            &RAUC,
+            vec!["InstallBundle", "sa{sv}", bundle, "0"],
+            "rauc InstallBundle",
+        ),
+        (&RAUC, vec!["Install", "s", bundle], "rauc Install"),
+        (&RAUC, vec!["Mark", "ss", "good", "booted"], "rauc Mark"),
+    ];
+    for (target, rest, what) in denied {
+        assert_denied_by_bus(&call(&bus, r, *target, &rest), what);
+    }
+    // Properties are read-only for everyone but root and the group.
+    assert_denied_by_bus(
+        &busctl(
+            &bus,
+            r,
+            &[
+                "set-property",
+                NATIVE[0],
+                NATIVE[1],
+                NATIVE[2],
+                "Operation",
+                "s",
+                "idle",
+            ],
+        ),
+        "Set(Operation)",
+    );
+    // A method the policy does not list stays closed (deny by default).
+    assert_denied_by_bus(
+        &call(&bus, r, NATIVE, &["NoSuchMethod"]),
+        "an unlisted method",
+    );
+    // Nobody but root may own the service names.
+    for name in ["io.rota", "de.pengutronix.rauc"] {
+        let out = busctl(
+            &bus,
+            r,
+            &[
+                "call",
+                "org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "RequestName",
+                "su",
+                name,
+                "0",
+            ],
+        );
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("not allowed to own"),
+            "owning {name} must be refused: {}",
+            text(&out)
+        );
+    }
+
+    // Nothing happened: no install, env and inactive slot untouched.
+    let st = status(&bus);
+    assert_eq!(st["operation"], "idle", "{st:#}");
+    assert!(st["last_install"].is_null(), "{st:#}");
+    assert_eq!(std::fs::read(gw.path("uboot.env")).unwrap(), env_before);
+    assert_eq!(std::fs::read(gw.path("b.img")).unwrap(), slot_b_before);
+}
+
+#[test]
+fn group_member_may_install_and_mark() {
+    let (_, operator) = accounts();
+    let (gw, bus, _svc) = setup();
+    let op = Some(operator);
+    let image = pkg_support::pattern(300_000, 11);
+    let bundle = gw.bundle("update", "1.1.0", &image);
+
+    let out = call(
+        &bus,
+        op,
+        NATIVE,
+        &["Install", "sa{sv}", bundle.to_str().unwrap(), "0"],
+    );
+    assert_ok(&out, "Install by a member of the group");
+    let st = wait_for_result(&bus, "activated");
+    assert_eq!(st["last_install"]["slot"], "rootfs.1", "{st:#}");
+    let slot_b = std::fs::read(gw.path("b.img")).unwrap();
+    assert_eq!(&slot_b[..image.len()], &image[..], "slot B holds the image");
+    assert_eq!(st["primary"], "rootfs.1", "{st:#}");
+
+    // Mark: the member may put the old slot back first, through either API.
+    assert_ok(
+        &call(&bus, op, NATIVE, &["Mark", "ss", "active", "booted"]),
+        "Mark active booted by a member",
+    );
+    assert_eq!(status(&bus)["primary"], "rootfs.0");
+    assert_ok(
+        &call(&bus, op, RAUC, &["Mark", "ss", "active", "other"]),
+        "rauc Mark active other by a member",
+    );
+    assert_eq!(status(&bus)["primary"], "rootfs.1");
+
+    // Cancel with nothing running reaches the service (and fails there, not on the bus).
+    let out = call(&bus, op, NATIVE, &["Cancel"]);
+    let err = pkg_support::reply_error(&out);
+    assert!(
+        err.as_ref()
+            .is_none_or(|(sender, _, _)| sender != "org.freedesktop.DBus"),
+        "Cancel by a member must pass the bus, got {err:?}"
+    );
+
+    // Without its supplementary groups the same user is an ordinary caller again.
+    let stripped = Some(Caller {
+        with_groups: false,
+        ..operator
+    });
+    assert_denied_by_bus(
+        &call(&bus, stripped, NATIVE, &["Mark", "ss", "good", "booted"]),
+        "Mark by the same user outside the group",
+    );
+}
+
+#[test]
+fn service_refuses_a_bundle_the_caller_cannot_read() {
+    let (reader, operator) = accounts();
+    let (gw, bus, _svc) = setup();
+    let bundle = gw.bundle("update", "1.1.0", &pkg_support::pattern(100_000, 3));
+    let private = gw.path("private");
+    std::fs::create_dir(&private).unwrap();
+    let hidden = private.join("update.rota");
+    std::fs::copy(&bundle, &hidden).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let hidden = hidden.to_str().unwrap();
+
+    // The member passes the bus, but the service checks the file as the caller.
+    assert_refused_by_service(
+        &call(
+            &bus,
+            Some(operator),
+            NATIVE,
+            &["Install", "sa{sv}", hidden, "0"],
+        ),
+        "Install of a root-only bundle by a member",
+        "cannot read",
+    );
+    assert_refused_by_service(
+        &call(
+            &bus,
+            Some(operator),
+            RAUC,
+            &["InstallBundle", "sa{sv}", hidden, "0"],
+        ),
+        "rauc InstallBundle of a root-only bundle by a member",
+        "cannot read",
+    );
+    let st = status(&bus);
+    assert!(st["last_install"].is_null(), "{st:#}");
+
+    // Root may install it.
+    assert_ok(
+        &call(&bus, None, NATIVE, &["Install", "sa{sv}", hidden, "0"]),
+        "Install by root",
+    );
+    wait_for_result(&bus, "activated");
+
+    // Reading a bundle by path is open to everyone, so it must check the caller too.
+    assert_refused_by_service(
+        &call(&bus, Some(reader), RAUC, &["Info", "s", hidden]),
+        "rauc Info of a root-only bundle by an unprivileged user",
+        "cannot read",
+    );
+    assert_refused_by_service(
+        &call(
+            &bus,
+            Some(reader),
+            RAUC,
+            &["InspectBundle", "sa{sv}", hidden, "0"],
+        ),
+        "rauc InspectBundle of a root-only bundle by an unprivileged user",
+        "cannot read",
+    );
+}

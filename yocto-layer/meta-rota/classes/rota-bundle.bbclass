@@ -1,0 +1,85 @@
+# rota-bundle.bbclass: builds a signed rota bundle (.rota) from an image's ext4 root
+# file system, with `rota bundle create` from rota-native.
+#
+# In the image recipe (or local.conf: IMAGE_CLASSES += "rota-bundle"):
+#     inherit rota-bundle
+#     IMAGE_FSTYPES += "ext4 rota"
+#     ROTA_SIGNING_KEY = "/secure/path/release.key.pem"   # PKCS#8 ed25519, never in a layer
+#
+# Result: ${DEPLOY_DIR_IMAGE}/<image>-<machine>.rootfs.rota (plus the usual link name),
+# installable with `rota install` on devices whose [system] compatible equals
+# ROTA_COMPATIBLE. The manifest names one image for the rootfs slot class; extra
+# images (another slot class, or an MCU) can be added with ROTA_BUNDLE_EXTRA_IMAGES.
+
+# Devices install the bundle only if their [system] compatible is the same (the rota
+# recipe writes the same default into system.toml).
+ROTA_COMPATIBLE ??= "${MACHINE}"
+# Private key (PEM, PKCS#8 ed25519) that signs the bundle. Required.
+ROTA_SIGNING_KEY ??= ""
+# Version of the update, semver ("1.4.0"); a device refuses versions lower than the one
+# it runs unless forced. DISTRO_VERSION is a default only if it is semver.
+ROTA_BUNDLE_VERSION ??= "${DISTRO_VERSION}"
+ROTA_BUNDLE_DESCRIPTION ??= "${SUMMARY}"
+# Slot class the root file system goes to.
+ROTA_BUNDLE_SLOT_CLASS ??= "rootfs"
+# Chunk size in bytes (power of two, 4 KiB to 16 MiB); empty: rota's default.
+ROTA_BUNDLE_CHUNK_SIZE ??= ""
+# Extra images, space separated, each "slot-class:CLASS:FILE" or "mcu:NAME:FILE", with
+# FILE relative to DEPLOY_DIR_IMAGE (add the producing recipe's do_deploy to
+# do_image_rota[depends] yourself).
+ROTA_BUNDLE_EXTRA_IMAGES ??= ""
+
+# A new image type "rota", made from the ext4 image (image_types.bbclass conventions).
+# oelint does not know image-type overrides and the do_image_<type> tasks they create.
+IMAGE_TYPES += "rota"
+# nooelint: oelint.vars.specific,oelint.vars.mispell
+IMAGE_TYPEDEP:rota = "ext4"
+# nooelint: oelint.vars.mispell.unknown
+do_image_rota[depends] += "rota-native:do_populate_sysroot"
+# nooelint: oelint.vars.mispell.unknown
+do_image_rota[vardeps] += "ROTA_SIGNING_KEY ROTA_BUNDLE_VERSION ROTA_COMPATIBLE ROTA_BUNDLE_EXTRA_IMAGES"
+# nooelint: oelint.vars.mispell.unknown
+do_image_rota[doc] = "Builds a signed rota bundle (.rota) from the ext4 root file system"
+
+# nooelint: oelint.task.docstrings
+IMAGE_CMD:rota () {
+    if [ -z "${ROTA_SIGNING_KEY}" ] || [ ! -r "${ROTA_SIGNING_KEY}" ]; then
+        bbfatal "rota-bundle: ROTA_SIGNING_KEY ('${ROTA_SIGNING_KEY}') must name a readable PKCS#8 ed25519 key (rota keygen writes one)"
+    fi
+    dir="${WORKDIR}/rota-bundle"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    # A hard link, not a symlink: rota bundles regular files only.
+    ln "${IMGDEPLOYDIR}/${IMAGE_NAME}${IMAGE_NAME_SUFFIX}.ext4" "$dir/rootfs.ext4" 2>/dev/null ||
+        cp "${IMGDEPLOYDIR}/${IMAGE_NAME}${IMAGE_NAME_SUFFIX}.ext4" "$dir/rootfs.ext4"
+    {
+        echo "[update]"
+        echo "compatible = \"${ROTA_COMPATIBLE}\""
+        echo "version = \"${ROTA_BUNDLE_VERSION}\""
+        echo "description = \"${ROTA_BUNDLE_DESCRIPTION}\""
+        echo ""
+        echo "[[image]]"
+        echo "slot-class = \"${ROTA_BUNDLE_SLOT_CLASS}\""
+        echo "file = \"rootfs.ext4\""
+    } > "$dir/manifest.toml"
+    for extra in ${ROTA_BUNDLE_EXTRA_IMAGES}; do
+        kind=${extra%%:*}
+        rest=${extra#*:}
+        name=${rest%%:*}
+        file=${rest#*:}
+        case "$kind" in
+            slot-class|mcu) ;;
+            *) bbfatal "rota-bundle: '$extra' in ROTA_BUNDLE_EXTRA_IMAGES must start with slot-class: or mcu:" ;;
+        esac
+        member=$(basename "$file")
+        cp "${DEPLOY_DIR_IMAGE}/$file" "$dir/$member"
+        printf '\n[[image]]\n%s = "%s"\nfile = "%s"\n' "$kind" "$name" "$member" >> "$dir/manifest.toml"
+    done
+    chunk=""
+    if [ -n "${ROTA_BUNDLE_CHUNK_SIZE}" ]; then
+        chunk="--chunk-size ${ROTA_BUNDLE_CHUNK_SIZE}"
+    fi
+    rota bundle create "$dir" "${IMGDEPLOYDIR}/${IMAGE_NAME}${IMAGE_NAME_SUFFIX}.rota" \
+        --key "${ROTA_SIGNING_KEY}" $chunk
+    rm -rf "$dir"
+}
