@@ -48,6 +48,16 @@ fn cli_install_streams_json_events_and_activates_slot_b() {
     assert_eq!(st["last_install"]["result"], "activated");
     assert_eq!(st["slots"][1]["version"], "1.1.0");
     assert_eq!(st["slots"][1]["sha256"].as_str().unwrap().len(), 64);
+    // Log lines carry structured fields (journald fields when the journal is there).
+    let log = String::from_utf8_lossy(&gw.read("service.log")).into_owned();
+    let tr = st["last_install"]["transaction"].as_str().unwrap();
+    assert!(
+        log.contains(&format!(
+            "TRANSACTION={tr} VERSION=1.1.0 SLOT=rootfs.1 BYTES={}",
+            3 << 20
+        )),
+        "{log}"
+    );
     // Human output: the status table names both slots.
     let human = gw.rota(&["status"]).success();
     assert!(
