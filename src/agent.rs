@@ -338,15 +338,19 @@ struct Agent {
     running: Option<Running>,
 }
 
-/// Opens bundles from local paths and http(s) URLs.
-pub fn default_source_opener() -> Box<SourceOpener> {
-    Box::new(|req: &InstallRequest, _cancel: Arc<AtomicBool>| {
-        let path = req.source.strip_prefix("file://").unwrap_or(&req.source);
-        if path.starts_with("http://") || path.starts_with("https://") {
-            return Err(crate::source::SourceError::Fatal(format!(
-                "cannot fetch {path}: HTTP support is not built in"
-            )));
+/// Opens bundles from local paths and http(s) URLs (with `[http]` and the request's
+/// TLS and header overrides).
+pub fn default_source_opener(http: crate::config::HttpSection) -> Box<SourceOpener> {
+    Box::new(move |req: &InstallRequest, cancel: Arc<AtomicBool>| {
+        let src = req.source.as_str();
+        if src.starts_with("http://") || src.starts_with("https://") {
+            let opts = crate::source::http::HttpOptions::from_config(&http).with_request(req);
+            return Ok(
+                Box::new(crate::source::http::HttpSource::new(src, &opts, cancel)?)
+                    as Box<dyn crate::source::ByteSource>,
+            );
         }
+        let path = src.strip_prefix("file://").unwrap_or(src);
         Ok(Box::new(crate::source::file::FileSource::open(
             std::path::Path::new(path),
         )?) as Box<dyn crate::source::ByteSource>)
@@ -356,7 +360,8 @@ pub fn default_source_opener() -> Box<SourceOpener> {
 /// Loads keys, state and the bootloader backend, follows up the last install, resumes an
 /// interrupted one, and starts the agent task on the current tokio runtime.
 pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
-    start_with(config, default_source_opener()).await
+    let opener = default_source_opener(config.http.clone());
+    start_with(config, opener).await
 }
 
 /// [`start`] with a chosen way of opening bundle sources.
@@ -640,7 +645,21 @@ impl Agent {
             let mut emit = |p: Progress| {
                 let _ = progress_tx.send(WorkerMsg::Progress(p));
             };
-            let result = install::run(&ctx, &tr, &req, resuming, cancel, &mut emit);
+            // A bug must not leave the agent "installing" forever: a panic becomes a failed
+            // install, reported like any other (the target slot stays out of the boot selection).
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                install::run(&ctx, &tr, &req, resuming, cancel, &mut emit)
+            }))
+            .unwrap_or_else(|panic| {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                Err(InstallError::Failed(format!(
+                    "internal error during install: {what}"
+                )))
+            });
             let _ = worker_tx.send(WorkerMsg::Done {
                 transaction: tr,
                 reboot,

@@ -277,25 +277,8 @@ fn killed_service_resumes_the_install_on_restart() {
         .trim_matches('"')
         .to_owned();
     wait_for("bytes to land", 60, || {
-        let p = gw
-            .cmd(
-                "busctl",
-                &[
-                    "--system",
-                    "get-property",
-                    "io.rota",
-                    "/io/rota",
-                    "io.rota.Agent1",
-                    "Progress",
-                ],
-            )
-            .success();
-        let done: u64 = p
-            .split_whitespace()
-            .rev()
-            .nth(5)
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0);
+        let p = progress(&gw);
+        let done = p.done;
         done > (8 << 20)
     });
     gw.kill_service();
@@ -316,25 +299,8 @@ fn killed_service_resumes_the_install_on_restart() {
     });
     let st = gw.status_json();
     assert_eq!(st["last_install"]["transaction"], tr.as_str());
-    let p = gw
-        .cmd(
-            "busctl",
-            &[
-                "--system",
-                "get-property",
-                "io.rota",
-                "/io/rota",
-                "io.rota.Agent1",
-                "Progress",
-            ],
-        )
-        .success();
-    let reused: u64 = p
-        .split_whitespace()
-        .rev()
-        .nth(2)
-        .and_then(|x| x.parse().ok())
-        .unwrap();
+    let p = progress(&gw);
+    let reused = p.reused;
     assert!(
         reused >= 8 << 20,
         "at least the 8 MiB written before the kill were reused: {p}"
@@ -382,4 +348,46 @@ fn service_refuses_to_start_on_a_bad_config() {
         "{}",
         r.stderr()
     );
+}
+
+/// The Progress property, read with busctl: `(ustttttt)` percent, message, done, total,
+/// downloaded, reused, rate, ETA — counted from the end, as the message has spaces.
+struct BusProgress {
+    text: String,
+    done: u64,
+    reused: u64,
+}
+
+impl std::fmt::Display for BusProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn progress(gw: &Gateway) -> BusProgress {
+    let text = gw
+        .cmd(
+            "busctl",
+            &[
+                "--system",
+                "get-property",
+                "io.rota",
+                "/io/rota",
+                "io.rota.Agent1",
+                "Progress",
+            ],
+        )
+        .success();
+    let field = |from_end: usize| {
+        text.split_whitespace()
+            .rev()
+            .nth(from_end)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
+    BusProgress {
+        done: field(5),
+        reused: field(2),
+        text: text.clone(),
+    }
 }

@@ -135,10 +135,14 @@ impl Gateway {
             .env_remove("WATCHDOG_USEC");
     }
 
-    /// Runs the rota CLI to completion.
+    /// Runs the rota CLI to completion (killed after 300 s, so a hang fails the test).
     pub fn rota(&self, args: &[&str]) -> Run {
-        let mut c = rota_cmd();
-        c.args(args);
+        let mut c = Command::new("timeout");
+        let inner = rota_cmd();
+        c.args(["--kill-after=5", "300"])
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .args(args);
         self.env_vars(&mut c);
         Run(c.output().expect("rota runs"))
     }

@@ -1,0 +1,177 @@
+//! Installs from a real nginx on 127.0.0.1: HTTP, HTTPS with a private CA, mutual TLS,
+//! fail-fast errors, and adaptive reuse of the running slot.
+
+mod support;
+use std::time::{Duration, Instant};
+use support::gateway::{pattern, Gateway};
+use support::nginx::{make_pki, Nginx};
+
+fn setup(extra_http: &str) -> (Gateway, Nginx) {
+    let mut gw = Gateway::new(false);
+    let pki = gw.path("pki");
+    make_pki(&pki);
+    std::fs::create_dir_all(gw.path("www")).unwrap();
+    let cfg = std::fs::read_to_string(gw.path("system.toml")).unwrap();
+    std::fs::write(
+        gw.path("system.toml"),
+        format!("{cfg}[http]\nretries = 3\nstall-timeout = \"5s\"\n{extra_http}"),
+    )
+    .unwrap();
+    let ng = Nginx::start(&gw.path("www"), &pki, &gw.path("nginx"));
+    gw.start_service();
+    (gw, ng)
+}
+
+fn publish(gw: &Gateway, name: &str, version: &str, image: Vec<u8>) -> Vec<u8> {
+    let (path, image) = gw.bundle(name, "acme-gateway", version, image, "release");
+    std::fs::copy(&path, gw.path(&format!("www/{name}.rota"))).unwrap();
+    image
+}
+
+fn json_events(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[test]
+fn installs_over_http_and_https_with_a_private_ca() {
+    let (gw, ng) = setup(&format!("ca = \"{}\"\n", gw_pki_ca()));
+    let image = publish(&gw, "v11", "1.1.0", pattern(3 << 20, 31));
+    let r = gw.rota(&["install", "--json", &ng.url(ng.http, false, "v11.rota")]);
+    let out = r.success();
+    let last = json_events(&out).pop().unwrap();
+    assert_eq!(last["result"], 0, "{out}");
+    assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
+    // HTTPS with the pinned private CA.
+    let image = publish(&gw, "v12", "1.2.0", pattern(3 << 20, 32));
+    gw.rota(&["install", &ng.url(ng.https, true, "v12.rota")])
+        .success();
+    assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
+}
+
+/// The config's CA path is relative to system.toml's directory.
+fn gw_pki_ca() -> String {
+    "pki/ca.pem".into()
+}
+
+#[test]
+fn mutual_tls_needs_the_client_certificate() {
+    let (gw, ng) =
+        setup("ca = \"pki/ca.pem\"\ncert = \"pki/client.pem\"\nkey = \"pki/client.key\"\n");
+    let image = publish(&gw, "m", "1.1.0", pattern(1 << 20, 33));
+    gw.rota(&["install", &ng.url(ng.mtls, true, "m.rota")])
+        .success();
+    assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
+}
+
+#[test]
+fn unrecoverable_answers_fail_fast_with_a_clear_message() {
+    let (gw, ng) = setup("");
+    publish(&gw, "v", "1.1.0", pattern(1 << 20, 34));
+    let env_before = gw.read("uboot.env");
+    let cases = [
+        (ng.url(ng.http, false, "missing.rota"), "not found (404"),
+        (ng.url(ng.https, true, "v.rota"), "TLS failure"),
+        (ng.url(ng.mtls, true, "v.rota"), "TLS failure"),
+    ];
+    for (url, expect) in cases {
+        let t = Instant::now();
+        let r = gw.rota(&["install", &url]);
+        assert_eq!(r.code(), 1, "{url}");
+        assert!(
+            r.stderr().contains(expect),
+            "{url}: {:?} should mention {expect:?}",
+            r.stderr()
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{url} took {:?}",
+            t.elapsed()
+        );
+    }
+    // A server that ignores Range (Python's http.server) is refused, not half-used.
+    let port = support::nginx::free_port();
+    let mut py = std::process::Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(gw.path("www"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    support::gateway::wait_for("python http.server", 10, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let r = gw.rota(&["install", &format!("http://127.0.0.1:{port}/v.rota")]);
+    let _ = py.kill();
+    let _ = py.wait();
+    assert_eq!(r.code(), 1);
+    assert!(
+        r.stderr().contains("does not support Range requests"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(
+        gw.read("uboot.env"),
+        env_before,
+        "nothing activated or disabled by failed fetches"
+    );
+}
+
+/// v2 = v1 with 1 % of its 4 KiB blocks changed: a device running v1 downloads only the
+/// chunks that differ.
+#[test]
+fn adaptive_update_downloads_only_changed_chunks() {
+    let (mut gw, ng) = setup("");
+    let size = 8 << 20;
+    let v1 = pattern(size, 40);
+    let mut v2 = v1.clone();
+    let blocks = size / 4096;
+    let mut x = 12345u64;
+    for _ in 0..blocks / 100 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let b = (x >> 33) as usize % blocks;
+        v2[b * 4096] ^= 0xFF;
+    }
+    publish(&gw, "v1", "1.1.0", v1.clone());
+    gw.rota(&["install", &ng.url(ng.http, false, "v1.rota")])
+        .success();
+    // Reboot into B (which now runs v1); v2 goes to A.
+    gw.stop_service();
+    std::fs::write(gw.path("cmdline"), "rota.slot=B\n").unwrap();
+    gw.start_service();
+    gw.rota(&["mark", "good", "booted"]).success();
+    publish(&gw, "v2", "1.2.0", v2.clone());
+    let out = gw
+        .rota(&["install", "--json", &ng.url(ng.http, false, "v2.rota")])
+        .success();
+    let ev = json_events(&out);
+    let last_progress = ev.iter().rev().find(|e| e["event"] == "progress").unwrap();
+    let downloaded = last_progress["bytes_downloaded"].as_u64().unwrap();
+    let reused = last_progress["bytes_reused"].as_u64().unwrap();
+    let ratio = downloaded as f64 / size as f64;
+    println!(
+        "adaptive: {downloaded} of {size} bytes downloaded ({:.1} %), {reused} reused",
+        ratio * 100.0
+    );
+    assert_eq!(downloaded + reused, size as u64);
+    assert!(
+        ratio < 0.30,
+        "1 % of blocks changed, {:.1} % downloaded",
+        ratio * 100.0
+    );
+    assert_eq!(
+        &gw.read("a.img")[..size],
+        &v2[..],
+        "slot A holds v2 bit-exact"
+    );
+}

@@ -1,0 +1,176 @@
+//! A real nginx on 127.0.0.1 serving a directory, over HTTP, HTTPS (private CA) and
+//! HTTPS that requires a client certificate; plus the PKI made with openssl.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("openssl must be installed");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// CA, server certificate for 127.0.0.1, client certificate, and a second unrelated CA.
+pub fn make_pki(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    for ca in ["ca", "otherca"] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.pem"),
+                "-days",
+                "30",
+                "-subj",
+                &format!("/CN=rota test {ca}"),
+            ],
+        );
+    }
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+    std::fs::write(
+        dir.join("client.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "30",
+                "-extfile",
+                ext,
+            ],
+        );
+    }
+}
+
+pub struct Nginx {
+    child: Child,
+    pub http: u16,
+    pub https: u16,
+    pub mtls: u16,
+}
+
+impl Nginx {
+    /// Serves `root`; `pki` must hold what [`make_pki`] makes.
+    pub fn start(root: &Path, pki: &Path, work: &Path) -> Nginx {
+        std::fs::create_dir_all(work.join("logs")).unwrap();
+        let (http, https, mtls) = (free_port(), free_port(), free_port());
+        let p = |n: &str| pki.join(n).display().to_string();
+        let conf = format!(
+            "user root; worker_processes 1; daemon off; pid {w}/nginx.pid; error_log {w}/logs/error.log warn;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ access_log {w}/logs/access.log; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
+               fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi; default_type application/octet-stream;\n\
+               server {{ listen 127.0.0.1:{http}; root {r}; }}\n\
+               server {{ listen 127.0.0.1:{https} ssl; ssl_certificate {sc}; ssl_certificate_key {sk}; root {r}; }}\n\
+               server {{ listen 127.0.0.1:{mtls} ssl; ssl_certificate {sc}; ssl_certificate_key {sk};\n\
+                 ssl_client_certificate {ca}; ssl_verify_client on; root {r}; }}\n\
+             }}\n",
+            w = work.display(),
+            r = root.display(),
+            sc = p("server.pem"),
+            sk = p("server.key"),
+            ca = p("ca.pem"),
+        );
+        std::fs::write(work.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(work.join("nginx.conf"))
+            .arg("-p")
+            .arg(work)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx must be installed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in [http, https, mtls] {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "nginx did not start: {}",
+                    std::fs::read_to_string(work.join("logs/error.log")).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Nginx {
+            child,
+            http,
+            https,
+            mtls,
+        }
+    }
+
+    pub fn url(&self, port: u16, tls: bool, name: &str) -> String {
+        format!(
+            "{}://127.0.0.1:{port}/{name}",
+            if tls { "https" } else { "http" }
+        )
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn pki_path(dir: &Path) -> PathBuf {
+    dir.join("pki")
+}
