@@ -42,6 +42,7 @@ need aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
 need arm-linux-gnueabihf-gcc gcc-arm-linux-gnueabihf
 need qemu-aarch64 qemu-user
 need qemu-arm qemu-user
+need readelf binutils
 [[ -e /usr/aarch64-linux-gnu/lib/libc.so.6 ]] || fail "aarch64 glibc missing: apt-get install libc6-dev-arm64-cross"
 [[ -e /usr/arm-linux-gnueabihf/lib/libc.so.6 ]] || fail "armhf glibc missing: apt-get install libc6-dev-armhf-cross"
 
@@ -64,7 +65,7 @@ for t in "${RELEASE_TARGETS[@]}"; do
   bin=target/$t/release/rota
   "${STRIP[$t]}" -o "target/$t/release/rota.stripped" "$bin"
   bytes=$(stat -c %s "target/$t/release/rota.stripped")
-  link=$(file -b "$bin" | grep -o 'statically linked\|dynamically linked' || echo '?')
+  if LC_ALL=C readelf -l "$bin" | grep -q 'Requesting program interpreter'; then link="dynamically linked"; else link="statically linked"; fi
   # shellcheck disable=SC2086
   version=$(${RUNNER[$t]} "$bin" --version) || fail "$t: the release binary does not run under ${RUNNER[$t]}"
   printf '%-32s %9d bytes  %5.2f MiB  %-18s %s\n' "$t" "$bytes" "$(awk -v b="$bytes" 'BEGIN { print b / 1048576 }')" "$link" "$version" | tee -a target/arm-sizes.txt
@@ -72,7 +73,7 @@ for t in "${RELEASE_TARGETS[@]}"; do
     fail "the aarch64 binary is $bytes bytes, over the 5 MiB limit ($MAX_AARCH64_BYTES)"
   fi
   if [[ $t == *-musl ]] && [[ $link != "statically linked" ]]; then
-    fail "$t: expected a static binary, file says: $(file -b "$bin")"
+    fail "$t: expected a static binary, but it names a program interpreter (readelf -l $bin)"
   fi
 done
 
@@ -83,21 +84,39 @@ for c in sha2 crc32fast ring curve25519-dalek ed25519-dalek; do
   HOT+=(--config "profile.dev.package.$c.opt-level=3")
 done
 
-run_tests() { # triple, cargo test selection...
-  local t=$1; shift
+test_env() { # triple → the runner variables for it
   local var
-  var=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUNNER
-  phase "cargo test --target $t ${*:-(all)} under ${RUNNER[$t]}"
-  env "$var=${RUNNER[$t]}" ROTA_TEST_RUNNER="${RUNNER[$t]}" \
-    cargo test --locked "${HOT[@]}" --target "$t" "$@"
+  var=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$1")_RUNNER
+  echo "$var=${RUNNER[$1]}" "ROTA_TEST_RUNNER=${RUNNER[$1]}"
 }
+ARMV7_SELECTION=("${ARMV7_TESTS[@]}")
+[[ ${ROTA_ARM_FULL:-0} == 1 ]] && ARMV7_SELECTION=()
 
-run_tests aarch64-unknown-linux-gnu
-if [[ ${ROTA_ARM_FULL:-0} == 1 ]]; then
-  run_tests armv7-unknown-linux-gnueabihf
-else
-  run_tests armv7-unknown-linux-gnueabihf "${ARMV7_TESTS[@]}"
-fi
+# One build for both targets (keeps both cores busy), then both suites side by side:
+# much of their time is qemu start-up and waiting on services, not CPU.
+phase "test builds: aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf"
+cargo test --locked "${HOT[@]}" --no-run --target aarch64-unknown-linux-gnu --target armv7-unknown-linux-gnueabihf
+
+logs=target/arm-tests
+mkdir -p "$logs"
+phase "cargo test --target aarch64-unknown-linux-gnu (all) under ${RUNNER[aarch64-unknown-linux-gnu]}"
+# shellcheck disable=SC2046
+env $(test_env aarch64-unknown-linux-gnu) cargo test --locked "${HOT[@]}" --no-fail-fast \
+  --target aarch64-unknown-linux-gnu > "$logs/aarch64.log" 2>&1 &
+a64=$!
+phase "cargo test --target armv7-unknown-linux-gnueabihf ${ARMV7_SELECTION[*]:-(all)} under ${RUNNER[armv7-unknown-linux-gnueabihf]}"
+# shellcheck disable=SC2046
+env $(test_env armv7-unknown-linux-gnueabihf) cargo test --locked "${HOT[@]}" --no-fail-fast \
+  --target armv7-unknown-linux-gnueabihf "${ARMV7_SELECTION[@]}" > "$logs/armv7.log" 2>&1 &
+arm=$!
+rc_a64=0; wait "$a64" || rc_a64=$?
+rc_arm=0; wait "$arm" || rc_arm=$?
+for t in aarch64 armv7; do
+  echo "---- $t ($logs/$t.log)"
+  grep -E '^(     Running|test result:|failures:|    [a-z_:]+$)|FAILED|panicked' "$logs/$t.log" || true
+done
+((rc_a64 == 0)) || { sed -n '/^failures:/,$p' "$logs/aarch64.log" | head -80; fail "aarch64 tests failed"; }
+((rc_arm == 0)) || { sed -n '/^failures:/,$p' "$logs/armv7.log" | head -80; fail "armv7 tests failed"; }
 
 took=$((SECONDS - start))
 phase "done"
