@@ -108,6 +108,11 @@ impl SmpClient {
         let attempts = attempts.max(1);
         for attempt in 1..=attempts {
             match self.exchange(what, op, group, cmd, body, timeout) {
+                // A garbled answer (UDP has no CRC of its own) is retried like a lost one.
+                Err(e @ McuError::Protocol { .. }) if attempt < attempts => {
+                    self.stats.retries += 1;
+                    log::debug!("{}: {what}: {e} (attempt {attempt}/{attempts}), retrying", self.transport.describe());
+                }
                 Err(McuError::Timeout { .. }) if attempt < attempts => {
                     self.stats.retries += 1;
                     log::debug!("{}: {what}: no answer (attempt {attempt}/{attempts}), retrying", self.transport.describe());

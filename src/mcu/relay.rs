@@ -41,6 +41,13 @@ const REBOOT_WAIT_FACTOR: u32 = 12;
 const REBOOT_POLL: Duration = Duration::from_millis(100);
 /// Longest single probe while a node reboots.
 const REBOOT_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// The node answers but still shows the image pending this long after the reset
+/// request: the request was lost, send it again. Zephyr resets 250 ms after its
+/// answer; a reset is only re-sent while the test image is provably not booted, so
+/// it can never cut a test boot short (which would make MCUboot revert).
+const RESET_RETRY_AFTER: Duration = Duration::from_millis(1500);
+/// Reset requests per test boot, first included.
+const MAX_RESET_SENDS: u32 = 3;
 /// Consecutive answers without progress before an upload is given up.
 const MAX_STALLS: u32 = 8;
 /// Times the device may restart an upload from 0 (it reset) before we give up.
@@ -359,9 +366,10 @@ impl Flow<'_> {
     /// rebooted: MCUboot clears "pending" when it swaps), then returns its state.
     fn wait_back(&mut self, client: &mut SmpClient) -> Result<Vec<SlotState>, McuError> {
         let wait = self.cfg.timeout * REBOOT_WAIT_FACTOR;
-        let deadline = Instant::now() + wait;
+        let mut deadline = Instant::now() + wait;
         let probe = self.cfg.timeout.min(REBOOT_PROBE_TIMEOUT);
         let mut last = String::from("no answer");
+        let (mut reset_at, mut sends) = (Instant::now(), 1u32);
         loop {
             self.check_cancel()?;
             if Instant::now() >= deadline {
@@ -383,7 +391,14 @@ impl Flow<'_> {
                 }
             };
             if states.iter().any(|s| s.hash == self.img.hash && s.pending && !s.active) {
-                last = "the node answers but still shows the image as pending: it has not reset yet".into();
+                last = "the node answers but still shows the image as pending: it has not reset".into();
+                if reset_at.elapsed() >= RESET_RETRY_AFTER && sends < MAX_RESET_SENDS {
+                    log::info!("mcu {}: the node has not reset; sending the reset again", self.node);
+                    client.reset()?;
+                    sends += 1;
+                    reset_at = Instant::now();
+                    deadline = reset_at + wait;
+                }
                 continue;
             }
             self.seen_running(&states);

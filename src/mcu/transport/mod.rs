@@ -60,6 +60,12 @@ pub trait Transport: Send {
                 });
             };
             match Header::parse(&packet) {
+                Ok(h) if usize::from(h.len) + smp::HEADER_LEN != packet.len() => log::debug!(
+                    "{}: skipping packet whose header announces {} body bytes but carries {}",
+                    self.describe(),
+                    h.len,
+                    packet.len() - smp::HEADER_LEN
+                ),
                 Ok(h)
                     if h.seq == req.seq && h.group == req.group && h.cmd == req.cmd && h.op == req.op.response() =>
                 {
