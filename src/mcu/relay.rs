@@ -146,8 +146,26 @@ pub fn relay_file(
     progress: &mut dyn FnMut(RelayProgress),
     cancel: &AtomicBool,
 ) -> Result<RelayOutcome, McuError> {
-    let img = load_for(cfg, image)?;
+    let img = match load_for(cfg, image) {
+        Ok(i) => i,
+        Err(e) => {
+            record_refusal(node, data_dir, &e);
+            return Err(e);
+        }
+    };
     relay_image(node, cfg, &img, data_dir, progress, cancel)
+}
+
+/// Notes an image refused before any contact in the node's record (unless a relay to
+/// the node is running: its record is not ours to touch).
+fn record_refusal(node: &str, data_dir: &Path, e: &McuError) {
+    let Ok(_lock) = NodeLock::acquire(data_dir, node) else { return };
+    let mut rec = record::load_or_default(data_dir, node);
+    rec.state = "failed".into();
+    rec.last_error = e.to_string();
+    if let Err(e) = record::save(data_dir, node, &rec) {
+        log::warn!("mcu {node}: {e}");
+    }
 }
 
 /// Loads and checks an image with the node's configured key (if any).
