@@ -3,6 +3,9 @@
 //! file). Every failure path checks that the booted slot and, where nothing may be
 //! written yet, the env are byte-for-byte unchanged.
 
+mod support;
+use support::gateway::pattern;
+
 use rota::agent::{self, AgentEvent, AgentHandle, InstallRequest, InstallResult, MarkState};
 use rota::bundle::keys;
 use std::path::{Path, PathBuf};
@@ -10,19 +13,6 @@ use std::process::Command;
 use std::time::Duration;
 
 const SLOT_SIZE: u64 = 4 << 20;
-
-/// Deterministic pseudo-random bytes (xorshift), so images differ per seed.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 struct Device {
     dir: tempfile::TempDir,
