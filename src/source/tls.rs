@@ -174,13 +174,13 @@ pub fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
         if let Some(t) = err.downcast_ref::<rustls::Error>() {
             return Some(describe(t));
         }
-        // io::Error hides a custom inner error from source(); look at it directly.
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
-                return Some(describe(t));
-            }
-        }
-        cur = err.source();
+        // io::Error hides a custom inner error from source(); step into it directly.
+        cur = match err.downcast_ref::<std::io::Error>() {
+            Some(io) => io
+                .get_ref()
+                .map(|i| i as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     None
 }
