@@ -3,4 +3,5 @@
 
 pub mod fault_proxy;
 pub mod gateway;
+pub mod hawkbit_sim;
 pub mod nginx;
