@@ -434,6 +434,7 @@ impl HawkbitPoller {
                 Some(t) if matches!(t.phase, Phase::Installing | Phase::Activated) => {}
                 _ => {
                     ctx.state.tracked = None;
+                    ctx.publish(|s| s.available.clear());
                     ctx.result("no action for this device");
                 }
             }

@@ -127,6 +127,8 @@ pub struct Ctx {
     pub agent: AgentHandle,
     pub store: Store,
     pub state: PollerState,
+    /// What is on disk, to skip writes that would change only the poll times.
+    saved: PollerState,
     status: watch::Sender<PollStatus>,
     pub compatible: String,
     pub interval: Duration,
@@ -137,9 +139,22 @@ pub struct Ctx {
 
 impl Ctx {
     /// Persists the state; a failure is logged (the poller keeps working from memory).
-    pub fn save(&self) {
-        if let Err(e) = self.store.save(&self.state) {
-            log::error!("poller: {e}");
+    pub fn save(&mut self) {
+        match self.store.save(&self.state) {
+            Ok(()) => self.saved = self.state.clone(),
+            Err(e) => log::error!("poller: {e}"),
+        }
+    }
+
+    /// [`save`](Self::save) unless only the poll times changed: a poll that finds nothing
+    /// new does not write to flash.
+    pub fn save_if_changed(&mut self) {
+        let mut a = self.state.clone();
+        let b = &self.saved;
+        a.last_poll.clone_from(&b.last_poll);
+        a.last_success.clone_from(&b.last_success);
+        if a != *b {
+            self.save();
         }
     }
 
@@ -253,6 +268,7 @@ pub fn spawn_with_status(
     let mut ctx = Ctx {
         agent: agent.clone(),
         store,
+        saved: state.clone(),
         state,
         status: tx,
         compatible: cfg.system.compatible.clone(),
@@ -303,7 +319,7 @@ async fn run(mut p: Poller, mut ctx: Ctx, mut events: broadcast::Receiver<AgentE
                 error_backoff(ctx.interval, errors)
             }
         };
-        ctx.save();
+        ctx.save_if_changed();
         let next = SystemTime::now() + delay;
         ctx.publish(|s| {
             s.next_poll = rfc3339(next);
