@@ -623,6 +623,7 @@ impl Agent {
             };
         });
         log::info!(
+            TRANSACTION = transaction.as_str(), SOURCE = req.source.as_str();
             "install {transaction} of {} started{}",
             req.source,
             if resuming { " (resumed)" } else { "" }
@@ -701,6 +702,7 @@ impl Agent {
                 if outcome != InstallResult::Success {
                     self.record_failure(&transaction, outcome, &message);
                     log::error!(
+                        TRANSACTION = transaction.as_str();
                         "install {transaction} {}: {message}",
                         if outcome == InstallResult::Cancelled {
                             "cancelled"
@@ -708,8 +710,13 @@ impl Agent {
                             "failed"
                         }
                     );
-                } else {
-                    log::info!("install {transaction} done: {message}");
+                } else if let Ok(s) = &result {
+                    log::info!(
+                        TRANSACTION = transaction.as_str(), VERSION = s.version.as_str(),
+                        SLOT = s.slots.join(",").as_str(), BYTES = s.bytes_written,
+                        BYTES_DOWNLOADED = s.bytes_downloaded, BYTES_REUSED = s.bytes_reused;
+                        "install {transaction} done: {message}"
+                    );
                 }
                 let primary = self
                     .device

@@ -48,6 +48,16 @@ fn cli_install_streams_json_events_and_activates_slot_b() {
     assert_eq!(st["last_install"]["result"], "activated");
     assert_eq!(st["slots"][1]["version"], "1.1.0");
     assert_eq!(st["slots"][1]["sha256"].as_str().unwrap().len(), 64);
+    // Log lines carry structured fields (journald fields when the journal is there).
+    let log = String::from_utf8_lossy(&gw.read("service.log")).into_owned();
+    let tr = st["last_install"]["transaction"].as_str().unwrap();
+    assert!(
+        log.contains(&format!(
+            "TRANSACTION={tr} VERSION=1.1.0 SLOT=rootfs.1 BYTES={}",
+            3 << 20
+        )),
+        "{log}"
+    );
     // Human output: the status table names both slots.
     let human = gw.rota(&["status"]).success();
     assert!(
@@ -277,25 +287,8 @@ fn killed_service_resumes_the_install_on_restart() {
         .trim_matches('"')
         .to_owned();
     wait_for("bytes to land", 60, || {
-        let p = gw
-            .cmd(
-                "busctl",
-                &[
-                    "--system",
-                    "get-property",
-                    "io.rota",
-                    "/io/rota",
-                    "io.rota.Agent1",
-                    "Progress",
-                ],
-            )
-            .success();
-        let done: u64 = p
-            .split_whitespace()
-            .rev()
-            .nth(5)
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0);
+        let p = progress(&gw);
+        let done = p.done;
         done > (8 << 20)
     });
     gw.kill_service();
@@ -316,25 +309,8 @@ fn killed_service_resumes_the_install_on_restart() {
     });
     let st = gw.status_json();
     assert_eq!(st["last_install"]["transaction"], tr.as_str());
-    let p = gw
-        .cmd(
-            "busctl",
-            &[
-                "--system",
-                "get-property",
-                "io.rota",
-                "/io/rota",
-                "io.rota.Agent1",
-                "Progress",
-            ],
-        )
-        .success();
-    let reused: u64 = p
-        .split_whitespace()
-        .rev()
-        .nth(2)
-        .and_then(|x| x.parse().ok())
-        .unwrap();
+    let p = progress(&gw);
+    let reused = p.reused;
     assert!(
         reused >= 8 << 20,
         "at least the 8 MiB written before the kill were reused: {p}"
@@ -382,4 +358,46 @@ fn service_refuses_to_start_on_a_bad_config() {
         "{}",
         r.stderr()
     );
+}
+
+/// The Progress property, read with busctl: `(ustttttt)` percent, message, done, total,
+/// downloaded, reused, rate, ETA — counted from the end, as the message has spaces.
+struct BusProgress {
+    text: String,
+    done: u64,
+    reused: u64,
+}
+
+impl std::fmt::Display for BusProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn progress(gw: &Gateway) -> BusProgress {
+    let text = gw
+        .cmd(
+            "busctl",
+            &[
+                "--system",
+                "get-property",
+                "io.rota",
+                "/io/rota",
+                "io.rota.Agent1",
+                "Progress",
+            ],
+        )
+        .success();
+    let field = |from_end: usize| {
+        text.split_whitespace()
+            .rev()
+            .nth(from_end)
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0)
+    };
+    BusProgress {
+        done: field(5),
+        reused: field(2),
+        text: text.clone(),
+    }
 }

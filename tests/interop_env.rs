@@ -243,3 +243,17 @@ fn no_valid_copy_is_an_error_and_nothing_is_written() {
         .collect();
     assert_eq!(before, after);
 }
+
+/// fw_env.config sizes are hex even without `0x` (as libubootenv reads them).
+#[test]
+fn config_sizes_without_0x_are_hex_for_both_rota_and_libubootenv() {
+    let t = tempfile::tempdir().unwrap();
+    let env_file = t.path().join("uboot.env");
+    mkenv(&env_file, false, BASE);
+    let cfg = t.path().join("fw_env.config");
+    std::fs::write(&cfg, format!("{} 0 4000\n", env_file.display())).unwrap();
+    let env = UbootEnv::open(&cfg).unwrap();
+    assert_eq!(env.config().copies[0].size, 0x4000);
+    set(&env, "hexsize", "ok");
+    assert_eq!(printenv(&cfg)["hexsize"], "ok");
+}

@@ -59,6 +59,17 @@ pub struct FwEnvConfig {
     pub copies: Vec<EnvLocation>,
 }
 
+/// Sizes (env size, sector size, sector count) are hex with or without `0x`, as
+/// libubootenv reads them: `4000` is 0x4000.
+fn parse_hex(s: &str) -> Option<u64> {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    u64::from_str_radix(digits, 16).ok()
+}
+
+/// Offsets are decimal, or hex with `0x`.
 fn parse_num(s: &str) -> Option<u64> {
     match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(h) => u64::from_str_radix(h, 16).ok(),
@@ -100,8 +111,12 @@ impl FwEnvConfig {
                     )
                 })
             };
+            let hex = |idx: usize, what: &str| {
+                parse_hex(f[idx])
+                    .ok_or_else(|| err(n, format!("{what} {:?} is not a hex number", f[idx])))
+            };
             let offset = num(1, "offset")?;
-            let size = num(2, "size")?;
+            let size = hex(2, "size")?;
             if !(MIN_ENV_SIZE..=MAX_ENV_SIZE).contains(&size) {
                 return Err(err(
                     n,
@@ -112,12 +127,12 @@ impl FwEnvConfig {
                 return Err(err(n, "offset + size overflows".into()));
             }
             let sector_size = if f.len() > 3 {
-                Some(num(3, "sector size")?)
+                Some(hex(3, "sector size")?)
             } else {
                 None
             };
             let sectors = if f.len() > 4 {
-                Some(num(4, "sector count")?)
+                Some(hex(4, "sector count")?)
             } else {
                 None
             };
@@ -424,8 +439,10 @@ mod tests {
         assert!(c.is_redundant());
         assert_eq!(c.copies[1].offset, 0x404000);
         assert_eq!(c.copies[1].sector_size, Some(0x200));
-        let c = FwEnvConfig::parse("uboot.env 0 16384\n", p).unwrap();
+        // Sizes are hex even without 0x, as libubootenv reads them; offsets may be decimal.
+        let c = FwEnvConfig::parse("uboot.env 1024 4000\n", p).unwrap();
         assert_eq!(c.copies[0].device, PathBuf::from("/etc/uboot.env"));
+        assert_eq!((c.copies[0].offset, c.copies[0].size), (1024, 0x4000));
         let e = FwEnvConfig::parse("\n/dev/x 0x0 zz\n", p)
             .unwrap_err()
             .to_string();

@@ -76,6 +76,11 @@ impl ImageEntry {
         }
     }
 
+    /// Size in bytes of this image's chunk index member.
+    pub fn chunks_size(&self) -> u64 {
+        super::ChunkIndex::count_for(self.size, self.chunk_size) * 32
+    }
+
     /// Tar member name of this image's chunk index.
     pub fn chunks_file(&self) -> String {
         format!("{}{}", self.file, super::CHUNKS_SUFFIX)

@@ -239,6 +239,11 @@ pub fn open_unverified(source: &mut dyn ByteSource) -> Result<Bundle, BundleErro
 }
 
 impl Bundle {
+    /// True when the manifest signature was checked against a keyring.
+    pub fn is_verified(&self) -> bool {
+        !self.signer.is_empty()
+    }
+
     pub fn member(&self, name: &str) -> Option<&Member> {
         self.members.get(name)
     }

@@ -21,12 +21,16 @@ impl log::Log for StderrLog {
     }
     fn log(&self, r: &log::Record) {
         if self.enabled(r.metadata()) {
+            // Structured fields (TRANSACTION=…, SLOT=…) follow the message, as journald keeps them.
+            let mut fields = KvText(String::new());
+            let _ = r.key_values().visit(&mut fields);
             eprintln!(
-                "{} rota[{}] {}: {}",
+                "{} rota[{}] {}: {}{}",
                 crate::state::now_rfc3339(),
                 std::process::id(),
                 r.level(),
-                r.args()
+                r.args(),
+                fields.0
             );
         }
     }
@@ -34,6 +38,19 @@ impl log::Log for StderrLog {
 }
 
 static STDERR_LOG: StderrLog = StderrLog;
+
+struct KvText(String);
+
+impl<'kvs> log::kv::VisitSource<'kvs> for KvText {
+    fn visit_pair(
+        &mut self,
+        key: log::kv::Key<'kvs>,
+        value: log::kv::Value<'kvs>,
+    ) -> Result<(), log::kv::Error> {
+        self.0.push_str(&format!(" {key}={value}"));
+        Ok(())
+    }
+}
 
 /// journald when connected to it (structured, with the syslog identifier), else stderr.
 /// `ROTA_LOG` sets the level (error, warn, info, debug, trace).
