@@ -231,6 +231,7 @@ fn a_random_mix_of_faults_still_reads_bit_exact() {
             min_offset: 100,
             max_offset: 1 << 20,
             stall: Duration::from_secs(20),
+            min_range: 0,
         });
         let mut src = open(&b, &opts());
         let t = Instant::now();

@@ -51,36 +51,76 @@ pub struct RandomPlan {
     pub max_offset: u64,
     /// Hold time of random stalls (make it longer than the client's stall timeout).
     pub stall: Duration,
+    /// Only requests for at least this many bytes (by their `Range`) get random faults,
+    /// and offsets stay inside the answer; 0 = any request, offsets as drawn.
+    pub min_range: u64,
+}
+
+/// The body length a `Range: bytes=a-b` asks for.
+fn range_len(range: &str) -> Option<u64> {
+    let (a, b) = range.strip_prefix("bytes=")?.split_once('-')?;
+    Some(
+        b.trim()
+            .parse::<u64>()
+            .ok()?
+            .checked_sub(a.trim().parse().ok()?)?
+            + 1,
+    )
 }
 
 #[derive(Default)]
 struct Plan {
     queue: VecDeque<Fault>,
-    random: Option<(RandomPlan, u64)>,
+    /// The plan, its generator state, and faults it handed out.
+    random: Option<(RandomPlan, u64, u64)>,
     handed_out: Vec<Fault>,
+    /// The `Range` header of each request (or "-"), in the order faults were handed out.
+    ranges: Vec<String>,
+}
+
+/// The `Range` header values in a piece of request stream, in order.
+fn ranges_in(head: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(head);
+    text.split("\r\n\r\n")
+        .filter(|req| !req.trim().is_empty())
+        .map(|req| {
+            req.lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.trim()
+                        .eq_ignore_ascii_case("range")
+                        .then(|| v.trim().to_owned())
+                })
+                .unwrap_or_else(|| "-".into())
+        })
+        .collect()
 }
 
 impl Plan {
-    fn next(&mut self) -> Fault {
+    fn next(&mut self, range: String) -> Fault {
+        let len = range_len(&range);
+        self.ranges.push(range);
         let f = match self.queue.pop_front() {
             Some(f) => f,
             None => match &mut self.random {
-                Some((p, state)) => {
-                    let faulted = self
-                        .handed_out
-                        .iter()
-                        .filter(|f| **f != Fault::Pass)
-                        .count() as u64;
+                Some((p, state, given)) => {
                     let mut rnd = || {
                         *state ^= *state << 13;
                         *state ^= *state >> 7;
                         *state ^= *state << 17;
                         *state
                     };
-                    if faulted >= p.max_faults || rnd() % 100 >= p.percent {
+                    let small = p.min_range > 0 && !matches!(len, Some(l) if l >= p.min_range);
+                    if small || *given >= p.max_faults || rnd() % 100 >= p.percent {
                         Fault::Pass
                     } else {
-                        let span = p.max_offset.saturating_sub(p.min_offset).max(1);
+                        *given += 1;
+                        // Headers come first: about 250 bytes before the body.
+                        let end = match (p.min_range, len) {
+                            (0, _) | (_, None) => p.max_offset,
+                            (_, Some(l)) => p.max_offset.min(l + 200),
+                        };
+                        let span = end.saturating_sub(p.min_offset).max(1);
                         let off = p.min_offset + rnd() % span;
                         match rnd() % 5 {
                             0 => Fault::Cut { after: off },
@@ -107,6 +147,8 @@ impl Plan {
 struct Stats {
     connections: AtomicU64,
     to_client: AtomicU64,
+    /// Bytes actually inverted (a flip beyond the end of a short answer never happens).
+    flipped: AtomicU64,
 }
 
 pub struct FaultProxy {
@@ -180,7 +222,7 @@ impl FaultProxy {
     /// Hands out random faults once the queue is empty.
     pub fn random(&self, plan: RandomPlan) {
         self.plan.lock().unwrap().random =
-            Some((plan, plan.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1));
+            Some((plan, plan.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1, 0));
     }
 
     /// Stops handing out random faults and drops queued ones.
@@ -195,8 +237,23 @@ impl FaultProxy {
         self.plan.lock().unwrap().handed_out.clone()
     }
 
+    /// Each request's `Range` header with the fault it got, in order.
+    pub fn requests(&self) -> Vec<(String, Fault)> {
+        let p = self.plan.lock().unwrap();
+        p.ranges
+            .iter()
+            .cloned()
+            .zip(p.handed_out.iter().copied())
+            .collect()
+    }
+
     pub fn connections(&self) -> u64 {
         self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    /// Bytes inverted so far.
+    pub fn flips(&self) -> u64 {
+        self.stats.flipped.load(Ordering::SeqCst)
     }
 
     /// Bytes sent to clients, headers included.
@@ -246,7 +303,13 @@ async fn serve(
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let fault = plan.lock().unwrap().next();
+    let fault = {
+        let range = ranges_in(&head)
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| "-".into());
+        plan.lock().unwrap().next(range)
+    };
     if fault == Fault::Status500 {
         return answer_500(client, &stats).await;
     }
@@ -275,13 +338,16 @@ async fn serve(
             let heads = scan.windows(4).filter(|w| *w == b"\r\n\r\n").count();
             tail = scan[scan.len().saturating_sub(3)..].to_vec();
             let mut close = false;
+            let mut ranges = ranges_in(&buf[..n]).into_iter();
             for _ in 0..heads {
                 let mut plan = p.lock().unwrap();
-                let mut fault = plan.next();
+                let r = ranges.next().unwrap_or_else(|| "?".into());
+                let mut fault = plan.next(r);
                 if fault == Fault::Status500 {
                     // Only a fresh connection can answer 500 without the server: close
                     // this one unanswered; the client's retry gets the 500.
                     plan.handed_out.pop();
+                    plan.ranges.pop();
                     plan.queue.push_front(fault);
                     fault = Fault::Short { after: 0 };
                     close = true;
@@ -343,6 +409,7 @@ async fn forward_down(
         if let Fault::Flip { at: flip } = fault {
             if flip >= at && flip < at + n as u64 {
                 chunk[(flip - at) as usize] ^= 0xFF;
+                stats.flipped.fetch_add(1, Ordering::SeqCst);
             }
         }
         let limit = match fault {
