@@ -303,7 +303,13 @@ async fn run(mut p: Poller, mut ctx: Ctx, mut events: broadcast::Receiver<AgentE
     log::info!("poller: started");
     p.reconcile(&mut ctx).await;
     let mut errors = 0u32;
+    let mut previous: Option<tokio::time::Instant> = None;
     loop {
+        // However often a poll is requested, polls start at most once per MIN_INTERVAL.
+        if let Some(p) = previous {
+            tokio::time::sleep_until(p + MIN_INTERVAL).await;
+        }
+        previous = Some(tokio::time::Instant::now());
         ctx.state.last_poll = rfc3339(SystemTime::now());
         let delay = match p.poll(&mut ctx).await {
             Ok(next) => {
