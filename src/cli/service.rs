@@ -91,6 +91,8 @@ async fn serve(config: Config) -> CliResult {
     let _conn = crate::service::serve(&config, agent.clone())
         .await
         .map_err(|e| Failure::Failed(format!("cannot serve on the system bus: {e}")))?;
+    // The [update] poller, if configured (a no-op task otherwise).
+    let _poller = crate::update::spawn(&config, agent.clone());
     log::info!(
         "rota {} serving io.rota{} for {:?}",
         env!("CARGO_PKG_VERSION"),

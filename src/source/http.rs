@@ -1,17 +1,19 @@
 //! Bundles over HTTP(S): ranged reads that survive bad links.
 //!
-//! Every read is a `Range` request. The first one learns the bundle's size and its
-//! validator (ETag, else Last-Modified); every later answer must carry the same one, so a
-//! bundle replaced on the server mid-install is noticed instead of mixed. A transfer that
-//! drops or stalls (no byte for `stall-timeout`) reconnects from the byte it reached, with
-//! exponential backoff and jitter, up to `retries` attempts in a row. Answers that retrying
-//! cannot fix — 404, 401/403, 416, a server that ignores Range, a TLS failure — end the
-//! install at once with a clear message.
+//! Every read is a `Range` request. The first one learns the bundle's size (from
+//! `Content-Range`) and its validator (ETag, else Last-Modified); every later answer must
+//! carry the same size and validator, so a bundle replaced on the server mid-install is
+//! noticed ("bundle changed on the server") instead of mixed. A transfer that drops or
+//! stalls (no byte for `stall-timeout`) reconnects from the byte it reached, with
+//! exponential backoff and jitter, up to `retries` failed attempts in a row; any byte
+//! received resets that count, so a slow but moving link is never given up on. Answers
+//! that retrying cannot fix — 404, 401/403, 416, a server that ignores Range, a TLS
+//! failure — end the read at once with a clear message.
 //!
-//! TLS is rustls with the ring provider: the built-in web roots or, with `ca`, only the
-//! CAs in that file (pinning), and an optional client certificate (mutual TLS).
+//! TLS is built in [`super::tls`]: the built-in web roots or, with `ca`, only the CAs in
+//! that file (pinning), and an optional client certificate (mutual TLS).
 
-use super::{ByteSource, SourceError};
+use super::{tls, ByteSource, SourceError};
 use crate::config::HttpSection;
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{
@@ -19,16 +21,22 @@ use reqwest::header::{
 };
 use reqwest::StatusCode;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// First retry delay; doubles per attempt up to [`MAX_BACKOFF`].
+/// First retry delay; doubles per failed attempt up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest wait between two attempts: long enough to ride out a cell handover, short
+/// enough that a link coming back is used soon.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// Largest PEM file (CA bundle, certificate, key) read.
-const MAX_PEM_FILE: u64 = 4 << 20;
+/// How often a backoff wait looks at the cancel flag.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+/// Bytes of an error answer's body quoted in the message (servers explain 400/403 there).
+const MAX_ERROR_BODY: usize = 512;
+/// Largest number of extra headers accepted (config plus install request).
+const MAX_HEADERS: usize = 64;
 
 /// How to reach the server: `[http]` from the config, overridden per install.
 #[derive(Debug, Clone)]
@@ -36,11 +44,21 @@ pub struct HttpOptions {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Extra headers, `"Name: value"`, sent with every request.
     pub headers: Vec<String>,
     pub connect_timeout: Duration,
+    /// A transfer with no byte for this long is dropped and resumed.
     pub stall_timeout: Duration,
+    /// Failed attempts in a row (no byte in between) before a read gives up.
     pub retries: u32,
+    /// Accept any server certificate (RAUC's `tls-no-verify`).
     pub no_verify: bool,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self::from_config(&HttpSection::default())
+    }
 }
 
 impl HttpOptions {
@@ -57,132 +75,78 @@ impl HttpOptions {
         }
     }
 
-    /// Applies an install request's RAUC-style overrides (`tls-*`, `http-headers`).
-    pub fn with_request(mut self, req: &crate::agent::InstallRequest) -> Self {
-        if let Some(p) = &req.tls_ca {
+    /// Applies an install request's RAUC-style overrides (`tls-ca`, `tls-cert`, `tls-key`,
+    /// `tls-no-verify`, `http-headers`): a given path replaces the configured one; headers
+    /// are added after the configured ones (a later header of the same name wins).
+    pub fn with_request(self, req: &crate::agent::InstallRequest) -> Self {
+        self.merge(
+            req.tls_ca.as_deref(),
+            req.tls_cert.as_deref(),
+            req.tls_key.as_deref(),
+            req.tls_no_verify,
+            &req.http_headers,
+        )
+    }
+
+    /// [`with_request`](Self::with_request) from loose values.
+    pub fn merge(
+        mut self,
+        ca: Option<&str>,
+        cert: Option<&str>,
+        key: Option<&str>,
+        no_verify: bool,
+        headers: &[String],
+    ) -> Self {
+        if let Some(p) = ca {
             self.ca = Some(PathBuf::from(p));
         }
-        if let Some(p) = &req.tls_cert {
+        if let Some(p) = cert {
             self.cert = Some(PathBuf::from(p));
         }
-        if let Some(p) = &req.tls_key {
+        if let Some(p) = key {
             self.key = Some(PathBuf::from(p));
         }
-        self.headers.extend(req.http_headers.iter().cloned());
-        self.no_verify |= req.tls_no_verify;
+        self.headers.extend(headers.iter().cloned());
+        self.no_verify |= no_verify;
         self
+    }
+
+    /// The TLS part of these options.
+    pub fn tls(&self) -> tls::TlsSettings<'_> {
+        tls::TlsSettings {
+            ca: self.ca.as_deref(),
+            cert: self.cert.as_deref(),
+            key: self.key.as_deref(),
+            no_verify: self.no_verify,
+        }
+    }
+
+    /// The extra headers as a header map; a malformed one is an error naming it.
+    pub fn header_map(&self) -> Result<HeaderMap, SourceError> {
+        if self.headers.len() > MAX_HEADERS {
+            return Err(fatal(format!(
+                "{} extra HTTP headers given; at most {MAX_HEADERS} are accepted",
+                self.headers.len()
+            )));
+        }
+        let mut headers = HeaderMap::new();
+        for h in &self.headers {
+            let (name, value) = h
+                .split_once(':')
+                .ok_or_else(|| fatal(format!("HTTP header {h:?} is not \"Name: value\"")))?;
+            let name = HeaderName::from_bytes(name.trim().as_bytes())
+                .map_err(|e| fatal(format!("HTTP header {:?}: {e}", name.trim())))?;
+            let mut value = HeaderValue::from_str(value.trim())
+                .map_err(|e| fatal(format!("HTTP header {name}: {e}")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        Ok(headers)
     }
 }
 
 fn fatal(m: impl Into<String>) -> SourceError {
     SourceError::Fatal(m.into())
-}
-
-fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, SourceError> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| fatal(format!("{what} {}: {e}", path.display())))?;
-    if meta.len() > MAX_PEM_FILE {
-        return Err(fatal(format!(
-            "{what} {}: {} bytes is too large",
-            path.display(),
-            meta.len()
-        )));
-    }
-    std::fs::read(path).map_err(|e| fatal(format!("{what} {}: {e}", path.display())))
-}
-
-/// Accepts any server certificate (`tls-no-verify`); signatures are still checked.
-#[derive(Debug)]
-struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for NoVerify {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-fn tls_config(o: &HttpOptions) -> Result<rustls::ClientConfig, SourceError> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| fatal(format!("TLS setup: {e}")))?;
-    let mut roots = rustls::RootCertStore::empty();
-    match &o.ca {
-        Some(ca) => {
-            let pem = read_pem(ca, "CA bundle")?;
-            let mut n = 0;
-            for cert in rustls_pemfile::certs(&mut &pem[..]) {
-                let cert = cert.map_err(|e| fatal(format!("CA bundle {}: {e}", ca.display())))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| fatal(format!("CA bundle {}: {e}", ca.display())))?;
-                n += 1;
-            }
-            if n == 0 {
-                return Err(fatal(format!(
-                    "CA bundle {} holds no certificate",
-                    ca.display()
-                )));
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let builder = builder.with_root_certificates(roots);
-    let mut config = match (&o.cert, &o.key) {
-        (Some(cert), Some(key)) => {
-            let pem = read_pem(cert, "client certificate")?;
-            let chain = rustls_pemfile::certs(&mut &pem[..])
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| fatal(format!("client certificate {}: {e}", cert.display())))?;
-            let kpem = read_pem(key, "client key")?;
-            let key_der = rustls_pemfile::private_key(&mut &kpem[..])
-                .map_err(|e| fatal(format!("client key {}: {e}", key.display())))?
-                .ok_or_else(|| {
-                    fatal(format!("client key {} holds no private key", key.display()))
-                })?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| fatal(format!("client certificate: {e}")))?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => {
-            return Err(fatal(
-                "mutual TLS needs both a client certificate and its key",
-            ))
-        }
-    };
-    if o.no_verify {
-        config
-            .dangerous()
-            .set_certificate_verifier(Arc::new(NoVerify(provider)));
-    }
-    Ok(config)
 }
 
 /// A bundle at an http(s) URL.
@@ -196,20 +160,64 @@ pub struct HttpSource {
     cancel: Arc<AtomicBool>,
 }
 
-/// One outcome of a ranged request.
+/// One outcome of a ranged request that did not end the read.
 enum Attempt {
     Ok(Response),
+    /// Worth another try after a pause: the reason.
     Retry(String),
 }
 
-/// reqwest built without a default provider needs one installed process-wide, even for
-/// plain HTTP: ring, as for every TLS connection rota makes.
-fn install_ring_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Fails only if a provider is already installed, which is just as good.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+/// `Content-Range: bytes first-last/total` (total `None` for `*`).
+fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (a, b) = range.split_once('-')?;
+    let total = match total.trim() {
+        "*" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some((a.trim().parse().ok()?, b.trim().parse().ok()?, total))
+}
+
+/// An error answer's body as one short line of text.
+fn error_body(resp: Response) -> String {
+    let mut raw = Vec::with_capacity(MAX_ERROR_BODY);
+    let _ = resp.take(MAX_ERROR_BODY as u64).read_to_end(&mut raw);
+    one_line(&raw)
+}
+
+/// Text with HTML tags and control characters dropped and whitespace collapsed.
+fn one_line(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in text.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                out.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => out.push(if c.is_control() { ' ' } else { c }),
+            _ => {}
+        }
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Every message in an error chain, joined.
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 impl HttpSource {
@@ -218,27 +226,27 @@ impl HttpSource {
         opts: &HttpOptions,
         cancel: Arc<AtomicBool>,
     ) -> Result<Self, SourceError> {
-        install_ring_provider();
-        let mut headers = HeaderMap::new();
-        for h in &opts.headers {
-            let (name, value) = h
-                .split_once(':')
-                .ok_or_else(|| fatal(format!("HTTP header {h:?} is not \"Name: value\"")))?;
-            let name = HeaderName::from_bytes(name.trim().as_bytes())
-                .map_err(|e| fatal(format!("HTTP header {h:?}: {e}")))?;
-            let value = HeaderValue::from_str(value.trim())
-                .map_err(|e| fatal(format!("HTTP header {h:?}: {e}")))?;
-            headers.insert(name, value);
-        }
+        tls::install_ring_provider();
+        let parsed =
+            reqwest::Url::parse(url).map_err(|e| fatal(format!("bad URL {url:?}: {e}")))?;
+        let https = match parsed.scheme() {
+            "https" => true,
+            "http" => false,
+            other => return Err(fatal(format!("{url}: unsupported URL scheme {other:?}"))),
+        };
         let mut b = Client::builder()
             .user_agent(concat!("rota/", env!("CARGO_PKG_VERSION")))
-            .default_headers(headers)
+            .default_headers(opts.header_map()?)
             .connect_timeout(opts.connect_timeout)
+            // The blocking client applies this to sending the request and to each read of
+            // the body: a stall detector, not a limit on the whole transfer.
             .timeout(opts.stall_timeout);
-        if url.starts_with("https://") {
-            b = b.tls_backend_preconfigured(tls_config(opts)?);
+        if https {
+            b = b.tls_backend_preconfigured(tls::client_config(&opts.tls())?);
         }
-        let client = b.build().map_err(|e| fatal(format!("HTTP client: {e}")))?;
+        let client = b
+            .build()
+            .map_err(|e| fatal(format!("HTTP client: {}", error_chain(&e))))?;
         Ok(HttpSource {
             client,
             url: url.to_owned(),
@@ -268,42 +276,49 @@ impl HttpSource {
         {
             Ok(r) => r,
             Err(e) => {
-                let msg = error_chain(&e);
-                // A certificate problem does not heal by retrying.
-                if msg.contains("certificate")
-                    || msg.contains("UnknownIssuer")
-                    || msg.contains("CertificateRequired")
-                    || msg.contains("HandshakeFailure")
-                    || msg.contains("InvalidCertificate")
-                {
-                    return Err(fatal(format!("TLS failure talking to {}: {msg}", self.url)));
+                if let Some(why) = tls::tls_failure(&e) {
+                    return Err(fatal(format!("TLS failure talking to {}: {why}", self.url)));
                 }
-                if e.is_builder() {
-                    return Err(fatal(format!("{}: {msg}", self.url)));
+                if e.is_builder() || e.is_redirect() {
+                    return Err(fatal(format!("{}: {}", self.url, error_chain(&e))));
                 }
-                return Ok(Attempt::Retry(msg));
+                return Ok(Attempt::Retry(error_chain(&e)));
             }
         };
         let status = resp.status();
+        let url = &self.url;
         match status {
             StatusCode::PARTIAL_CONTENT => {}
             StatusCode::OK => {
                 return Err(fatal(format!(
-                    "{} answered a Range request with the whole file (200): the server does not support Range requests, which rota needs to stream and resume",
-                    self.url
+                    "{url} answered a Range request with the whole file (200): the server does not support Range requests, which rota needs to stream and resume"
                 )))
             }
-            StatusCode::NOT_FOUND | StatusCode::GONE => return Err(fatal(format!("{} not found ({status})", self.url))),
+            StatusCode::NOT_FOUND | StatusCode::GONE => {
+                return Err(fatal(format!("{url} not found ({status})")))
+            }
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(fatal(format!("access to {} denied ({status}): check credentials or headers", self.url)))
+                return Err(fatal(format!(
+                    "access to {url} denied ({status}): check the credentials, client certificate or headers"
+                )))
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
-                return Err(fatal(format!("{} cannot serve bytes {first}-{last} (416): the bundle on the server is shorter than expected", self.url)))
+                let cr = resp.headers().get(CONTENT_RANGE).and_then(|v| v.to_str().ok()).unwrap_or("");
+                return Err(fatal(format!(
+                    "{url} cannot serve bytes {first}-{last} (416, Content-Range {cr:?}): the bundle on the server is shorter than expected"
+                )));
             }
-            s if s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS || s == StatusCode::REQUEST_TIMEOUT => {
+            s if s.is_server_error()
+                || s == StatusCode::TOO_MANY_REQUESTS
+                || s == StatusCode::REQUEST_TIMEOUT =>
+            {
                 return Ok(Attempt::Retry(format!("server answered {s}")))
             }
-            s => return Err(fatal(format!("{} answered {s}", self.url))),
+            s => {
+                let body = error_body(resp);
+                let said = if body.is_empty() { String::new() } else { format!(": {body}") };
+                return Err(fatal(format!("{url} answered {s}{said}")));
+            }
         }
         let validator = resp
             .headers()
@@ -314,8 +329,7 @@ impl HttpSource {
         if let (Some(known), Some(now)) = (&self.validator, &validator) {
             if known != now {
                 return Err(fatal(format!(
-                    "the bundle at {} changed on the server during the install ({known} → {now})",
-                    self.url
+                    "the bundle at {url} changed on the server during the install ({known} → {now}); start the install again"
                 )));
             }
         }
@@ -324,91 +338,78 @@ impl HttpSource {
             .get(CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let start = cr
-            .strip_prefix("bytes ")
-            .and_then(|r| r.split('-').next())
-            .and_then(|n| n.parse::<u64>().ok());
-        if start != Some(first) {
-            return Err(fatal(format!(
-                "{} answered bytes {cr:?} to a request for {first}-{last}",
-                self.url
-            )));
-        }
-        Ok(Attempt::Ok(resp))
-    }
-
-    /// `request` with backoff; gives up after `retries` failures in a row.
-    fn request_retrying(&self, first: u64, last: u64) -> Result<Response, SourceError> {
-        let mut failures = 0;
-        loop {
-            self.cancelled()?;
-            match self.request(first, last)? {
-                Attempt::Ok(r) => return Ok(r),
-                Attempt::Retry(why) => {
-                    failures += 1;
-                    if failures > self.retries {
-                        return Err(SourceError::Io(format!(
-                            "{}: giving up after {failures} attempts: {why}",
-                            self.url
+        match parse_content_range(cr) {
+            Some((a, b, total)) if a == first && b <= last => {
+                if let (Some(len), Some(total)) = (self.len, total) {
+                    if len != total {
+                        return Err(fatal(format!(
+                            "the bundle at {url} changed on the server during the install (size {len} → {total} bytes); start the install again"
                         )));
                     }
-                    log::warn!(
-                        "{}: bytes {first}-{last}: {why}; retry {failures}/{}",
-                        self.url,
-                        self.retries
-                    );
-                    self.backoff(failures)?;
                 }
+                Ok(Attempt::Ok(resp))
             }
+            _ => Err(fatal(format!(
+                "{url} answered bytes {cr:?} to a request for bytes {first}-{last}"
+            ))),
         }
     }
 
+    /// Sleeps the backoff for the `failures`-th failure in a row: 200 ms doubling up to
+    /// 30 s, each wait drawn from 50..100 % so a fleet does not retry in lockstep.
     fn backoff(&self, failures: u32) -> Result<(), SourceError> {
         let exp = FIRST_BACKOFF
-            .saturating_mul(1 << failures.min(8))
+            .saturating_mul(1 << failures.saturating_sub(1).min(10))
             .min(MAX_BACKOFF);
-        // Jitter: 50..100 % of the delay, so a fleet does not retry in lockstep.
         let mut b = [0u8; 1];
         let _ = getrandom::fill(&mut b);
         let delay = exp.mul_f64(0.5 + f64::from(b[0]) / 510.0);
-        let step = Duration::from_millis(50);
-        let mut waited = Duration::ZERO;
-        while waited < delay {
+        let deadline = std::time::Instant::now() + delay;
+        loop {
             self.cancelled()?;
-            std::thread::sleep(step);
-            waited += step;
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            std::thread::sleep((deadline - now).min(CANCEL_POLL));
         }
-        Ok(())
     }
-}
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
-impl ByteSource for HttpSource {
-    fn len(&mut self) -> Result<u64, SourceError> {
-        if let Some(n) = self.len {
-            return Ok(n);
+    /// Counts a failed attempt; errors once `retries` have failed in a row.
+    fn failed(&self, failures: &mut u32, at: u64, why: &str) -> Result<(), SourceError> {
+        *failures += 1;
+        if *failures > self.retries {
+            return Err(SourceError::Io(format!(
+                "{}: giving up at byte {at} after {} failed attempts in a row: {why}",
+                self.url, *failures
+            )));
         }
-        let resp = self.request_retrying(0, 0)?;
+        log::warn!(
+            "{}: at byte {at}: {why}; retry {}/{}",
+            self.url,
+            *failures,
+            self.retries
+        );
+        self.backoff(*failures)
+    }
+
+    /// Learns the size and validator with a one-byte request.
+    fn probe(&mut self) -> Result<u64, SourceError> {
+        let mut failures = 0;
+        let mut resp = loop {
+            self.cancelled()?;
+            match self.request(0, 0)? {
+                Attempt::Ok(r) => break r,
+                Attempt::Retry(why) => self.failed(&mut failures, 0, &why)?,
+            }
+        };
         let cr = resp
             .headers()
             .get(CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        let total = cr
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or("");
+        let total = parse_content_range(cr)
+            .and_then(|(_, _, t)| t)
             .ok_or_else(|| {
                 fatal(format!(
                     "{} sent no usable Content-Range ({cr:?}); cannot learn the bundle size",
@@ -421,14 +422,38 @@ impl ByteSource for HttpSource {
             .or_else(|| resp.headers().get(LAST_MODIFIED))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let mut one = [0u8; 1];
+        if let Ok(n) = resp.read(&mut one) {
+            self.fetched.fetch_add(n as u64, Ordering::Relaxed);
+        }
         self.len = Some(total);
         Ok(total)
     }
 
+    /// The validator (ETag or Last-Modified) learned by the first request, if the server sent one.
+    pub fn validator(&self) -> Option<&str> {
+        self.validator.as_deref()
+    }
+}
+
+impl ByteSource for HttpSource {
+    fn len(&mut self) -> Result<u64, SourceError> {
+        match self.len {
+            Some(n) => Ok(n),
+            None => self.probe(),
+        }
+    }
+
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        let cancel = self.cancel.clone();
         let mut r = self.read_range(offset, buf.len() as u64)?;
-        r.read_exact(buf)
-            .map_err(|e| SourceError::Io(format!("{e}")))
+        r.read_exact(buf).map_err(|e| {
+            if cancel.load(Ordering::Relaxed) {
+                SourceError::Cancelled
+            } else {
+                SourceError::Io(e.to_string())
+            }
+        })
     }
 
     fn read_range(
@@ -469,57 +494,143 @@ struct RangeReader<'a> {
     pos: u64,
     end: u64,
     resp: Option<Response>,
+    /// Failed attempts since the last byte arrived.
     failures: u32,
+}
+
+/// A read error for callers of [`Read`]. Not `Interrupted`: `read_exact` would retry that
+/// forever.
+fn io_error(e: SourceError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+impl RangeReader<'_> {
+    fn fail(&mut self, why: &str) -> std::io::Result<()> {
+        self.resp = None;
+        self.src
+            .failed(&mut self.failures, self.pos, why)
+            .map_err(io_error)
+    }
+
+    /// Lets the finished response reach its end, so the connection can be reused.
+    fn finish(&mut self) {
+        if let Some(mut r) = self.resp.take() {
+            let mut tail = [0u8; 1];
+            if let Ok(n) = r.read(&mut tail) {
+                self.src.fetched.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
+    }
 }
 
 impl Read for RangeReader<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let io = |e: SourceError| match e {
-            SourceError::Cancelled => {
-                std::io::Error::new(std::io::ErrorKind::Interrupted, "cancelled")
-            }
-            other => std::io::Error::other(other.to_string()),
-        };
         loop {
             if self.pos >= self.end || buf.is_empty() {
                 return Ok(0);
             }
-            if self.resp.is_none() {
-                self.resp = Some(
-                    self.src
-                        .request_retrying(self.pos, self.end - 1)
-                        .map_err(io)?,
-                );
-            }
-            let want = buf.len().min((self.end - self.pos) as usize);
-            let got = self.resp.as_mut().map(|r| r.read(&mut buf[..want]));
-            let why = match got {
-                Some(Ok(0)) => "connection closed early".to_owned(),
-                Some(Ok(n)) => {
+            self.src.cancelled().map_err(io_error)?;
+            let Some(resp) = self.resp.as_mut() else {
+                match self.src.request(self.pos, self.end - 1).map_err(io_error)? {
+                    Attempt::Ok(r) => self.resp = Some(r),
+                    Attempt::Retry(why) => self.fail(&why)?,
+                }
+                continue;
+            };
+            let want = buf
+                .len()
+                .min((self.end - self.pos).min(usize::MAX as u64) as usize);
+            match resp.read(&mut buf[..want]) {
+                Ok(0) => {
+                    let why = format!(
+                        "connection closed {} bytes before the end of the range",
+                        self.end - self.pos
+                    );
+                    self.fail(&why)?;
+                }
+                Ok(n) => {
                     self.pos += n as u64;
                     self.failures = 0;
                     self.src.fetched.fetch_add(n as u64, Ordering::Relaxed);
+                    if self.pos >= self.end {
+                        self.finish();
+                    }
                     return Ok(n);
                 }
-                Some(Err(e)) => error_chain(&e),
-                None => "no response".to_owned(),
-            };
-            self.resp = None;
-            self.failures += 1;
-            if self.failures > self.src.retries {
-                return Err(std::io::Error::other(format!(
-                    "{}: transfer failed at byte {} after {} attempts: {why}",
-                    self.src.url, self.pos, self.failures
-                )));
+                Err(e) => {
+                    if let Some(why) = tls::tls_failure(&e) {
+                        return Err(io_error(fatal(format!(
+                            "TLS failure talking to {}: {why}",
+                            self.src.url
+                        ))));
+                    }
+                    let why = error_chain(&e);
+                    self.fail(&why)?;
+                }
             }
-            log::warn!(
-                "{}: transfer broke at byte {} ({why}); resuming, retry {}/{}",
-                self.src.url,
-                self.pos,
-                self.failures,
-                self.src.retries
-            );
-            self.src.backoff(self.failures).map_err(io)?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_range() {
+        assert_eq!(
+            parse_content_range("bytes 0-0/1048576"),
+            Some((0, 0, Some(1048576)))
+        );
+        assert_eq!(
+            parse_content_range("bytes 100-199/*"),
+            Some((100, 199, None))
+        );
+        assert_eq!(parse_content_range("bytes */1000"), None);
+        assert_eq!(parse_content_range(""), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
+
+    #[test]
+    fn headers_are_checked_and_merged() {
+        let o = HttpOptions::default().merge(
+            None,
+            None,
+            None,
+            false,
+            &["Authorization: TargetToken x".into()],
+        );
+        let m = o.header_map().unwrap();
+        assert_eq!(m.get("authorization").unwrap(), "TargetToken x");
+        let bad = HttpOptions::default().merge(None, None, None, false, &["no colon".into()]);
+        let e = bad.header_map().unwrap_err().to_string();
+        assert!(e.contains("no colon"), "{e}");
+    }
+
+    #[test]
+    fn install_request_overrides_config() {
+        let req = crate::agent::InstallRequest {
+            tls_ca: Some("/ca.pem".into()),
+            tls_no_verify: true,
+            http_headers: vec!["X-A: 1".into()],
+            ..Default::default()
+        };
+        let cfg = HttpSection {
+            headers: vec!["X-B: 2".into()],
+            ..Default::default()
+        };
+        let o = HttpOptions::from_config(&cfg).with_request(&req);
+        assert_eq!(o.ca.as_deref(), Some(std::path::Path::new("/ca.pem")));
+        assert!(o.no_verify);
+        assert_eq!(o.headers, vec!["X-B: 2".to_string(), "X-A: 1".to_string()]);
+    }
+
+    #[test]
+    fn error_bodies_become_one_line() {
+        let html = b"<html>\r\n<head><title>400 No required SSL certificate was sent</title></head>\r\n<body>\r\n<center><h1>400 Bad Request</h1></center>\r\n</body></html>";
+        assert_eq!(
+            one_line(html),
+            "400 No required SSL certificate was sent 400 Bad Request"
+        );
     }
 }

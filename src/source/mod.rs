@@ -6,8 +6,11 @@
 
 pub mod file;
 pub mod http;
+pub mod tls;
 
 use std::io::Read;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -42,4 +45,84 @@ pub trait ByteSource: Send {
     fn bytes_fetched(&self) -> u64;
     /// For messages: the path or URL.
     fn describe(&self) -> String;
+}
+
+/// Opens `source`: an `http://` or `https://` URL becomes an [`http::HttpSource`] using
+/// `http`; a `file://` URL (empty or `localhost` host) or a plain path becomes a
+/// [`file::FileSource`]. Any other URL scheme is refused with a clear error.
+pub fn open(
+    source: &str,
+    http: &http::HttpOptions,
+    cancel: Arc<AtomicBool>,
+) -> Result<Box<dyn ByteSource>, SourceError> {
+    let scheme = source
+        .split_once("://")
+        .map(|(s, _)| s.to_ascii_lowercase())
+        .filter(|s| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        });
+    match scheme.as_deref() {
+        Some("http") | Some("https") => Ok(Box::new(http::HttpSource::new(source, http, cancel)?)),
+        Some("file") => {
+            let rest = &source["file://".len()..];
+            let path = rest.strip_prefix("localhost").unwrap_or(rest);
+            if !path.starts_with('/') {
+                return Err(SourceError::Fatal(format!(
+                    "{source}: a file URL must name an absolute path on this machine (file:///path)"
+                )));
+            }
+            Ok(Box::new(file::FileSource::open(std::path::Path::new(
+                path,
+            ))?))
+        }
+        Some(other) => Err(SourceError::Fatal(format!(
+            "{source}: unsupported URL scheme {other:?}; use a path, file://, http:// or https://"
+        ))),
+        None => Ok(Box::new(file::FileSource::open(std::path::Path::new(
+            source,
+        ))?)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open_err(s: &str) -> String {
+        match open(
+            s,
+            &http::HttpOptions::default(),
+            Arc::new(AtomicBool::new(false)),
+        ) {
+            Ok(_) => panic!("{s} opened"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn chooses_the_source_by_scheme() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.rota");
+        std::fs::write(&p, b"0123456789").unwrap();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let opts = http::HttpOptions::default();
+        let mut f = open(p.to_str().unwrap(), &opts, cancel.clone()).unwrap();
+        assert_eq!(f.len().unwrap(), 10);
+        let mut f = open(&format!("file://{}", p.display()), &opts, cancel.clone()).unwrap();
+        assert_eq!(f.len().unwrap(), 10);
+        let f = open(
+            &format!("FILE://localhost{}", p.display()),
+            &opts,
+            cancel.clone(),
+        )
+        .unwrap();
+        assert_eq!(f.describe(), p.display().to_string());
+        let h = open("https://127.0.0.1:1/x.rota", &opts, cancel).unwrap();
+        assert_eq!(h.describe(), "https://127.0.0.1:1/x.rota");
+        assert!(open_err("ftp://host/x.rota").contains("unsupported URL scheme \"ftp\""));
+        assert!(open_err("file://host/x.rota").contains("absolute path"));
+        assert!(open_err("/nonexistent/x.rota").contains("/nonexistent/x.rota"));
+    }
 }

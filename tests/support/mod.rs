@@ -1,5 +1,7 @@
 //! Shared fixtures for integration tests.
 #![allow(dead_code)]
 
+pub mod fault_proxy;
 pub mod gateway;
+pub mod hawkbit_sim;
 pub mod nginx;

@@ -1,5 +1,6 @@
 //! A real nginx on 127.0.0.1 serving a directory, over HTTP, HTTPS (private CA) and
-//! HTTPS that requires a client certificate; plus the PKI made with openssl.
+//! HTTPS that requires a client certificate; plus the PKI made with openssl. On the HTTP
+//! port `/private/` answers 403 and `/auth/` needs basic auth ([`BASIC_AUTH`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -26,7 +27,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// CA, server certificate for 127.0.0.1, client certificate, and a second unrelated CA.
+/// CA, server certificate for 127.0.0.1, client certificate, a second unrelated CA
+/// (`otherca.pem`) and a client certificate it signed (`otherclient.pem`).
 pub fn make_pki(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     for ca in ["ca", "otherca"] {
@@ -57,7 +59,12 @@ pub fn make_pki(dir: &Path) {
         "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
     )
     .unwrap();
-    for (name, ext) in [("server", "server.ext"), ("client", "client.ext")] {
+    for (name, ext, ca) in [
+        ("server", "server.ext", "ca"),
+        ("client", "client.ext", "ca"),
+        // A client certificate from a CA the server does not trust.
+        ("otherclient", "client.ext", "otherca"),
+    ] {
         openssl(
             dir,
             &[
@@ -83,9 +90,9 @@ pub fn make_pki(dir: &Path) {
                 "-in",
                 &format!("{name}.csr"),
                 "-CA",
-                "ca.pem",
+                &format!("{ca}.pem"),
                 "-CAkey",
-                "ca.key",
+                &format!("{ca}.key"),
                 "-CAcreateserial",
                 "-out",
                 &format!("{name}.pem"),
@@ -97,6 +104,9 @@ pub fn make_pki(dir: &Path) {
         );
     }
 }
+
+/// `Authorization` header that opens `/auth/` (user "device", password "s3cret").
+pub const BASIC_AUTH: &str = "Authorization: Basic ZGV2aWNlOnMzY3JldA==";
 
 pub struct Nginx {
     child: Child,
@@ -116,7 +126,9 @@ impl Nginx {
              events {{ worker_connections 64; }}\n\
              http {{ access_log {w}/logs/access.log; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
                fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi; default_type application/octet-stream;\n\
-               server {{ listen 127.0.0.1:{http}; root {r}; }}\n\
+               server {{ listen 127.0.0.1:{http}; root {r};\n\
+                 location /private/ {{ deny all; }}\n\
+                 location /auth/ {{ auth_basic \"rota\"; auth_basic_user_file {w}/htpasswd; }} }}\n\
                server {{ listen 127.0.0.1:{https} ssl; ssl_certificate {sc}; ssl_certificate_key {sk}; root {r}; }}\n\
                server {{ listen 127.0.0.1:{mtls} ssl; ssl_certificate {sc}; ssl_certificate_key {sk};\n\
                  ssl_client_certificate {ca}; ssl_verify_client on; root {r}; }}\n\
@@ -128,6 +140,17 @@ impl Nginx {
             ca = p("ca.pem"),
         );
         std::fs::write(work.join("nginx.conf"), conf).unwrap();
+        // `/auth/` needs user "device", password "s3cret" (HTTP basic auth).
+        let hash = Command::new("openssl")
+            .args(["passwd", "-apr1", "s3cret"])
+            .output()
+            .expect("openssl must be installed");
+        assert!(hash.status.success());
+        std::fs::write(
+            work.join("htpasswd"),
+            format!("device:{}", String::from_utf8_lossy(&hash.stdout)),
+        )
+        .unwrap();
         let child = Command::new("nginx")
             .arg("-c")
             .arg(work.join("nginx.conf"))

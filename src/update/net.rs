@@ -1,0 +1,182 @@
+//! The pollers' HTTP client: small JSON requests with the `[http]` TLS settings, bounded
+//! answer sizes and time, and errors sorted into "try again later" and "will not heal".
+
+use crate::source::http::{error_chain, HttpOptions};
+use crate::source::tls;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use std::time::Duration;
+
+/// Largest JSON answer read (a feed or a hawkBit resource is a few KiB).
+pub const MAX_JSON: usize = 1 << 20;
+/// Longest time one API request may take from connect to the last byte.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetError {
+    /// Network trouble or a server-side error: worth another try later.
+    #[error("{0}")]
+    Transient(String),
+    /// The server refused the request (4xx other than 408/409/429): retrying the same
+    /// request will not help.
+    #[error("{message}")]
+    Refused { status: u16, message: String },
+    /// A certificate or handshake problem.
+    #[error("{0}")]
+    Tls(String),
+    /// The answer is not what the protocol says.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl NetError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            NetError::Refused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Api {
+    client: reqwest::Client,
+}
+
+impl Api {
+    /// A client with the `[http]` TLS settings and `headers` on every request.
+    pub fn new(opts: &HttpOptions) -> Result<Api, String> {
+        tls::install_ring_provider();
+        let mut headers = opts.header_map().map_err(|e| e.to_string())?;
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static("application/hal+json, application/json"),
+        );
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("rota/", env!("CARGO_PKG_VERSION")))
+            .default_headers(headers)
+            .connect_timeout(opts.connect_timeout)
+            .read_timeout(opts.stall_timeout)
+            .timeout(REQUEST_TIMEOUT)
+            .tls_backend_preconfigured(tls::client_config(&opts.tls()).map_err(|e| e.to_string())?)
+            .build()
+            .map_err(|e| format!("HTTP client: {}", error_chain(&e)))?;
+        Ok(Api { client })
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response, NetError> {
+        let mut req = self.client.request(method.clone(), url).headers(headers);
+        if let Some(b) = body {
+            req = req
+                .header(CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(b).unwrap_or_default());
+        }
+        let resp = req.send().await.map_err(|e| {
+            if let Some(why) = tls::tls_failure(&e) {
+                NetError::Tls(format!("TLS failure talking to {url}: {why}"))
+            } else {
+                NetError::Transient(format!("{method} {url}: {}", error_chain(&e)))
+            }
+        })?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let body = read_limited(resp, 512).await.unwrap_or_default();
+        let said = String::from_utf8_lossy(&body)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let said = if said.is_empty() {
+            String::new()
+        } else {
+            format!(": {said}")
+        };
+        let message = format!("{method} {url} answered {status}{said}");
+        if status.is_server_error()
+            || status == StatusCode::REQUEST_TIMEOUT
+            || status == StatusCode::CONFLICT
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
+            Err(NetError::Transient(message))
+        } else {
+            Err(NetError::Refused {
+                status: status.as_u16(),
+                message,
+            })
+        }
+    }
+
+    /// GET and parse a JSON answer of at most [`MAX_JSON`] bytes.
+    pub async fn get_json<T: DeserializeOwned>(&self, url: &str) -> Result<T, NetError> {
+        let resp = self.send(Method::GET, url, HeaderMap::new(), None).await?;
+        let body = read_limited(resp, MAX_JSON)
+            .await
+            .map_err(|e| NetError::Transient(format!("GET {url}: {e}")))?;
+        if body.len() >= MAX_JSON {
+            return Err(NetError::Invalid(format!(
+                "GET {url}: the answer is larger than {MAX_JSON} bytes"
+            )));
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| NetError::Invalid(format!("GET {url}: not the expected JSON: {e}")))
+    }
+
+    /// POST or PUT a JSON body; the answer's body is not needed.
+    pub async fn send_json(
+        &self,
+        method: Method,
+        url: &str,
+        body: &serde_json::Value,
+    ) -> Result<(), NetError> {
+        let resp = self.send(method, url, HeaderMap::new(), Some(body)).await?;
+        let _ = read_limited(resp, 4096).await;
+        Ok(())
+    }
+
+    /// The size of the file at `url`, from a one-byte Range request (as the bundle source does).
+    pub async fn size_of(&self, url: &str, headers: HeaderMap) -> Result<u64, NetError> {
+        let mut h = headers;
+        h.insert(RANGE, HeaderValue::from_static("bytes=0-0"));
+        let resp = self.send(Method::GET, url, h, None).await?;
+        let status = resp.status();
+        let cr = resp
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let _ = read_limited(resp, 16).await;
+        if status != StatusCode::PARTIAL_CONTENT {
+            return Err(NetError::Invalid(format!(
+                "{url} answered a Range request with {status}: the server does not support Range requests"
+            )));
+        }
+        cr.rsplit('/')
+            .next()
+            .and_then(|t| t.trim().parse().ok())
+            .ok_or_else(|| {
+                NetError::Invalid(format!("{url} sent no usable Content-Range ({cr:?})"))
+            })
+    }
+}
+
+/// Reads at most `limit` bytes of a body (a longer one is cut at `limit`).
+async fn read_limited(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(resp.content_length().unwrap_or(0).min(limit as u64) as usize);
+    while let Some(c) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+        let room = limit - out.len();
+        out.extend_from_slice(&c[..c.len().min(room)]);
+        if out.len() >= limit {
+            break;
+        }
+    }
+    Ok(out)
+}

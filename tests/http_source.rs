@@ -1,0 +1,459 @@
+//! `HttpSource` against a real nginx on 127.0.0.1: bit-exact ranges over HTTP, HTTPS with
+//! a pinned private CA and mutual TLS; and every answer that retrying cannot fix (wrong CA,
+//! missing or foreign client certificate, 404, 403, 401, 416, a server without Range, a
+//! bundle replaced mid-install) failing within a few seconds with a message that says why.
+
+mod support;
+use rota::source::http::{HttpOptions, HttpSource};
+use rota::source::{ByteSource, SourceError};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use support::gateway::pattern;
+use support::nginx::{make_pki, Nginx, BASIC_AUTH};
+
+/// Fatal answers must end the read within this (no retry of an unfixable error).
+const FAST: Duration = Duration::from_secs(3);
+
+struct Site {
+    dir: tempfile::TempDir,
+    ng: Nginx,
+}
+
+impl Site {
+    fn new() -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        make_pki(&dir.path().join("pki"));
+        std::fs::create_dir_all(dir.path().join("www/private")).unwrap();
+        std::fs::create_dir_all(dir.path().join("www/auth")).unwrap();
+        let ng = Nginx::start(
+            &dir.path().join("www"),
+            &dir.path().join("pki"),
+            &dir.path().join("nginx"),
+        );
+        Site { dir, ng }
+    }
+    fn pki(&self, name: &str) -> PathBuf {
+        self.dir.path().join("pki").join(name)
+    }
+    fn publish(&self, name: &str, data: &[u8]) -> PathBuf {
+        let p = self.dir.path().join("www").join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+    fn http(&self, name: &str) -> String {
+        self.ng.url(self.ng.http, false, name)
+    }
+    fn https(&self, name: &str) -> String {
+        self.ng.url(self.ng.https, true, name)
+    }
+    fn mtls(&self, name: &str) -> String {
+        self.ng.url(self.ng.mtls, true, name)
+    }
+}
+
+fn opts() -> HttpOptions {
+    HttpOptions {
+        retries: 3,
+        stall_timeout: Duration::from_secs(5),
+        connect_timeout: Duration::from_secs(5),
+        ..Default::default()
+    }
+}
+
+fn source(url: &str, o: &HttpOptions) -> HttpSource {
+    HttpSource::new(url, o, Arc::new(AtomicBool::new(false))).unwrap()
+}
+
+fn read_all(src: &mut HttpSource, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut r = src.read_range(offset, len).map_err(|e| e.to_string())?;
+    r.read_to_end(&mut out).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Opens `url` and reads its first KiB; returns the error message and how long it took.
+fn failure(url: &str, o: &HttpOptions) -> (String, Duration) {
+    let t = Instant::now();
+    let res = HttpSource::new(url, o, Arc::new(AtomicBool::new(false))).and_then(|mut s| {
+        let n = s.len()?.min(1024);
+        let mut buf = vec![0u8; n as usize];
+        s.read_exact_at(0, &mut buf)
+    });
+    match res {
+        Ok(()) => panic!("{url} was read, but should have failed"),
+        Err(e) => {
+            assert!(
+                matches!(e, SourceError::Fatal(_)),
+                "{url}: {e:?} should be a fatal (not retried) error"
+            );
+            (e.to_string(), t.elapsed())
+        }
+    }
+}
+
+fn assert_fails_fast(url: &str, o: &HttpOptions, expect: &[&str]) {
+    let (msg, took) = failure(url, o);
+    println!("{url}: {took:?}: {msg}");
+    for e in expect {
+        assert!(msg.contains(e), "{url}: {msg:?} should mention {e:?}");
+    }
+    assert!(took < FAST, "{url}: took {took:?} to fail");
+}
+
+#[test]
+fn ranges_are_bit_exact_over_http() {
+    let site = Site::new();
+    let data = pattern(3 << 20, 7);
+    site.publish("b.rota", &data);
+    let mut src = source(&site.http("b.rota"), &opts());
+    assert_eq!(src.len().unwrap(), data.len() as u64);
+    let mut x = 99u64;
+    let mut wanted = 0u64;
+    for _ in 0..40 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 20) % data.len() as u64;
+        let len = ((x >> 8) % (300 << 10)).min(data.len() as u64 - off);
+        let got = read_all(&mut src, off, len).unwrap();
+        assert!(
+            got == data[off as usize..(off + len) as usize],
+            "bytes {off}+{len} differ"
+        );
+        wanted += len;
+    }
+    // Edges: the last byte, an empty range, the whole file, read_exact_at.
+    let last = data.len() as u64 - 1;
+    assert_eq!(read_all(&mut src, last, 1).unwrap(), &data[last as usize..]);
+    assert!(read_all(&mut src, 5, 0).unwrap().is_empty());
+    assert!(read_all(&mut src, 0, data.len() as u64).unwrap() == data);
+    let mut buf = [0u8; 4096];
+    src.read_exact_at(1 << 20, &mut buf).unwrap();
+    assert_eq!(&buf[..], &data[1 << 20..(1 << 20) + 4096]);
+    wanted += 1 + data.len() as u64 + 4096;
+    // Reading past the end is refused before any request.
+    match src.read_range(last, 2) {
+        Err(SourceError::OutOfRange { end, len, .. }) => {
+            assert_eq!((end, len), (last + 2, data.len() as u64))
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("read past the end"),
+    }
+    // Body bytes only: the one-byte size probe plus what was asked for.
+    assert_eq!(src.bytes_fetched(), wanted + 1);
+    assert_eq!(src.describe(), site.http("b.rota"));
+    assert!(src.validator().is_some(), "nginx sends an ETag");
+}
+
+#[test]
+fn https_with_a_pinned_private_ca_and_mutual_tls() {
+    let site = Site::new();
+    let data = pattern(1 << 20, 8);
+    site.publish("b.rota", &data);
+    let pinned = HttpOptions {
+        ca: Some(site.pki("ca.pem")),
+        ..opts()
+    };
+    let mut src = source(&site.https("b.rota"), &pinned);
+    assert!(read_all(&mut src, 0, data.len() as u64).unwrap() == data);
+
+    let client = HttpOptions {
+        cert: Some(site.pki("client.pem")),
+        key: Some(site.pki("client.key")),
+        ..pinned.clone()
+    };
+    let mut src = source(&site.mtls("b.rota"), &client);
+    assert!(read_all(&mut src, 1000, 70_000).unwrap() == data[1000..71_000]);
+
+    // tls-no-verify: any server certificate, still encrypted.
+    let any = HttpOptions {
+        no_verify: true,
+        ..opts()
+    };
+    let mut src = source(&site.https("b.rota"), &any);
+    assert_eq!(read_all(&mut src, 0, 16).unwrap(), &data[..16]);
+}
+
+#[test]
+fn tls_failures_fail_fast_with_a_clear_message() {
+    let site = Site::new();
+    site.publish("b.rota", &pattern(64 << 10, 9));
+    let untrusted = ["TLS failure", "not signed by a trusted CA"];
+    // The built-in web roots do not know the private CA.
+    assert_fails_fast(&site.https("b.rota"), &opts(), &untrusted);
+    // Pinned to another CA: the real server is refused too.
+    let other = HttpOptions {
+        ca: Some(site.pki("otherca.pem")),
+        ..opts()
+    };
+    assert_fails_fast(&site.https("b.rota"), &other, &untrusted);
+    // The mTLS port without a client certificate: nginx answers 400 and says why.
+    let pinned = HttpOptions {
+        ca: Some(site.pki("ca.pem")),
+        ..opts()
+    };
+    assert_fails_fast(
+        &site.mtls("b.rota"),
+        &pinned,
+        &["400", "No required SSL certificate"],
+    );
+    // A client certificate from a CA the server does not trust.
+    let foreign = HttpOptions {
+        cert: Some(site.pki("otherclient.pem")),
+        key: Some(site.pki("otherclient.key")),
+        ..pinned.clone()
+    };
+    assert_fails_fast(&site.mtls("b.rota"), &foreign, &["400", "certificate"]);
+    // A certificate with the wrong key is refused before any connection.
+    let mismatched = HttpOptions {
+        cert: Some(site.pki("client.pem")),
+        key: Some(site.pki("server.key")),
+        ..pinned.clone()
+    };
+    let err = HttpSource::new(&site.mtls("b.rota"), &mismatched, Default::default())
+        .err()
+        .expect("mismatched key refused");
+    assert!(err.to_string().contains("do not go together"), "{err}");
+    let half = HttpOptions {
+        cert: Some(site.pki("client.pem")),
+        ..pinned.clone()
+    };
+    let err = HttpSource::new(&site.mtls("b.rota"), &half, Default::default())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("without its key"), "{err}");
+    let missing = HttpOptions {
+        ca: Some(site.pki("nope.pem")),
+        ..opts()
+    };
+    let err = HttpSource::new(&site.https("b.rota"), &missing, Default::default())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("CA bundle") && err.to_string().contains("nope.pem"),
+        "{err}"
+    );
+    let not_pem = HttpOptions {
+        ca: Some(site.pki("server.ext")),
+        ..opts()
+    };
+    let err = HttpSource::new(&site.https("b.rota"), &not_pem, Default::default())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("holds no PEM certificate"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unfixable_answers_fail_fast_with_a_clear_message() {
+    let site = Site::new();
+    let data = pattern(256 << 10, 10);
+    site.publish("b.rota", &data);
+    site.publish("private/b.rota", &data);
+    site.publish("auth/b.rota", &data);
+    assert_fails_fast(
+        &site.http("missing.rota"),
+        &opts(),
+        &["not found (404 Not Found)", "missing.rota"],
+    );
+    assert_fails_fast(
+        &site.http("private/b.rota"),
+        &opts(),
+        &["denied (403 Forbidden)"],
+    );
+    assert_fails_fast(
+        &site.http("auth/b.rota"),
+        &opts(),
+        &["denied (401 Unauthorized)"],
+    );
+    let wrong = HttpOptions {
+        headers: vec!["Authorization: Basic d3Jvbmc6d3Jvbmc=".into()],
+        ..opts()
+    };
+    assert_fails_fast(&site.http("auth/b.rota"), &wrong, &["401"]);
+    // The header from the options opens it.
+    let auth = HttpOptions {
+        headers: vec![BASIC_AUTH.into()],
+        ..opts()
+    };
+    let mut src = source(&site.http("auth/b.rota"), &auth);
+    assert!(read_all(&mut src, 0, data.len() as u64).unwrap() == data);
+
+    // 416: the file shrank on the server after the size was learned.
+    let p = site.publish("shrinks.rota", &data);
+    let mut src = source(&site.http("shrinks.rota"), &opts());
+    assert_eq!(src.len().unwrap(), data.len() as u64);
+    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.set_len(1000).unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000))
+        .unwrap();
+    drop(f);
+    let t = Instant::now();
+    let err = read_all(&mut src, 200_000, 1000).unwrap_err();
+    assert!(
+        err.contains("416") && err.contains("shorter than expected"),
+        "{err}"
+    );
+    assert!(t.elapsed() < FAST);
+
+    // Python's http.server ignores Range and answers 200 with the whole file.
+    let root = site.dir.path().join("www");
+    let py = PyServer::start(&root);
+    assert_fails_fast(
+        &py.url("b.rota"),
+        &opts(),
+        &["does not support Range requests", "(200)"],
+    );
+
+    // Bad URLs and headers are refused before any request.
+    for (url, o, expect) in [
+        ("ftp://127.0.0.1/b.rota", opts(), "unsupported URL scheme"),
+        ("http://", opts(), "bad URL"),
+        (
+            "http://127.0.0.1/b.rota",
+            HttpOptions {
+                headers: vec!["Broken header".into()],
+                ..opts()
+            },
+            "\"Broken header\" is not \"Name: value\"",
+        ),
+        (
+            "http://127.0.0.1/b.rota",
+            HttpOptions {
+                headers: vec!["X-Bad: a\nb".into()],
+                ..opts()
+            },
+            "HTTP header x-bad",
+        ),
+    ] {
+        let e = HttpSource::new(url, &o, Default::default())
+            .err()
+            .expect(url);
+        assert!(e.to_string().contains(expect), "{url}: {e}");
+    }
+}
+
+#[test]
+fn a_bundle_replaced_on_the_server_is_noticed() {
+    let site = Site::new();
+    let data = pattern(512 << 10, 11);
+    let p = site.publish("b.rota", &data);
+    let mut src = source(&site.http("b.rota"), &opts());
+    assert!(read_all(&mut src, 0, 1000).unwrap() == data[..1000]);
+    // Same size, new content and modification time: a new ETag.
+    std::fs::write(&p, pattern(512 << 10, 12)).unwrap();
+    let f = std::fs::File::options().write(true).open(&p).unwrap();
+    f.set_modified(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000))
+        .unwrap();
+    drop(f);
+    let t = Instant::now();
+    let err = read_all(&mut src, 1000, 1000).unwrap_err();
+    assert!(err.contains("changed on the server"), "{err}");
+    assert!(t.elapsed() < FAST);
+    // A different size at the same validator is caught as well (a new source learns anew).
+    let mut src = source(&site.http("b.rota"), &opts());
+    assert_eq!(src.len().unwrap(), data.len() as u64);
+}
+
+#[test]
+fn an_unreachable_server_is_retried_a_bounded_number_of_times() {
+    let port = support::nginx::free_port();
+    let o = HttpOptions {
+        retries: 2,
+        ..opts()
+    };
+    let t = Instant::now();
+    let mut src = source(&format!("http://127.0.0.1:{port}/b.rota"), &o);
+    let err = src.len().unwrap_err();
+    let took = t.elapsed();
+    println!("refused: {took:?}: {err}");
+    assert!(matches!(err, SourceError::Io(_)), "{err:?}");
+    assert!(err.to_string().contains("after 3 failed attempts"), "{err}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn cancel_stops_a_waiting_read() {
+    // A proxy that stalls: the read waits, the cancel flag ends it.
+    let site = Site::new();
+    site.publish("b.rota", &pattern(1 << 20, 13));
+    let proxy = support::fault_proxy::FaultProxy::start(site.ng.http);
+    use support::fault_proxy::Fault;
+    proxy.push([
+        Fault::Stall {
+            after: 200_000,
+            hold: Duration::from_secs(20),
+        },
+        Fault::Stall {
+            after: 0,
+            hold: Duration::from_secs(20),
+        },
+        Fault::Stall {
+            after: 0,
+            hold: Duration::from_secs(20),
+        },
+    ]);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let o = HttpOptions {
+        stall_timeout: Duration::from_secs(1),
+        retries: 10,
+        ..opts()
+    };
+    let mut src = HttpSource::new(&proxy.url("b.rota"), &o, cancel.clone()).unwrap();
+    let c = cancel.clone();
+    let stopper = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        c.store(true, Ordering::Relaxed);
+    });
+    let t = Instant::now();
+    let mut buf = vec![0u8; 1 << 20];
+    let err = src.read_exact_at(0, &mut buf).unwrap_err();
+    stopper.join().unwrap();
+    assert!(matches!(err, SourceError::Cancelled), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+/// `python3 -m http.server` on 127.0.0.1: a real server that ignores Range.
+struct PyServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PyServer {
+    fn start(root: &Path) -> PyServer {
+        let port = support::nginx::free_port();
+        let child = std::process::Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(root)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 must be installed");
+        support::gateway::wait_for("python http.server", 10, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        PyServer { child, port }
+    }
+    fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+impl Drop for PyServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
