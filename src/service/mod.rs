@@ -59,7 +59,10 @@ pub async fn claim(config: &Config) -> Result<Claimed, String> {
         names.push(RAUC_BUS_NAME);
     }
     for name in names {
-        conn.request_name(name).await.map_err(|e| match e {
+        // Neither queue nor allow replacement (zbus's default would let a second
+        // instance take the name away from a running one).
+        let flags = zbus::fdo::RequestNameFlags::DoNotQueue.into();
+        conn.request_name_with_flags(name, flags).await.map_err(|e| match e {
             zbus::Error::NameTaken => {
                 format!("the bus name {name} is taken: another rota service (or RAUC) is running")
             }

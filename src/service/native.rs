@@ -299,6 +299,7 @@ impl Agent1 {
         self.agent.snapshot().last_error
     }
 
+    /// The device's compatible string ([system] compatible).
     #[zbus(property)]
     async fn compatible(&self) -> String {
         self.agent.snapshot().compatible
@@ -330,4 +331,74 @@ impl Agent1 {
         result: i32,
         message: &str,
     ) -> zbus::Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::ov;
+
+    fn opts(pairs: Vec<(&str, OwnedValue)>) -> HashMap<String, OwnedValue> {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    #[test]
+    fn native_options_fill_the_request() {
+        let mut req = InstallRequest::default();
+        let o = opts(vec![
+            ("force-version", ov(true)),
+            ("ignore-compatible", ov(true)),
+            ("reboot", ov(false)),
+            ("transaction-id", ov("t-1")),
+            ("require-manifest-hash", ov("abc")),
+            ("http-headers", ov(vec!["Authorization: Bearer x"])),
+            ("tls-ca", ov("/ca.pem")),
+            ("tls-no-verify", ov(true)),
+        ]);
+        apply_options(&mut req, &o, false).unwrap();
+        assert!(req.force_version && req.ignore_compatible && req.tls_no_verify);
+        assert_eq!(req.reboot, Some(false));
+        assert_eq!(req.transaction_id.as_deref(), Some("t-1"));
+        assert_eq!(req.require_manifest_hash.as_deref(), Some("abc"));
+        assert_eq!(req.http_headers, vec!["Authorization: Bearer x".to_owned()]);
+        assert_eq!(req.tls_ca.as_deref(), Some("/ca.pem"));
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_named() {
+        let mut req = InstallRequest::default();
+        let e = apply_options(&mut req, &opts(vec![("bogus", ov(true))]), false).unwrap_err();
+        assert_eq!(e, "unknown install option \"bogus\"");
+        // RAUC's wording, and RAUC's key set: force-version is rota's name.
+        let e =
+            apply_options(&mut req, &opts(vec![("force-version", ov(true))]), true).unwrap_err();
+        assert_eq!(e, "Unsupported key: force-version");
+        apply_options(
+            &mut req,
+            &opts(vec![("ignore-version-limit", ov(true))]),
+            true,
+        )
+        .unwrap();
+        assert!(req.force_version);
+        let e = apply_options(&mut req, &opts(vec![("reboot", ov("yes"))]), false).unwrap_err();
+        assert_eq!(e, "option reboot must be a boolean (b)");
+        let e = apply_options(&mut req, &opts(vec![("tls-ca", ov(7u32))]), false).unwrap_err();
+        assert_eq!(e, "option tls-ca must be a string (s)");
+        let e =
+            apply_options(&mut req, &opts(vec![("http-headers", ov("x: y"))]), false).unwrap_err();
+        assert_eq!(e, "option http-headers must be a string array (as)");
+        let many: Vec<&str> = vec!["a: b"; MAX_OPTIONS + 1];
+        let e =
+            apply_options(&mut req, &opts(vec![("http-headers", ov(many))]), false).unwrap_err();
+        assert!(e.contains("more than"), "{e}");
+    }
+
+    #[test]
+    fn completed_codes_tell_cancel_from_failure() {
+        assert_eq!(result_code(InstallResult::Success), 0);
+        assert_eq!(result_code(InstallResult::Failed), 1);
+        assert_eq!(result_code(InstallResult::Cancelled), 2);
+        // RAUC's signal knows only success and failure.
+        assert_eq!(InstallResult::Cancelled.code(), 1);
+    }
 }

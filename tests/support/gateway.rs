@@ -282,20 +282,19 @@ impl Gateway {
         .to_owned()
     }
 
-    /// Starts `busctl monitor` for io.rota's signals; stop it with [`Monitor::stop`].
-    pub fn monitor(&self, sender: &str) -> Monitor {
-        let out = self.path(&format!(
-            "monitor-{}.json",
-            MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
+    /// Starts `busctl monitor --match=RULE` (e.g. `type='signal',sender='io.rota'`);
+    /// stop it with [`Monitor::stop`].
+    pub fn monitor(&self, rule: &str) -> Monitor {
+        let n = MONITORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = self.path(&format!("monitor-{n}.json"));
         let mut c = Command::new("busctl");
         c.args(["--system", "monitor", "--json=short"])
-            .arg(format!("--match=type='signal',sender='{sender}'"))
+            .arg(format!("--match={rule}"))
             .stdout(std::fs::File::create(&out).unwrap())
             .stderr(Stdio::null());
         self.env_vars(&mut c);
         let child = c.spawn().expect("busctl must be installed");
-        // busctl needs a moment to become a monitor; a signal before that would be lost.
+        // busctl needs a moment to become a monitor; a message before that would be lost.
         std::thread::sleep(Duration::from_millis(300));
         Monitor { child, out }
     }
@@ -406,21 +405,15 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Stops the monitor and returns the signals it saw: (interface, member, payload data).
-    pub fn stop(mut self) -> Vec<(String, String, serde_json::Value)> {
+    /// Stops the monitor and returns the messages it saw, as busctl's JSON objects
+    /// (`interface`, `member`, `error_name`, `payload.data`...).
+    pub fn stop(mut self) -> Vec<serde_json::Value> {
         std::thread::sleep(Duration::from_millis(200));
         let _ = self.child.kill();
         let _ = self.child.wait();
         let text = std::fs::read_to_string(&self.out).unwrap();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .map(|v| {
-                (
-                    v["interface"].as_str().unwrap_or("").to_owned(),
-                    v["member"].as_str().unwrap_or("").to_owned(),
-                    v["payload"]["data"].clone(),
-                )
-            })
             .collect()
     }
 }
