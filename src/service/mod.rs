@@ -62,12 +62,16 @@ pub async fn claim(config: &Config) -> Result<Claimed, String> {
         // Neither queue nor allow replacement (zbus's default would let a second
         // instance take the name away from a running one).
         let flags = zbus::fdo::RequestNameFlags::DoNotQueue.into();
-        conn.request_name_with_flags(name, flags).await.map_err(|e| match e {
-            zbus::Error::NameTaken => {
-                format!("the bus name {name} is taken: another rota service (or RAUC) is running")
-            }
-            e => format!("cannot take the bus name {name}: {e}"),
-        })?;
+        conn.request_name_with_flags(name, flags)
+            .await
+            .map_err(|e| match e {
+                zbus::Error::NameTaken => {
+                    format!(
+                        "the bus name {name} is taken: another rota service (or RAUC) is running"
+                    )
+                }
+                e => format!("cannot take the bus name {name}: {e}"),
+            })?;
     }
     Ok(Claimed {
         conn,
@@ -130,6 +134,9 @@ impl Forwarder {
 
     async fn run(self, agent: AgentHandle, completed: watch::Sender<Option<String>>) {
         let mut events = agent.subscribe();
+        // The Progress last published: a snapshot change re-publishes it only if it moved
+        // (RAUC clients print every Progress change).
+        let mut published = agent.snapshot().progress;
         loop {
             let ev = match events.recv().await {
                 Ok(ev) => ev,
@@ -140,10 +147,17 @@ impl Forwarder {
                 }
                 Err(_) => break,
             };
-            if let Err(err) = self.native(&ev).await {
+            let now = match &ev {
+                AgentEvent::Progress(p) => p.clone(),
+                AgentEvent::Changed(snap) => snap.progress.clone(),
+                _ => published.clone(),
+            };
+            let progress = now != published;
+            published = now;
+            if let Err(err) = self.native(&ev, progress).await {
                 log::warn!("D-Bus: cannot emit io.rota.Agent1 signals: {err}");
             }
-            if let Err(err) = self.rauc(&ev).await {
+            if let Err(err) = self.rauc(&ev, progress).await {
                 log::warn!("D-Bus: cannot emit de.pengutronix.rauc.Installer signals: {err}");
             }
             if let AgentEvent::Completed { transaction, .. } = ev {
@@ -152,16 +166,18 @@ impl Forwarder {
         }
     }
 
-    async fn native(&self, ev: &AgentEvent) -> zbus::Result<()> {
+    async fn native(&self, ev: &AgentEvent, progress: bool) -> zbus::Result<()> {
         let n = self.native.get().await;
         let e = self.native.signal_emitter();
+        if progress {
+            n.progress_changed(e).await?;
+        }
         match ev {
-            AgentEvent::Progress(_) => n.progress_changed(e).await,
+            AgentEvent::Progress(_) => Ok(()),
             // Transaction first: clients follow progress once it names their install.
             AgentEvent::Changed(_) => {
                 n.transaction_changed(e).await?;
                 n.operation_changed(e).await?;
-                n.progress_changed(e).await?;
                 n.last_error_changed(e).await?;
                 n.primary_changed(e).await
             }
@@ -170,7 +186,6 @@ impl Forwarder {
                 result,
                 message,
             } => {
-                n.progress_changed(e).await?;
                 native::Agent1::completed(e, transaction, native::result_code(*result), message)
                     .await
             }
@@ -178,19 +193,21 @@ impl Forwarder {
         }
     }
 
-    async fn rauc(&self, ev: &AgentEvent) -> zbus::Result<()> {
+    async fn rauc(&self, ev: &AgentEvent, progress: bool) -> zbus::Result<()> {
         let Some(r) = &self.rauc else { return Ok(()) };
         let i = r.get().await;
         let e = r.signal_emitter();
+        if progress {
+            i.progress_changed(e).await?;
+        }
         match ev {
-            AgentEvent::Progress(_) => i.progress_changed(e).await,
+            AgentEvent::Progress(_) => Ok(()),
             AgentEvent::Changed(_) => {
                 i.operation_changed(e).await?;
-                i.progress_changed(e).await?;
                 i.last_error_changed(e).await
             }
+            // LastError went out with the Changed event that precedes Completed.
             AgentEvent::Completed { result, .. } => {
-                i.last_error_changed(e).await?;
                 rauc::Installer::completed(e, result.code()).await
             }
             AgentEvent::PollRequested => Ok(()),
