@@ -48,18 +48,27 @@ fn assert_logs_on_stderr(journal_stream: Option<String>, case: &str) {
     };
     let mut svc = Service::start(&gw, &bus, &env);
     let pid = svc.pid();
+    let serving = |log: &str| {
+        stderr_records(log, pid).iter().any(|(lvl, m)| {
+            lvl == "INFO" && m.starts_with("rota ") && m.contains("serving io.rota")
+        })
+    };
+    // The start-up record comes right after the bus name is taken, and the SIGTERM
+    // handler right after that: give both time (qemu-user is slow) before stopping.
+    let start = Instant::now();
+    while !serving(&svc.log_text()) && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     let status = svc.stop();
-    assert!(status.success(), "{case}: service exit {status}");
     let log = svc.log_text();
-    let records = stderr_records(&log, pid);
+    assert!(status.success(), "{case}: service exit {status}:\n{log}");
     assert!(
-        records.iter().any(|(lvl, m)| lvl == "INFO"
-            && m.starts_with("rota ")
-            && m.contains("serving io.rota")),
+        serving(&log),
         "{case}: the start-up record is not on stderr:\n{log}"
     );
     assert!(
-        records
+        stderr_records(&log, pid)
             .iter()
             .any(|(lvl, m)| lvl == "INFO" && m == "stopping"),
         "{case}: the stop record is not on stderr:\n{log}"
@@ -781,4 +790,115 @@ fn rota_bundle_class_builds_a_verifiable_bundle() {
         "a non-semver version must fail the image"
     );
     assert!(stderr(&out).contains("5.0+snapshot"), "{}", stderr(&out));
+}
+
+// ---------------------------------------------------------------- rota.service sandbox
+
+/// `Key=value` lines of a unit file (all values of repeated keys, comments skipped).
+fn unit_values(unit: &str, key: &str) -> Vec<String> {
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(&format!("{key}=")))
+        .flat_map(|v| v.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}
+
+#[test]
+fn rota_service_sandbox_lets_rota_write_what_it_writes() {
+    let unit =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/rota.service"))
+            .unwrap();
+    assert_eq!(unit_values(&unit, "ProtectSystem"), ["strict"]);
+    // Writable: the StateDirectory (/var/lib/<name>) and ReadWritePaths ("-" = optional).
+    let mut writable: Vec<PathBuf> = unit_values(&unit, "ReadWritePaths")
+        .iter()
+        .map(|p| PathBuf::from(p.trim_start_matches('-')))
+        .collect();
+    for s in unit_values(&unit, "StateDirectory") {
+        writable.push(Path::new("/var/lib").join(s));
+    }
+    let is_writable = |p: &Path| {
+        // /var/lock is a symlink to /run/lock on Debian and Yocto (ProtectSystem works
+        // on the resolved path).
+        let p = match p.strip_prefix("/var/lock") {
+            Ok(rest) => Path::new("/run/lock").join(rest),
+            Err(_) => p.to_owned(),
+        };
+        writable.iter().any(|w| p.starts_with(w))
+    };
+    let config = r#"
+[system]
+compatible = "x"
+[keyring]
+paths = ["/etc/rota/keys/release.pub.pem"]
+[bootloader]
+type = "uboot"
+[slot.rootfs.0]
+device = "/dev/mmcblk0p2"
+bootname = "A"
+[slot.rootfs.1]
+device = "/dev/mmcblk0p3"
+bootname = "B"
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("system.toml"), config).unwrap();
+    let config = rota::config::Config::load(&dir.path().join("system.toml")).unwrap();
+    assert!(
+        is_writable(&config.system.data_dir),
+        "default data-dir {} is read-only under rota.service",
+        config.system.data_dir.display()
+    );
+    let lock = Path::new(rota::boot::uboot_env::LOCK_FILE);
+    assert!(
+        is_writable(lock.parent().unwrap()),
+        "the env lock {} is read-only under rota.service",
+        lock.display()
+    );
+    // Every env location of the shipped fw_env.config examples: a file in a writable
+    // path, or a block device the device policy lets through (DeviceAllow=block-NAME).
+    let allowed: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("DeviceAllow="))
+        .filter_map(|v| v.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(unit_values(&unit, "DevicePolicy"), ["closed"]);
+    let env_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/bootloader-env");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(env_dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("fw_env.config")
+        {
+            continue;
+        }
+        let cfg = rota::boot::uboot_env::FwEnvConfig::load(&path).unwrap();
+        for copy in &cfg.copies {
+            let dev = &copy.device;
+            let ok = if let Ok(name) = dev.strip_prefix("/dev") {
+                let name = name.to_string_lossy();
+                allowed.iter().any(|a| {
+                    a.strip_prefix("block-")
+                        .is_some_and(|major| name.starts_with(major))
+                })
+            } else {
+                is_writable(dev)
+            };
+            assert!(
+                ok,
+                "{}: rota.service cannot write {}",
+                path.display(),
+                dev.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 3,
+        "expected the rpi and imx examples, checked {checked}"
+    );
+    // Slots on SD/eMMC (the recipe's defaults) pass the device policy.
+    assert!(allowed.iter().any(|a| a == "block-mmcblk"));
 }
