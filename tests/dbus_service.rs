@@ -990,7 +990,7 @@ fn sd_notify_ready_status_and_watchdog_pings() {
         }
     });
     let mut got: Vec<String> = Vec::new();
-    let mut wait_for_message = |got: &mut Vec<String>, what: &str| {
+    let wait_for_message = |got: &mut Vec<String>, what: &str| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -1204,4 +1204,34 @@ fn interface_block(xml: &str, iface: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Each `[mcu.<name>]` has its object under /io/rota/mcu on the service's connection.
+#[test]
+fn mcu_nodes_are_served_next_to_the_agent() {
+    let mut gw = Gateway::new(false);
+    let cfg = std::fs::read_to_string(gw.path("system.toml")).unwrap();
+    std::fs::write(
+        gw.path("system.toml"),
+        format!(
+            "{cfg}[mcu.sensor]\ntransport = \"udp\"\naddress = \"127.0.0.1:9\"\n\
+             [mcu.radio-1]\ntransport = \"serial\"\ndevice = \"/dev/null\"\n"
+        ),
+    )
+    .unwrap();
+    gw.start_service();
+    let tree = gw.busctl(&["tree", "--list", "io.rota"]).success();
+    for path in ["/io/rota", "/io/rota/mcu/sensor", "/io/rota/mcu/radio_2d1"] {
+        assert!(tree.lines().any(|l| l.trim() == path), "{path} in {tree}");
+    }
+    let name = gw
+        .busctl(&[
+            "get-property",
+            "io.rota",
+            "/io/rota/mcu/sensor",
+            "io.rota.Mcu1",
+            "Name",
+        ])
+        .success();
+    assert_eq!(name.trim(), "s \"sensor\"");
 }

@@ -6,7 +6,8 @@
 //! and rauc-hawkbit-updater work unchanged. Both only translate: every call becomes a
 //! message to the [`AgentHandle`](crate::agent::AgentHandle), and agent events become
 //! property changes and signals. [`access`] checks what the caller may read; [`proxy`]
-//! is the client side the `rota` CLI uses.
+//! is the client side the `rota` CLI uses. The MCU node objects
+//! ([`crate::mcu::dbus`]) are registered on the same connection.
 //!
 //! Start-up is split in two so that a second `rota service` can never run a second
 //! agent next to the first: [`claim`] connects and takes `io.rota` (failing if another
@@ -43,6 +44,8 @@ pub struct Served {
     pub conn: Connection,
     /// Transaction of the last install whose `Completed` signal has been sent.
     pub completed: watch::Receiver<Option<String>>,
+    /// The MCU node objects (`/io/rota/mcu/<name>`), to mirror relays started elsewhere.
+    pub mcu: crate::mcu::dbus::McuBus,
 }
 
 /// Connects to the system bus (honouring `DBUS_SYSTEM_BUS_ADDRESS`) and takes `io.rota`
@@ -100,12 +103,20 @@ pub async fn serve(
             .await
             .map_err(export_failed)?;
     }
+    // One io.rota.Mcu1 object per [mcu.<name>] under /io/rota/mcu.
+    let mcu = crate::mcu::dbus::register(&conn, &config.mcu, &config.system.data_dir)
+        .await
+        .map_err(export_failed)?;
     let (completed_tx, completed) = watch::channel(None);
     let forwarder = Forwarder::new(&conn, rauc_compat)
         .await
         .map_err(export_failed)?;
     tokio::spawn(forwarder.run(agent, completed_tx));
-    Ok(Served { conn, completed })
+    Ok(Served {
+        conn,
+        completed,
+        mcu,
+    })
 }
 
 /// Turns agent events into PropertiesChanged and Completed on both interfaces.
