@@ -1235,3 +1235,27 @@ fn mcu_nodes_are_served_next_to_the_agent() {
         .success();
     assert_eq!(name.trim(), "s \"sensor\"");
 }
+
+/// On a terminal (a pty made by `script`), `rota install` draws a live progress bar.
+#[test]
+fn install_draws_a_progress_bar_on_a_terminal() {
+    let mut gw = Gateway::new(false);
+    gw.start_service();
+    let http = gw.slow_http(&gw.path("www"), 2 << 20);
+    let (url, image) = gw.slow_bundle(&http, "tty", "1.1.0", 3 << 20);
+    let rota = support::gateway::rota_cmd();
+    let mut line: Vec<String> = std::iter::once(rota.get_program())
+        .chain(rota.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    line.extend(["install".to_owned(), url]);
+    let r = gw.cmd("script", &["-qec", &line.join(" "), "/dev/null"]);
+    let out = r.stdout();
+    assert_eq!(r.code(), 0, "{out}{}", r.stderr());
+    // Redrawn in place (carriage returns / cursor movement), with a filled bar.
+    assert!(out.contains('\r') || out.contains("\x1b["), "{out:?}");
+    assert!(out.contains("[====="), "{out:?}");
+    assert!(out.contains("Writing rootfs.ext4 to rootfs.1"), "{out:?}");
+    assert!(out.contains("installed 1.1.0 into rootfs.1"), "{out:?}");
+    assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
+}

@@ -67,6 +67,19 @@ fn call_failed(e: zbus::Error) -> Failure {
                 msg.unwrap_or_default()
             ))
         }
+        // The service left the bus between the check and the call.
+        zbus::Error::MethodError(name, msg, _)
+            if matches!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                    | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            ) =>
+        {
+            Failure::Usage(format!(
+                "cannot reach the rota service on the system bus: {}",
+                msg.unwrap_or_default()
+            ))
+        }
         other => Failure::Failed(other.to_string()),
     }
 }
@@ -210,7 +223,10 @@ struct View {
 impl View {
     fn new(json: bool, transaction: &str) -> View {
         let bar = (!json && std::io::stdout().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new(100);
+            let b = indicatif::ProgressBar::with_draw_target(
+                Some(100),
+                indicatif::ProgressDrawTarget::stdout(),
+            );
             let style =
                 indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>3}% {msg}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
