@@ -1259,3 +1259,58 @@ fn install_draws_a_progress_bar_on_a_terminal() {
     assert!(out.contains("installed 1.1.0 into rootfs.1"), "{out:?}");
     assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
 }
+
+/// The watchdog ping needs the agent to answer: when the agent hangs (here: its U-Boot
+/// env turns into a FIFO nobody writes, so reading it blocks), the pings stop while the
+/// process lives on, and systemd would restart it.
+#[test]
+fn a_hung_agent_stops_the_watchdog_pings() {
+    let mut gw = Gateway::new(false);
+    let sock_path = gw.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(Instant, String)>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = sock.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            if tx.send((Instant::now(), text)).is_err() {
+                break;
+            }
+        }
+    });
+    gw.spawn_service_with(|c| {
+        c.env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "400000");
+    });
+    let next = |what: &str| loop {
+        let (at, m) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no {what}"));
+        if m.contains(what) {
+            return at;
+        }
+    };
+    next("READY=1");
+    next("WATCHDOG=1");
+    next("WATCHDOG=1");
+    std::fs::remove_file(gw.path("uboot.env")).unwrap();
+    nix::unistd::mkfifo(
+        &gw.path("uboot.env"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let hung = Instant::now();
+    std::thread::sleep(Duration::from_millis(2000));
+    let late: Vec<String> = rx
+        .try_iter()
+        .filter(|(at, m)| m.contains("WATCHDOG=1") && *at > hung + Duration::from_millis(300))
+        .map(|(_, m)| m)
+        .collect();
+    assert!(late.is_empty(), "pings after the agent hung: {late:?}");
+    assert!(
+        gw.service.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the process is still there"
+    );
+    let log = String::from_utf8_lossy(&gw.read("service.log")).into_owned();
+    assert!(log.contains("did not answer within"), "{log}");
+}
