@@ -1003,19 +1003,25 @@ fn sd_notify_ready_status_and_watchdog_pings() {
             }
         }
     };
+    // 1 s: generous for emulated (qemu-user) runs, where the agent answers slowly.
     gw.spawn_service_with(|c| {
         c.env("NOTIFY_SOCKET", &sock_path)
-            .env("WATCHDOG_USEC", "400000");
+            .env("WATCHDOG_USEC", "1000000");
     });
     wait_for_message(&mut got, "READY=1");
     assert!(got.last().unwrap().contains("STATUS=idle"), "{got:?}");
-    // Watchdog pings about every 200 ms.
+    // Watchdog pings every 500 ms.
     let first = wait_for_message(&mut got, "WATCHDOG=1");
     let mut pings = 0;
-    while wait_for_message(&mut got, "WATCHDOG=1") - first < Duration::from_millis(1000) {
+    while wait_for_message(&mut got, "WATCHDOG=1") - first < Duration::from_millis(2600) {
         pings += 1;
     }
-    assert!((3..=7).contains(&pings), "{pings} pings in 1 s: {got:?}");
+    assert!(
+        // At most one per half interval; at least a few, even on a loaded machine.
+        (2..=7).contains(&pings),
+        "{pings} pings in 2.6 s: {got:?}\n{}",
+        String::from_utf8_lossy(&gw.read("service.log"))
+    );
     gw.wait_for_service();
     // Slowly served, so the install lasts a few seconds of STATUS= updates.
     let http = gw.slow_http(&gw.path("www"), 1 << 20);
@@ -1280,7 +1286,7 @@ fn a_hung_agent_stops_the_watchdog_pings() {
     });
     gw.spawn_service_with(|c| {
         c.env("NOTIFY_SOCKET", &sock_path)
-            .env("WATCHDOG_USEC", "400000");
+            .env("WATCHDOG_USEC", "1000000");
     });
     let next = |what: &str| loop {
         let (at, m) = rx
@@ -1299,11 +1305,12 @@ fn a_hung_agent_stops_the_watchdog_pings() {
         nix::sys::stat::Mode::from_bits_truncate(0o600),
     )
     .unwrap();
+    // A check already under way may still ping, within its budget (a quarter of 1 s).
     let hung = Instant::now();
-    std::thread::sleep(Duration::from_millis(2000));
+    std::thread::sleep(Duration::from_millis(3000));
     let late: Vec<String> = rx
         .try_iter()
-        .filter(|(at, m)| m.contains("WATCHDOG=1") && *at > hung + Duration::from_millis(300))
+        .filter(|(at, m)| m.contains("WATCHDOG=1") && *at > hung + Duration::from_millis(600))
         .map(|(_, m)| m)
         .collect();
     assert!(late.is_empty(), "pings after the agent hung: {late:?}");
