@@ -678,7 +678,7 @@ fn sigterm_cancels_the_running_install_and_exits_cleanly() {
         r.stdout()
     );
     let log = String::from_utf8_lossy(&gw.read("service.log")).into_owned();
-    assert!(log.contains("SIGTERM: stopping"), "{log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
     assert_b_not_bootable(&gw);
     gw.start_service();
     let st = gw.status_json();

@@ -186,7 +186,10 @@ async fn serve(config: Config) -> CliResult {
         }
     };
     match &outcome {
-        Ok(sig) => log::info!("{sig}: stopping"),
+        Ok(sig) => {
+            log::info!("{sig} received");
+            log::info!("stopping");
+        }
         Err(e) => log::error!("stopping: {e}"),
     }
     notify(&[NotifyState::Stopping]);
