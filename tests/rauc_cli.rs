@@ -476,3 +476,30 @@ fn members_of(xml: &str, iface: &str) -> Vec<String> {
     out.sort();
     out
 }
+
+/// Streaming, as rauc-hawkbit-updater does it: InspectBundle and `rauc install` with an
+/// http URL (rota reads the manifest and headers, then the chunks, with Range requests).
+#[test]
+fn bundles_by_url_inspect_and_install() {
+    let mut gw = Gateway::new(true);
+    gw.start_service();
+    let http = gw.slow_http(&gw.path("www"), 64 << 20);
+    let (url, image) = gw.slow_bundle(&http, "net", "1.5.0", 2 << 20);
+    let info = call_json(&gw, "InspectBundle", &["sa{sv}", &url, "0"]);
+    assert_eq!(
+        info["data"][0]["update"]["data"]["version"]["data"],
+        "1.5.0"
+    );
+    assert_eq!(info["data"][0]["bundle"]["data"]["format"]["data"], "rota");
+    let r = call(
+        &gw,
+        "InspectBundle",
+        &["sa{sv}", &http.url("missing.rota"), "0"],
+    );
+    assert_ne!(r.code(), 0);
+    assert!(r.stderr().contains("missing.rota"), "{}", r.stderr());
+    let out = gw.cmd("rauc", &["install", &url]);
+    assert_eq!(out.code(), 0, "{}{}", out.stdout(), out.stderr());
+    assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
+    assert_eq!(gw.fw_printenv()["BOOT_ORDER"], "B A");
+}

@@ -1,8 +1,17 @@
 //! RAUC's `de.pengutronix.rauc.Installer` at `/`, exactly as RAUC defines it, so the
 //! `rauc` CLI, rauc-hawkbit-updater and existing UIs drive rota unchanged.
 //!
+//! Same names, signatures, argument names, `InstallBundle` keys (`ignore-compatible`,
+//! `ignore-version-limit`, `transaction-id`, `require-manifest-hash`, `tls-*`,
+//! `http-headers`; anything else is "Unsupported key: <k>") and `GetSlotStatus` keys.
+//! Cancelled installs report `Completed(1)`, as RAUC knows only success and failure.
+//!
 //! Differences from RAUC, all in the user's favour: status calls keep answering while an
-//! install runs, and `Completed` is sent for every install, including ones that fail early.
+//! install runs; `Completed` is sent for every install, including ones that fail early;
+//! a local bundle is opened only if the calling user could read it (RAUC opens anything
+//! as root); `InspectBundle` also reads a bundle by http(s) URL (manifest and tar headers
+//! only, with Range requests). `Variant` is empty (rota has no variants) and
+//! `GetArtifactStatus` is always empty (no artifact repositories).
 
 use super::native::{apply_options, check_source, slot_status, RotaError};
 use crate::agent::{AgentHandle, InstallRequest, MarkState};
