@@ -19,14 +19,20 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))
 }
 
-async fn connect() -> Result<Agent1Proxy<'static>, Failure> {
+/// The system bus and a proxy of the native interface; exit 2 when the bus or the
+/// service is not there.
+async fn connect() -> Result<(zbus::Connection, Agent1Proxy<'static>), Failure> {
     let unreachable = |e: zbus::Error| {
         Failure::Usage(format!(
             "cannot reach the rota service on the system bus: {e}"
         ))
     };
     let conn = zbus::Connection::system().await.map_err(unreachable)?;
-    let proxy = Agent1Proxy::new(&conn).await.map_err(unreachable)?;
+    let proxy = Agent1Proxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .map_err(unreachable)?;
     // Fail early, with exit code 2, when nobody owns the name.
     let dbus = zbus::fdo::DBusProxy::new(&conn)
         .await
@@ -40,11 +46,11 @@ async fn connect() -> Result<Agent1Proxy<'static>, Failure> {
         .map_err(|e| unreachable(e.into()))?;
     if !owned {
         return Err(Failure::Usage(format!(
-            "cannot reach the rota service: nobody owns {} on the system bus (is rota.service running?)",
+            "cannot reach the rota service on the system bus: nobody owns {} (is rota.service running?)",
             crate::service::BUS_NAME
         )));
     }
-    Ok(proxy)
+    Ok((conn, proxy))
 }
 
 /// A D-Bus method error: the service's own message, without the error name.
@@ -58,6 +64,19 @@ fn call_failed(e: zbus::Error) -> Failure {
         {
             Failure::Failed(format!(
                 "access denied by the bus policy: {}",
+                msg.unwrap_or_default()
+            ))
+        }
+        // The service left the bus between the check and the call.
+        zbus::Error::MethodError(name, msg, _)
+            if matches!(
+                name.as_str(),
+                "org.freedesktop.DBus.Error.ServiceUnknown"
+                    | "org.freedesktop.DBus.Error.NameHasNoOwner"
+            ) =>
+        {
+            Failure::Usage(format!(
+                "cannot reach the rota service on the system bus: {}",
                 msg.unwrap_or_default()
             ))
         }
@@ -84,9 +103,23 @@ pub fn install(
             .to_string()
     };
     runtime()?.block_on(async move {
-        let proxy = connect().await?;
-        let mut progress = proxy.receive_progress_changed().await;
-        let mut completed = proxy.receive_completed().await.map_err(call_failed)?;
+        let (conn, proxy) = connect().await?;
+        // Subscribe before calling Install, so no event is missed: one ordered stream of
+        // the service's signals (PropertiesChanged and Completed), and the name's owner.
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender(crate::service::BUS_NAME)
+            .and_then(|b| b.path(crate::service::OBJECT_PATH))
+            .map_err(call_failed)?
+            .build();
+        let mut signals = zbus::MessageStream::for_match_rule(rule, &conn, Some(MAX_QUEUED_SIGNALS))
+            .await
+            .map_err(call_failed)?;
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.map_err(call_failed)?;
+        let mut owner = dbus
+            .receive_name_owner_changed_with_args(&[(0, crate::service::BUS_NAME)])
+            .await
+            .map_err(call_failed)?;
         let mut opts: HashMap<&str, Value> = HashMap::new();
         if force_version {
             opts.insert("force-version", Value::from(true));
@@ -99,21 +132,82 @@ pub fn install(
         }
         let transaction = proxy.install(&source, opts).await.map_err(call_failed)?;
         let mut view = View::new(json, &transaction);
+        // Progress counts once the service says this transaction is the current one.
+        let mut ours = false;
         loop {
             tokio::select! {
-                Some(p) = progress.next() => {
-                    if let Ok(p) = p.get().await { view.progress(&p); }
+                biased;
+                msg = signals.next() => match msg {
+                    Some(Ok(m)) => match decode_signal(&m) {
+                        Some(Signal::Transaction(t)) => ours = t == transaction,
+                        Some(Signal::Progress(p)) if ours => view.progress(&p),
+                        Some(Signal::Completed(t, result, message)) if t == transaction => {
+                            view.done(result, &message);
+                            return match result {
+                                0 => Ok(()),
+                                _ => Err(Failure::Failed(message)),
+                            };
+                        }
+                        _ => {}
+                    },
+                    Some(Err(e)) => log::debug!("unreadable signal: {e}"),
+                    None => return Err(Failure::Failed("lost the connection to the system bus".into())),
+                },
+                change = owner.next() => {
+                    let gone = match &change {
+                        Some(c) => c.args().map(|a| a.new_owner.is_none()).unwrap_or(false),
+                        None => true,
+                    };
+                    if gone {
+                        view.abandon();
+                        return Err(Failure::Failed(format!(
+                            "the rota service stopped during install {transaction}; \
+                             it resumes when the service starts again (see `rota status`)"
+                        )));
+                    }
                 }
-                Some(c) = completed.next() => {
-                    let Ok(args) = c.args() else { continue };
-                    if args.transaction != transaction { continue; }
-                    view.done(args.result, &args.message);
-                    return if args.result == 0 { Ok(()) } else { Err(Failure::Failed(args.message.clone())) };
-                }
-                else => return Err(Failure::Failed("lost the connection to the rota service".into())),
             }
         }
     })
+}
+
+/// Signals queued while the client is busy (progress comes a few times per second).
+const MAX_QUEUED_SIGNALS: usize = 4096;
+
+/// What `install` listens for.
+enum Signal {
+    Transaction(String),
+    Progress(Prog),
+    Completed(String, i32, String),
+}
+
+/// Decodes a signal of `io.rota.Agent1`; anything else, or anything malformed, is None.
+fn decode_signal(m: &zbus::Message) -> Option<Signal> {
+    use zbus::zvariant::OwnedValue;
+    let h = m.header();
+    match (h.interface()?.as_str(), h.member()?.as_str()) {
+        ("io.rota.Agent1", "Completed") => {
+            let (t, r, msg): (String, i32, String) = m.body().deserialize().ok()?;
+            Some(Signal::Completed(t, r, msg))
+        }
+        ("org.freedesktop.DBus.Properties", "PropertiesChanged") => {
+            let (iface, mut changed, _): (String, HashMap<String, OwnedValue>, Vec<String>) =
+                m.body().deserialize().ok()?;
+            if iface != "io.rota.Agent1" {
+                return None;
+            }
+            if let Some(t) = changed.remove("Transaction") {
+                return String::try_from(t).ok().map(Signal::Transaction);
+            }
+            let p = changed.remove("Progress")?;
+            // Check the shape first: a structure of another length is not ours to unpack.
+            if p.value_signature().to_string() != "(ustttttt)" {
+                return None;
+            }
+            Prog::try_from(p).ok().map(Signal::Progress)
+        }
+        _ => None,
+    }
 }
 
 type Prog = (u32, String, u64, u64, u64, u64, u64, u64);
@@ -123,12 +217,16 @@ struct View {
     json: bool,
     bar: Option<indicatif::ProgressBar>,
     last_message: String,
+    transaction: String,
 }
 
 impl View {
     fn new(json: bool, transaction: &str) -> View {
         let bar = (!json && std::io::stdout().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new(100);
+            let b = indicatif::ProgressBar::with_draw_target(
+                Some(100),
+                indicatif::ProgressDrawTarget::stdout(),
+            );
             let style =
                 indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>3}% {msg}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
@@ -148,6 +246,7 @@ impl View {
             json,
             bar,
             last_message: String::new(),
+            transaction: transaction.to_owned(),
         }
     }
 
@@ -182,24 +281,44 @@ impl View {
         self.last_message = message.clone();
     }
 
+    /// `result`: 0 success, 1 failed, 2 cancelled (the native `Completed` codes).
     fn done(&mut self, result: i32, message: &str) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
+        let outcome = match result {
+            0 => "success",
+            2 => "cancelled",
+            _ => "failed",
+        };
         if self.json {
             println!(
                 "{}",
-                serde_json::json!({"event": "completed", "result": result, "message": message})
+                serde_json::json!({"event": "completed", "transaction": self.transaction,
+                    "result": result, "outcome": outcome, "message": message})
             );
         } else if result == 0 {
             println!("{message}");
+        }
+    }
+
+    /// The service went away before `Completed`.
+    fn abandon(&mut self) {
+        if let Some(b) = &self.bar {
+            b.abandon();
+        }
+        if self.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": "service-stopped", "transaction": self.transaction})
+            );
         }
     }
 }
 
 pub fn cancel() -> CliResult {
     runtime()?.block_on(async {
-        connect().await?.cancel().await.map_err(call_failed)?;
+        connect().await?.1.cancel().await.map_err(call_failed)?;
         println!("cancel requested");
         Ok(())
     })
@@ -207,7 +326,7 @@ pub fn cancel() -> CliResult {
 
 pub fn status(json: bool) -> CliResult {
     runtime()?.block_on(async move {
-        let text = connect().await?.get_status().await.map_err(call_failed)?;
+        let text = connect().await?.1.get_status().await.map_err(call_failed)?;
         if json {
             println!("{text}");
             return Ok(());
@@ -267,6 +386,7 @@ pub fn mark(state: &str, slot: &str) -> CliResult {
     runtime()?.block_on(async {
         let (_, message) = connect()
             .await?
+            .1
             .mark(state, slot)
             .await
             .map_err(call_failed)?;
@@ -277,7 +397,7 @@ pub fn mark(state: &str, slot: &str) -> CliResult {
 
 pub fn poll() -> CliResult {
     runtime()?.block_on(async {
-        connect().await?.poll().await.map_err(call_failed)?;
+        connect().await?.1.poll().await.map_err(call_failed)?;
         println!("poll requested");
         Ok(())
     })

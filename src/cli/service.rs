@@ -1,13 +1,17 @@
 //! `rota service`: load the config, start the agent and the D-Bus service, then run the
 //! main loop until SIGTERM/SIGINT.
 //!
-//! The main loop tells systemd READY=1 once the bus names are taken, updates STATUS= as
+//! The main loop tells systemd READY=1 once the interfaces are served, updates STATUS= as
 //! installs progress, and pings the watchdog (WATCHDOG_USEC) only after the agent answered
 //! a request in time — a hung agent stops the pings and systemd restarts the service.
+//! SIGTERM/SIGINT exit 0 without cancelling a running install: its journal resumes it at
+//! the next start (a reboot mid-update must not lose the update). Losing the bus (or a
+//! bus name) exits 1 so systemd restarts the service.
 
 use super::{CliResult, Failure};
 use crate::agent::Operation;
 use crate::config::Config;
+use futures_util::StreamExt;
 use sd_notify::NotifyState;
 use std::path::Path;
 use std::time::Duration;
@@ -73,6 +77,19 @@ fn notify(states: &[NotifyState]) {
     let _ = sd_notify::notify(false, states);
 }
 
+/// The watchdog ping interval: half of `WATCHDOG_USEC`, as sd_watchdog_enabled(3) reads
+/// it (ignored when `WATCHDOG_PID` names another process, or when it is 0 or garbage).
+pub fn watchdog_interval(usec: Option<&str>, pid: Option<&str>) -> Option<Duration> {
+    if let Some(pid) = pid {
+        if pid.trim().parse::<u32>().ok() != Some(std::process::id()) {
+            return None;
+        }
+    }
+    let usec: u64 = usec?.trim().parse().ok()?;
+    let half = Duration::from_micros(usec / 2);
+    (!half.is_zero()).then_some(half)
+}
+
 pub fn run(config_path: &Path) -> CliResult {
     init_logging();
     let config = Config::load(config_path).map_err(|e| Failure::Failed(e.to_string()))?;
@@ -85,12 +102,29 @@ pub fn run(config_path: &Path) -> CliResult {
 }
 
 async fn serve(config: Config) -> CliResult {
+    use tokio::signal::unix::{signal, SignalKind};
+    let signal_failed = |e: std::io::Error| Failure::Failed(format!("cannot watch signals: {e}"));
+    let mut sigterm = signal(SignalKind::terminate()).map_err(signal_failed)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(signal_failed)?;
+    // The names first: a second `rota service` stops here, before it starts an agent
+    // that would resume the journal next to the running one.
+    let claimed = crate::service::claim(&config)
+        .await
+        .map_err(Failure::Failed)?;
     let agent = crate::agent::start(config.clone())
         .await
         .map_err(|e| Failure::Failed(e.to_string()))?;
-    let _conn = crate::service::serve(&config, agent.clone())
+    let served = crate::service::serve(claimed, &config, agent.clone())
         .await
-        .map_err(|e| Failure::Failed(format!("cannot serve on the system bus: {e}")))?;
+        .map_err(Failure::Failed)?;
+    // Ends when the bus connection breaks; yields when a name is taken from us.
+    let dbus = zbus::fdo::DBusProxy::new(&served.conn)
+        .await
+        .map_err(|e| Failure::Failed(format!("cannot talk to the bus daemon: {e}")))?;
+    let mut name_lost = dbus
+        .receive_name_lost()
+        .await
+        .map_err(|e| Failure::Failed(format!("cannot watch the bus names: {e}")))?;
     // The [update] poller, if configured (a no-op task otherwise).
     let _poller = crate::update::spawn(&config, agent.clone());
     log::info!(
@@ -105,51 +139,108 @@ async fn serve(config: Config) -> CliResult {
     );
     notify(&[NotifyState::Ready, NotifyState::Status("idle")]);
 
-    let watchdog = std::env::var("WATCHDOG_USEC")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|us| Duration::from_micros(us / 2));
+    let watchdog = watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+    );
+    if let Some(w) = watchdog {
+        log::info!("pinging the systemd watchdog every {w:?}");
+    }
     let mut tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut snap = agent.watch();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Failure::Failed(format!("cannot watch SIGTERM: {e}")))?;
     let mut last_status = String::new();
-    loop {
+    let outcome = loop {
         tokio::select! {
-            _ = sigterm.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigterm.recv() => break Ok("SIGTERM"),
+            _ = sigint.recv() => break Ok("SIGINT"),
+            lost = name_lost.next() => break match lost {
+                Some(l) => Err(Failure::Failed(format!(
+                    "lost the bus name {}", l.args().map(|a| a.name.to_string()).unwrap_or_default()
+                ))),
+                None => Err(Failure::Failed("the system bus connection closed".into())),
+            },
+            // The ping comes from this loop, and only after the agent answered: a hung loop
+            // or a hung agent stops the pings and systemd restarts the service.
             _ = tick.tick(), if watchdog.is_some() => {
                 let budget = watchdog.unwrap_or_default() / 2;
                 match tokio::time::timeout(budget, agent.status()).await {
                     Ok(Ok(_)) => notify(&[NotifyState::Watchdog]),
-                    Ok(Err(e)) => log::error!("watchdog: agent answered with an error: {e}"),
-                    Err(_) => log::error!("watchdog: agent did not answer within {budget:?}; not pinging"),
+                    Ok(Err(e)) => log::error!("watchdog: the agent answered with an error: {e}"),
+                    Err(_) => log::error!("watchdog: the agent did not answer within {budget:?}; not pinging"),
                 }
             }
             changed = snap.changed() => {
-                if changed.is_err() { break; }
+                if changed.is_err() {
+                    break Err(Failure::Failed("the agent stopped".into()));
+                }
                 let s = snap.borrow_and_update().clone();
-                let text = match s.operation {
-                    Operation::Idle if s.last_error.is_empty() => "idle".to_owned(),
-                    Operation::Idle => format!("idle; last error: {}", s.last_error),
-                    Operation::Installing => format!("Installing {}%: {}", s.progress.percent, s.progress.message),
-                };
+                let text = status_text(&s);
                 if text != last_status {
                     notify(&[NotifyState::Status(&text)]);
                     last_status = text;
                 }
             }
         }
+    };
+    match &outcome {
+        Ok(sig) => {
+            log::info!("{sig} received");
+            log::info!("stopping");
+        }
+        Err(e) => log::error!("stopping: {e}"),
     }
-    log::info!("stopping");
     notify(&[NotifyState::Stopping]);
+    leave_running_install(&agent);
+    drop(served);
+    outcome.map(|_| ())
+}
+
+/// STATUS= text: "idle", or "Installing 42%: Writing rootfs.1".
+fn status_text(s: &crate::agent::Snapshot) -> String {
+    match s.operation {
+        Operation::Idle if s.last_error.is_empty() => "idle".to_owned(),
+        Operation::Idle => format!("idle; last error: {}", s.last_error),
+        Operation::Installing => {
+            format!("Installing {}%: {}", s.progress.percent, s.progress.message)
+        }
+    }
+}
+
+/// A stop does not cancel a running install: a shutdown or `systemctl restart` in the
+/// middle of an update must not lose it. The target slot is already out of the boot
+/// selection and the journal names the transaction, so the next start re-checks what
+/// landed chunk by chunk and carries on, exactly as after a crash or a power cut.
+fn leave_running_install(agent: &crate::agent::AgentHandle) {
     let snap = agent.snapshot();
     if snap.operation == Operation::Installing {
-        // Not cancelled: the journal makes the next start resume it where it stopped.
         log::info!(
-            "install {} is interrupted; it resumes when the service starts again",
-            snap.transaction
+            "install {} is left to resume at the next start ({}%)",
+            snap.transaction,
+            snap.progress.percent
         );
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_interval_is_half_of_watchdog_usec_for_this_process() {
+        let me = std::process::id().to_string();
+        assert_eq!(
+            watchdog_interval(Some("2000000"), Some(&me)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            watchdog_interval(Some("2000000"), None),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(watchdog_interval(Some("2000000"), Some("1")), None);
+        assert_eq!(watchdog_interval(Some("0"), None), None);
+        assert_eq!(watchdog_interval(Some("1"), None), None);
+        assert_eq!(watchdog_interval(Some("soon"), None), None);
+        assert_eq!(watchdog_interval(None, None), None);
+    }
 }

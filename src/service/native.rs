@@ -6,10 +6,12 @@
 //! Properties: `Operation s`, `Progress (ustttttt)` (percent, message, bytes done, bytes
 //! total, downloaded, reused, bytes/s, ETA seconds), `LastError s`, `Compatible s`,
 //! `BootSlot s`, `Primary s`, `Transaction s`. Signal: `Completed(s transaction,
-//! i result, s message)`, always sent when an install ends (0 = success).
+//! i result, s message)`, always sent when an install ends (0 success, 1 failed,
+//! 2 cancelled). Errors: `io.rota.Error.Busy`, `.InvalidArgument`, `.Failed` carrying the
+//! agent's message.
 
 use super::access;
-use crate::agent::{AgentError, AgentHandle, InstallRequest, MarkState};
+use crate::agent::{AgentError, AgentHandle, InstallRequest, InstallResult, MarkState};
 use std::collections::HashMap;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedValue;
@@ -37,6 +39,16 @@ impl From<AgentError> for RotaError {
             AgentError::Failed(m) => RotaError::Failed(m),
             AgentError::Stopped => RotaError::Failed("the agent has stopped".into()),
         }
+    }
+}
+
+/// `Completed`'s result on the native interface: 0 success, 1 failed, 2 cancelled
+/// (RAUC's `Completed` has only 0 and 1).
+pub fn result_code(r: InstallResult) -> i32 {
+    match r {
+        InstallResult::Success => 0,
+        InstallResult::Failed => 1,
+        InstallResult::Cancelled => 2,
     }
 }
 
@@ -103,7 +115,8 @@ pub(crate) fn apply_options(
     Ok(())
 }
 
-/// Checks that the caller may read a local source; URLs pass.
+/// Checks a source for a caller: URLs pass; a local path must be absolute and readable by
+/// the caller itself (see [`access`]). Returns the path or URL to hand to the agent.
 pub(crate) async fn check_source(
     conn: &Connection,
     header: &zbus::message::Header<'_>,
@@ -121,10 +134,13 @@ pub(crate) async fn check_source(
             "{path:?} is not an absolute path (the service cannot know the caller's directory)"
         ));
     }
-    if let Some(uid) = access::caller_uid(conn, header).await {
-        access::may_read(uid, std::path::Path::new(path))
-            .map_err(|e| format!("the caller cannot read the bundle: {e}"))?;
-    }
+    // Fail closed: a caller the bus cannot name may not make root open files.
+    let caller = access::caller(conn, header).await?;
+    let checked = path.to_owned();
+    tokio::task::spawn_blocking(move || access::may_read(&caller, std::path::Path::new(&checked)))
+        .await
+        .map_err(|e| format!("the access check failed: {e}"))?
+        .map_err(|e| format!("the caller cannot read the bundle: {e}"))?;
     Ok(path.to_owned())
 }
 
@@ -196,7 +212,11 @@ impl Agent1 {
 
 #[interface(name = "io.rota.Agent1")]
 impl Agent1 {
-    /// Starts an install of a local path or http(s) URL; returns its transaction id.
+    /// Starts an install of a local path or http(s) URL and returns its transaction id at
+    /// once; the result arrives as Completed. Options: force-version b, ignore-compatible b,
+    /// reboot b, transaction-id s, require-manifest-hash s, http-headers as, tls-ca s,
+    /// tls-cert s, tls-key s, tls-no-verify b. A local file must be readable by the caller.
+    #[zbus(out_args("transaction"))]
     async fn install(
         &self,
         source: String,
@@ -215,16 +235,22 @@ impl Agent1 {
         Ok(self.agent.install(req).await?)
     }
 
+    /// Cancels the running install; its Completed reports result 2 (cancelled).
     async fn cancel(&self) -> Result<(), RotaError> {
         Ok(self.agent.cancel().await?)
     }
 
     /// `state` is good, bad or active; `slot` is booted, other, a slot name or a bootname.
+    #[zbus(out_args("slot_name", "message"))]
     async fn mark(&self, state: String, slot: String) -> Result<(String, String), RotaError> {
         let how: MarkState = state.parse()?;
         Ok(self.agent.mark(how, &slot).await?)
     }
 
+    /// Per slot: (name, {class, device, type, bootname, state, boot-status,
+    /// boot-attempts-left, bundle.version, bundle.hash, sha256, size, installed.timestamp,
+    /// installed.transaction, status}), RAUC's key names.
+    #[zbus(out_args("slot_status_array"))]
     async fn get_slot_status(
         &self,
     ) -> Result<Vec<(String, HashMap<String, OwnedValue>)>, RotaError> {
@@ -232,20 +258,25 @@ impl Agent1 {
     }
 
     /// The JSON document `rota status --json` prints.
+    #[zbus(out_args("status_json"))]
     async fn get_status(&self) -> Result<String, RotaError> {
         let st = self.agent.status().await?;
         serde_json::to_string(&st).map_err(|e| RotaError::Failed(e.to_string()))
     }
 
+    /// Asks the configured update poller ([update] poll) to check now.
     async fn poll(&self) -> Result<(), RotaError> {
         Ok(self.agent.poll_now().await?)
     }
 
+    /// "idle" or "installing".
     #[zbus(property)]
     async fn operation(&self) -> String {
         self.agent.snapshot().operation.as_str().to_owned()
     }
 
+    /// (percent 0-100, message, bytes placed in the target slot, bytes total, bytes
+    /// downloaded from the source, bytes reused from the device, bytes/s, ETA seconds).
     #[zbus(property)]
     #[allow(clippy::type_complexity)]
     async fn progress(&self) -> (u32, String, u64, u64, u64, u64, u64, u64) {
@@ -262,31 +293,37 @@ impl Agent1 {
         )
     }
 
+    /// Why the last operation failed; "" after success and when an install starts.
     #[zbus(property)]
     async fn last_error(&self) -> String {
         self.agent.snapshot().last_error
     }
 
+    /// The device's compatible string ([system] compatible).
     #[zbus(property)]
     async fn compatible(&self) -> String {
         self.agent.snapshot().compatible
     }
 
+    /// Bootname of the booted slot ("" when unknown).
     #[zbus(property)]
     async fn boot_slot(&self) -> String {
         self.agent.snapshot().boot_slot
     }
 
+    /// The slot the bootloader boots next ("" when none has attempts left).
     #[zbus(property)]
     async fn primary(&self) -> String {
         self.agent.snapshot().primary
     }
 
+    /// Transaction id of the running or last install.
     #[zbus(property)]
     async fn transaction(&self) -> String {
         self.agent.snapshot().transaction
     }
 
+    /// Sent whenever an install ends: result 0 success, 1 failed, 2 cancelled.
     #[zbus(signal)]
     pub async fn completed(
         emitter: &SignalEmitter<'_>,
@@ -294,4 +331,74 @@ impl Agent1 {
         result: i32,
         message: &str,
     ) -> zbus::Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::ov;
+
+    fn opts(pairs: Vec<(&str, OwnedValue)>) -> HashMap<String, OwnedValue> {
+        pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
+
+    #[test]
+    fn native_options_fill_the_request() {
+        let mut req = InstallRequest::default();
+        let o = opts(vec![
+            ("force-version", ov(true)),
+            ("ignore-compatible", ov(true)),
+            ("reboot", ov(false)),
+            ("transaction-id", ov("t-1")),
+            ("require-manifest-hash", ov("abc")),
+            ("http-headers", ov(vec!["Authorization: Bearer x"])),
+            ("tls-ca", ov("/ca.pem")),
+            ("tls-no-verify", ov(true)),
+        ]);
+        apply_options(&mut req, &o, false).unwrap();
+        assert!(req.force_version && req.ignore_compatible && req.tls_no_verify);
+        assert_eq!(req.reboot, Some(false));
+        assert_eq!(req.transaction_id.as_deref(), Some("t-1"));
+        assert_eq!(req.require_manifest_hash.as_deref(), Some("abc"));
+        assert_eq!(req.http_headers, vec!["Authorization: Bearer x".to_owned()]);
+        assert_eq!(req.tls_ca.as_deref(), Some("/ca.pem"));
+    }
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_named() {
+        let mut req = InstallRequest::default();
+        let e = apply_options(&mut req, &opts(vec![("bogus", ov(true))]), false).unwrap_err();
+        assert_eq!(e, "unknown install option \"bogus\"");
+        // RAUC's wording, and RAUC's key set: force-version is rota's name.
+        let e =
+            apply_options(&mut req, &opts(vec![("force-version", ov(true))]), true).unwrap_err();
+        assert_eq!(e, "Unsupported key: force-version");
+        apply_options(
+            &mut req,
+            &opts(vec![("ignore-version-limit", ov(true))]),
+            true,
+        )
+        .unwrap();
+        assert!(req.force_version);
+        let e = apply_options(&mut req, &opts(vec![("reboot", ov("yes"))]), false).unwrap_err();
+        assert_eq!(e, "option reboot must be a boolean (b)");
+        let e = apply_options(&mut req, &opts(vec![("tls-ca", ov(7u32))]), false).unwrap_err();
+        assert_eq!(e, "option tls-ca must be a string (s)");
+        let e =
+            apply_options(&mut req, &opts(vec![("http-headers", ov("x: y"))]), false).unwrap_err();
+        assert_eq!(e, "option http-headers must be a string array (as)");
+        let many: Vec<&str> = vec!["a: b"; MAX_OPTIONS + 1];
+        let e =
+            apply_options(&mut req, &opts(vec![("http-headers", ov(many))]), false).unwrap_err();
+        assert!(e.contains("more than"), "{e}");
+    }
+
+    #[test]
+    fn completed_codes_tell_cancel_from_failure() {
+        assert_eq!(result_code(InstallResult::Success), 0);
+        assert_eq!(result_code(InstallResult::Failed), 1);
+        assert_eq!(result_code(InstallResult::Cancelled), 2);
+        // RAUC's signal knows only success and failure.
+        assert_eq!(InstallResult::Cancelled.code(), 1);
+    }
 }

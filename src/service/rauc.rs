@@ -1,8 +1,17 @@
 //! RAUC's `de.pengutronix.rauc.Installer` at `/`, exactly as RAUC defines it, so the
 //! `rauc` CLI, rauc-hawkbit-updater and existing UIs drive rota unchanged.
 //!
+//! Same names, signatures, argument names, `InstallBundle` keys (`ignore-compatible`,
+//! `ignore-version-limit`, `transaction-id`, `require-manifest-hash`, `tls-*`,
+//! `http-headers`; anything else is "Unsupported key: <k>") and `GetSlotStatus` keys.
+//! Cancelled installs report `Completed(1)`, as RAUC knows only success and failure.
+//!
 //! Differences from RAUC, all in the user's favour: status calls keep answering while an
-//! install runs, and `Completed` is sent for every install, including ones that fail early.
+//! install runs; `Completed` is sent for every install, including ones that fail early;
+//! a local bundle is opened only if the calling user could read it (RAUC opens anything
+//! as root); `InspectBundle` also reads a bundle by http(s) URL (manifest and tar headers
+//! only, with Range requests). `Variant` is empty (rota has no variants) and
+//! `GetArtifactStatus` is always empty (no artifact repositories).
 
 use super::native::{apply_options, check_source, slot_status, RotaError};
 use crate::agent::{AgentHandle, InstallRequest, MarkState};
@@ -17,39 +26,97 @@ pub struct Installer {
     config: Config,
 }
 
+/// The keys RAUC's `InspectBundle` accepts: how to reach the bundle, nothing else.
+const INSPECT_KEYS: [&str; 5] = [
+    "tls-cert",
+    "tls-key",
+    "tls-ca",
+    "tls-no-verify",
+    "http-headers",
+];
+
 impl Installer {
     pub fn new(agent: AgentHandle, config: Config) -> Self {
         Self { agent, config }
     }
 
-    /// Reads a bundle's manifest for a caller; the path is opened only if the caller
-    /// could read it itself (these methods are open to every user on the bus).
+    /// Reads and verifies a bundle's manifest for a caller. A local path is opened only
+    /// if the caller could read it itself (these methods are open to every user on the
+    /// bus); a URL is read with HTTP Range requests (manifest and tar headers only).
     async fn inspect(
         &self,
         source: &str,
+        args: &HashMap<String, OwnedValue>,
         conn: &Connection,
         header: &zbus::message::Header<'_>,
     ) -> Result<crate::bundle::Bundle, RotaError> {
-        let path = check_source(conn, header, source)
+        if let Some(k) = args.keys().find(|k| !INSPECT_KEYS.contains(&k.as_str())) {
+            return Err(RotaError::InvalidArgument(format!("Unsupported key: {k}")));
+        }
+        let source = check_source(conn, header, source)
             .await
             .map_err(RotaError::InvalidArgument)?;
-        if path.starts_with("http://") || path.starts_with("https://") {
-            return Err(RotaError::Failed(
-                "inspecting a bundle by URL is not supported; install it directly".into(),
-            ));
-        }
+        let mut req = InstallRequest {
+            source,
+            ..Default::default()
+        };
+        apply_options(&mut req, args, true).map_err(RotaError::InvalidArgument)?;
         let keys = self.config.keyring.paths.clone();
+        let http = self.config.http.clone();
         tokio::task::spawn_blocking(move || {
             let ring = crate::bundle::Keyring::load(&keys)
                 .map_err(|e| RotaError::Failed(e.to_string()))?;
-            let mut src = crate::source::file::FileSource::open(std::path::Path::new(&path))
-                .map_err(|e| RotaError::Failed(e.to_string()))?;
-            crate::bundle::reader::open(&mut src, &ring)
-                .map_err(|e| RotaError::Failed(e.to_string()))
+            let open = crate::agent::default_source_opener(http);
+            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut src = open(&req, cancel).map_err(|e| RotaError::Failed(e.to_string()))?;
+            crate::bundle::reader::open(src.as_mut(), &ring)
+                .map_err(|e| RotaError::Failed(format!("{}: {e}", req.source)))
         })
         .await
         .map_err(|e| RotaError::Failed(e.to_string()))?
     }
+}
+
+/// RAUC's `InspectBundle` dictionary: `manifest-hash`, `update`, `bundle`, `images`.
+fn inspect_info(b: &crate::bundle::Bundle) -> HashMap<String, OwnedValue> {
+    let u = &b.manifest.update;
+    let mut update: HashMap<String, OwnedValue> = HashMap::new();
+    update.insert("compatible".into(), super::ov(u.compatible.clone()));
+    update.insert("version".into(), super::ov(u.version.clone()));
+    if let Some(d) = &u.description {
+        update.insert("description".into(), super::ov(d.clone()));
+    }
+    if let Some(d) = &u.build {
+        update.insert("build".into(), super::ov(d.clone()));
+    }
+    let mut bundle: HashMap<String, OwnedValue> = HashMap::new();
+    bundle.insert("format".into(), super::ov("rota"));
+    bundle.insert("size".into(), super::ov(b.size));
+    let images: Vec<HashMap<String, OwnedValue>> = b
+        .manifest
+        .images
+        .iter()
+        .map(|i| {
+            let mut d = HashMap::new();
+            if let Some(c) = &i.slot_class {
+                d.insert("slot-class".into(), super::ov(c.clone()));
+            }
+            if let Some(m) = &i.mcu {
+                d.insert("mcu".into(), super::ov(m.clone()));
+            }
+            d.insert("filename".into(), super::ov(i.file.clone()));
+            d.insert("type".into(), super::ov("raw"));
+            d.insert("checksum".into(), super::ov(i.sha256.clone()));
+            d.insert("size".into(), super::ov(i.size));
+            d
+        })
+        .collect();
+    let mut info = HashMap::new();
+    info.insert("manifest-hash".into(), super::ov(b.manifest_hash.clone()));
+    info.insert("update".into(), super::ov(update));
+    info.insert("bundle".into(), super::ov(bundle));
+    info.insert("images".into(), super::ov(images));
+    info
 }
 
 #[interface(name = "de.pengutronix.rauc.Installer")]
@@ -94,57 +161,34 @@ impl Installer {
     }
 
     /// Deprecated in RAUC: (compatible, version).
+    #[zbus(out_args("compatible", "version"))]
     async fn info(
         &self,
         bundle: String,
         #[zbus(header)] header: zbus::message::Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, String), RotaError> {
-        let b = self.inspect(&bundle, conn, &header).await?;
+        let b = self
+            .inspect(&bundle, &HashMap::new(), conn, &header)
+            .await?;
         Ok((b.manifest.update.compatible, b.manifest.update.version))
     }
 
+    /// The bundle's manifest as RAUC's nested dictionary; `args` takes only the access
+    /// keys (tls-*, http-headers).
+    #[zbus(out_args("info"))]
     async fn inspect_bundle(
         &self,
         source: String,
-        _args: HashMap<String, OwnedValue>,
+        args: HashMap<String, OwnedValue>,
         #[zbus(header)] header: zbus::message::Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<HashMap<String, OwnedValue>, RotaError> {
-        let b = self.inspect(&source, conn, &header).await?;
-        let u = &b.manifest.update;
-        let mut update: HashMap<String, OwnedValue> = HashMap::new();
-        update.insert("compatible".into(), super::ov(u.compatible.clone()));
-        update.insert("version".into(), super::ov(u.version.clone()));
-        if let Some(d) = &u.description {
-            update.insert("description".into(), super::ov(d.clone()));
-        }
-        if let Some(d) = &u.build {
-            update.insert("build".into(), super::ov(d.clone()));
-        }
-        let images: Vec<HashMap<String, OwnedValue>> = b
-            .manifest
-            .images
-            .iter()
-            .map(|i| {
-                let mut d = HashMap::new();
-                d.insert(
-                    "slot-class".into(),
-                    super::ov(i.slot_class.clone().unwrap_or_default()),
-                );
-                d.insert("filename".into(), super::ov(i.file.clone()));
-                d.insert("checksum".into(), super::ov(i.sha256.clone()));
-                d.insert("size".into(), super::ov(i.size));
-                d
-            })
-            .collect();
-        let mut info = HashMap::new();
-        info.insert("manifest-hash".into(), super::ov(b.manifest_hash.clone()));
-        info.insert("update".into(), super::ov(update));
-        info.insert("images".into(), super::ov(images));
-        Ok(info)
+        let b = self.inspect(&source, &args, conn, &header).await?;
+        Ok(inspect_info(&b))
     }
 
+    #[zbus(out_args("slot_name", "message"))]
     async fn mark(
         &self,
         state: String,
@@ -154,12 +198,14 @@ impl Installer {
         Ok(self.agent.mark(how, &slot_identifier).await?)
     }
 
+    #[zbus(out_args("slot_status_array"))]
     async fn get_slot_status(
         &self,
     ) -> Result<Vec<(String, HashMap<String, OwnedValue>)>, RotaError> {
         slot_status(&self.agent).await
     }
 
+    #[zbus(out_args("primary"))]
     async fn get_primary(&self) -> Result<String, RotaError> {
         let p = self.agent.snapshot().primary;
         if p.is_empty() {
@@ -170,6 +216,8 @@ impl Installer {
         Ok(p)
     }
 
+    /// rota has no artifact repositories: always empty.
+    #[zbus(out_args("artifacts"))]
     async fn get_artifact_status(&self) -> Vec<HashMap<String, OwnedValue>> {
         Vec::new()
     }
