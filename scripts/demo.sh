@@ -2,8 +2,8 @@
 # The whole rota journey on a simulated gateway, on this machine:
 # file-backed A/B slots, a file-backed U-Boot env (made by mkenvimage, read by
 # fw_printenv), a private D-Bus system bus, keys, a signed bundle, an install with live
-# progress, a boot of the new slot by real U-Boot under QEMU (or a simulated one with
-# --no-qemu), mark good, status.
+# progress, a boot of the new slot (what boot.cmd does, applied to the env; the real
+# U-Boot runs it in tests/uboot_boot.rs), mark good, status.
 # Everything lives in ./sim (removed and made anew on each run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
