@@ -117,7 +117,15 @@ fn main() {
             .dev()
             .states()
             .iter()
-            .map(|s| format!("slot {} {} [{}] {}", s.slot, s.version, s.flags(), hex::encode(&s.hash[..s.hash.len().min(8)])))
+            .map(|s| {
+                format!(
+                    "slot {} {} [{}] {}",
+                    s.slot,
+                    s.version,
+                    s.flags(),
+                    hex::encode(&s.hash[..s.hash.len().min(8)])
+                )
+            })
             .collect::<Vec<_>>()
             .join("; ");
         if now != last {

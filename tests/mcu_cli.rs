@@ -8,11 +8,20 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn rota(config: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rota")).arg("--config").arg(config).args(args).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_rota"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 #[test]
@@ -59,18 +68,31 @@ timeout = "300ms"
         assert_eq!(n["version"], "1.0.0", "{v}");
         assert_eq!(n["state"], "confirmed", "{v}");
     }
-    assert!(arr.iter().any(|n| n["name"] == "sensor" && n["transport"].as_str().unwrap().starts_with("serial /dev/")));
+    assert!(arr
+        .iter()
+        .any(|n| n["name"] == "sensor"
+            && n["transport"].as_str().unwrap().starts_with("serial /dev/")));
 
     let o = rota(&config, &["mcu", "state", "sensor"]);
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("slot 0: version 1.0.0") && out.contains("active confirmed"), "{out}");
+    assert!(
+        out.contains("slot 0: version 1.0.0") && out.contains("active confirmed"),
+        "{out}"
+    );
     assert!(out.contains("buffer 1024 bytes"), "{out}");
 
     let image = tools::sign(dir.path(), &key, &tools::payload(30_000, 11), "1.4.0", &[]);
-    let o = rota(&config, &["mcu", "relay", "sensor", image.to_str().unwrap()]);
+    let o = rota(
+        &config,
+        &["mcu", "relay", "sensor", image.to_str().unwrap()],
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stdout).contains("sensor: confirmed version 1.4.0"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("sensor: confirmed version 1.4.0"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(serial.dev().primary.data, std::fs::read(&image).unwrap());
 
     // Tampered: refused, exit 1, nothing sent.
@@ -81,7 +103,11 @@ timeout = "300ms"
     let before = udp.dev().stats.requests;
     let o = rota(&config, &["mcu", "relay", "radio", bad.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("SHA256 TLV does not match"), "{}", text(&o));
+    assert!(
+        text(&o).contains("SHA256 TLV does not match"),
+        "{}",
+        text(&o)
+    );
     assert_eq!(udp.dev().stats.requests, before);
 
     // Reverted by the node: exit 1, and `list` shows it.
@@ -93,14 +119,27 @@ timeout = "300ms"
     assert!(o.status.success(), "{}", text(&o));
     let out = String::from_utf8_lossy(&o.stdout);
     let radio = out.lines().find(|l| l.starts_with("radio")).unwrap();
-    assert!(radio.contains("1.0.0") && radio.contains("reverted"), "{out}");
+    assert!(
+        radio.contains("1.0.0") && radio.contains("reverted"),
+        "{out}"
+    );
     let sensor = out.lines().find(|l| l.starts_with("sensor")).unwrap();
-    assert!(sensor.contains("1.4.0") && sensor.contains("confirmed"), "{out}");
+    assert!(
+        sensor.contains("1.4.0") && sensor.contains("confirmed"),
+        "{out}"
+    );
 
     // Unknown node: usage error.
-    let o = rota(&config, &["mcu", "relay", "nosuch", image.to_str().unwrap()]);
+    let o = rota(
+        &config,
+        &["mcu", "relay", "nosuch", image.to_str().unwrap()],
+    );
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(text(&o).contains("no MCU node named \"nosuch\"") && text(&o).contains("radio, sensor"), "{}", text(&o));
+    assert!(
+        text(&o).contains("no MCU node named \"nosuch\"") && text(&o).contains("radio, sensor"),
+        "{}",
+        text(&o)
+    );
 
     // A node that does not answer: list reports it unreachable, state fails with exit 1.
     udp.dev().faults.silent = true;
@@ -109,7 +148,13 @@ timeout = "300ms"
     assert!(text(&o).contains("no answer"), "{}", text(&o));
     let o = rota(&config, &["mcu", "list", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let radio = v.as_array().unwrap().iter().find(|n| n["name"] == "radio").unwrap().clone();
+    let radio = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "radio")
+        .unwrap()
+        .clone();
     assert_eq!(radio["state"], "unreachable", "{v}");
     drop(serial);
 }

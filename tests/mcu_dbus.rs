@@ -51,7 +51,11 @@ impl Bus {
             .args(["--fork", "--print-address=1", "--print-pid=1"])
             .output()
             .expect("dbus-daemon is required (apt-get install dbus)");
-        assert!(out.status.success(), "dbus-daemon failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "dbus-daemon failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8_lossy(&out.stdout);
         let mut lines = text.lines();
         let address = lines.next().unwrap().trim().to_owned();
@@ -62,15 +66,21 @@ impl Bus {
 
 impl Drop for Bus {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
 }
 
 async fn next<S: Stream + Unpin>(s: &mut S, within: Duration) -> S::Item {
-    tokio::time::timeout(within, std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)))
-        .await
-        .expect("timed out waiting for a D-Bus signal")
-        .expect("signal stream ended")
+    tokio::time::timeout(
+        within,
+        std::future::poll_fn(|cx| Pin::new(&mut *s).poll_next(cx)),
+    )
+    .await
+    .expect("timed out waiting for a D-Bus signal")
+    .expect("signal stream ended")
 }
 
 async fn prop<T>(p: &zbus::Proxy<'_>, name: &str) -> T
@@ -83,7 +93,9 @@ where
 
 async fn relay_and_wait(p: &zbus::Proxy<'_>, image: &Path) -> (String, String) {
     let mut completed = p.receive_signal("Completed").await.unwrap();
-    p.call_method("Relay", &(image.to_str().unwrap(),)).await.unwrap();
+    p.call_method("Relay", &(image.to_str().unwrap(),))
+        .await
+        .unwrap();
     let msg = next(&mut completed, Duration::from_secs(30)).await;
     msg.body().deserialize::<(String, String)>().unwrap()
 }
@@ -94,7 +106,11 @@ fn busctl(address: &str, args: &[&str]) -> String {
         .args(args)
         .output()
         .expect("busctl is required (systemd package)");
-    assert!(out.status.success(), "busctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "busctl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -108,7 +124,10 @@ async fn relay_over_dbus_objects() {
     let mut cfg = tools::udp_node(&addr.to_string(), Duration::from_millis(300));
     cfg.key = Some(public);
     let data_dir: PathBuf = dir.path().join("data");
-    let nodes = BTreeMap::from([("sensor".to_string(), cfg.clone()), ("radio-1".to_string(), cfg.clone())]);
+    let nodes = BTreeMap::from([
+        ("sensor".to_string(), cfg.clone()),
+        ("radio-1".to_string(), cfg.clone()),
+    ]);
 
     let server = zbus::connection::Builder::address(bus.address.as_str())
         .unwrap()
@@ -120,7 +139,11 @@ async fn relay_over_dbus_objects() {
     let mcu = register(&server, &nodes, &data_dir).await.unwrap();
     assert_eq!(mcu.nodes(), ["radio-1".to_string(), "sensor".to_string()]);
 
-    let client = zbus::connection::Builder::address(bus.address.as_str()).unwrap().build().await.unwrap();
+    let client = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
     // Reads go through an uncached proxy: a cached one may lag the signals.
     let p: zbus::Proxy = zbus::proxy::Builder::new(&client)
         .destination("io.rota")
@@ -133,19 +156,27 @@ async fn relay_over_dbus_objects() {
         .build()
         .await
         .unwrap();
-    let cached = zbus::Proxy::new(&client, "io.rota", object_path("sensor"), "io.rota.Mcu1").await.unwrap();
+    let cached = zbus::Proxy::new(&client, "io.rota", object_path("sensor"), "io.rota.Mcu1")
+        .await
+        .unwrap();
     assert_eq!(prop::<String>(&p, "State").await, "unknown");
     assert_eq!(prop::<String>(&p, "Name").await, "sensor");
-    assert!(prop::<String>(&p, "Transport").await.starts_with("udp 127.0.0.1:"));
+    assert!(prop::<String>(&p, "Transport")
+        .await
+        .starts_with("udp 127.0.0.1:"));
 
     // A relay: progress changes while it runs, then Completed and final properties.
     let image = tools::sign(dir.path(), &key, &tools::payload(60_000, 8), "1.4.0", &[]);
-    let mut progress = cached.receive_property_changed::<(u32, String, u64, u64)>("Progress").await;
+    let mut progress = cached
+        .receive_property_changed::<(u32, String, u64, u64)>("Progress")
+        .await;
     let seen = tokio::spawn(async move {
         let mut v = Vec::new();
-        while let Ok(Some(c)) =
-            tokio::time::timeout(Duration::from_secs(20), std::future::poll_fn(|cx| Pin::new(&mut progress).poll_next(cx)))
-                .await
+        while let Ok(Some(c)) = tokio::time::timeout(
+            Duration::from_secs(20),
+            std::future::poll_fn(|cx| Pin::new(&mut progress).poll_next(cx)),
+        )
+        .await
         {
             if let Ok((pct, ..)) = c.get().await {
                 v.push(pct);
@@ -159,9 +190,15 @@ async fn relay_over_dbus_objects() {
     // Lost frames slow the upload down enough for throttled progress updates.
     sim.dev().faults.drop_every = 10;
     let mut completed = p.receive_signal("Completed").await.unwrap();
-    p.call_method("Relay", &(image.to_str().unwrap(),)).await.unwrap();
+    p.call_method("Relay", &(image.to_str().unwrap(),))
+        .await
+        .unwrap();
     // A second relay to the same node while the first runs is refused.
-    let busy = p.call_method("Relay", &(image.to_str().unwrap(),)).await.unwrap_err().to_string();
+    let busy = p
+        .call_method("Relay", &(image.to_str().unwrap(),))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(busy.contains("busy"), "{busy}");
     let msg = next(&mut completed, Duration::from_secs(30)).await;
     let (result, message) = msg.body().deserialize::<(String, String)>().unwrap();
@@ -171,17 +208,47 @@ async fn relay_over_dbus_objects() {
     assert_eq!(prop::<String>(&p, "State").await, "confirmed");
     assert_eq!(prop::<String>(&p, "LastError").await, "");
     let (pct, _, done, total) = prop::<(u32, String, u64, u64)>(&p, "Progress").await;
-    assert_eq!((pct, done, total), (100, total, std::fs::metadata(&image).unwrap().len()));
+    assert_eq!(
+        (pct, done, total),
+        (100, total, std::fs::metadata(&image).unwrap().len())
+    );
     let seen = seen.await.unwrap();
-    assert!(seen.iter().any(|&x| x > 5 && x < 90), "no upload progress seen: {seen:?}");
+    assert!(
+        seen.iter().any(|&x| x > 5 && x < 90),
+        "no upload progress seen: {seen:?}"
+    );
     assert_eq!(sim.dev().primary.data, std::fs::read(&image).unwrap());
     sim.dev().faults.drop_every = 0;
 
     // busctl sees the same object.
-    let v = busctl(&bus.address, &["get-property", "io.rota", "/io/rota/mcu/sensor", "io.rota.Mcu1", "Version"]);
+    let v = busctl(
+        &bus.address,
+        &[
+            "get-property",
+            "io.rota",
+            "/io/rota/mcu/sensor",
+            "io.rota.Mcu1",
+            "Version",
+        ],
+    );
     assert_eq!(v.trim(), "s \"1.4.0\"");
-    let intro = busctl(&bus.address, &["introspect", "io.rota", "/io/rota/mcu/radio_2d1", "io.rota.Mcu1"]);
-    for m in [".Relay", ".Cancel", ".Refresh", ".Completed", ".Progress", ".LastError"] {
+    let intro = busctl(
+        &bus.address,
+        &[
+            "introspect",
+            "io.rota",
+            "/io/rota/mcu/radio_2d1",
+            "io.rota.Mcu1",
+        ],
+    );
+    for m in [
+        ".Relay",
+        ".Cancel",
+        ".Refresh",
+        ".Completed",
+        ".Progress",
+        ".LastError",
+    ] {
         assert!(intro.contains(m), "{m} missing:\n{intro}");
     }
 
@@ -205,11 +272,17 @@ async fn relay_over_dbus_objects() {
     assert_eq!(result, "reverted");
     assert_eq!(prop::<String>(&p, "State").await, "reverted");
     assert_eq!(prop::<String>(&p, "Version").await, "1.4.0");
-    assert!(prop::<String>(&p, "LastError").await.contains("reverted version 1.5.0"));
+    assert!(prop::<String>(&p, "LastError")
+        .await
+        .contains("reverted version 1.5.0"));
     sim.dev().faults.boot_fail = false;
 
     // Bad arguments.
-    let e = p.call_method("Relay", &("relative.bin",)).await.unwrap_err().to_string();
+    let e = p
+        .call_method("Relay", &("relative.bin",))
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("absolute"), "{e}");
     let e = p.call_method("Cancel", &()).await.unwrap_err().to_string();
     assert!(e.contains("no relay"), "{e}");

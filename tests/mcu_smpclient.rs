@@ -11,14 +11,20 @@ use std::process::Command;
 fn drive(kind: &str, address: &str, image: &std::path::Path) -> serde_json::Value {
     let py = tools::python_with_smpclient();
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcu_smpclient.py");
-    let out = Command::new(py).arg(script).args([kind, address]).arg(image).output().unwrap();
+    let out = Command::new(py)
+        .arg(script)
+        .args([kind, address])
+        .arg(image)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "smpclient over {kind} failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
 fn check(kind: &str, sim: &Sim, address: &str) {
@@ -44,7 +50,11 @@ fn check(kind: &str, sim: &Sim, address: &str) {
     assert_eq!(r["bad_hash_is_error"], true);
 
     let d = sim.dev();
-    assert_eq!(d.stats.last_upload.as_deref(), Some(bytes.as_slice()), "received bytes differ from the image");
+    assert_eq!(
+        d.stats.last_upload.as_deref(),
+        Some(bytes.as_slice()),
+        "received bytes differ from the image"
+    );
     assert_eq!(d.primary.data, bytes);
     assert!(d.primary_confirmed);
     assert_eq!(d.stats.bad_frames_in, 0);

@@ -27,7 +27,11 @@ fn node<'a>(cfg: &'a Config, name: &str) -> Result<&'a McuSection, Failure> {
         Failure::Usage(format!(
             "no MCU node named {name:?} in {} (configured: {})",
             cfg.path.display(),
-            if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
         ))
     })
 }
@@ -35,7 +39,14 @@ fn node<'a>(cfg: &'a Config, name: &str) -> Result<&'a McuSection, Failure> {
 fn transport_text(m: &McuSection) -> String {
     match m.transport {
         McuTransportKind::Serial => {
-            format!("serial {} @ {}", m.device.as_deref().map(|d| d.display().to_string()).unwrap_or_default(), m.baud)
+            format!(
+                "serial {} @ {}",
+                m.device
+                    .as_deref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
+                m.baud
+            )
         }
         McuTransportKind::Udp => format!("udp {}", m.address.as_deref().unwrap_or("")),
     }
@@ -74,9 +85,19 @@ fn list(cfg: &Config, json: bool) -> CliResult {
         println!("no MCU nodes configured");
         return Ok(());
     }
-    println!("{:<12} {:<32} {:<12} {:<12} LAST ERROR", "NAME", "TRANSPORT", "VERSION", "STATE");
+    println!(
+        "{:<12} {:<32} {:<12} {:<12} LAST ERROR",
+        "NAME", "TRANSPORT", "VERSION", "STATE"
+    );
     for (t, r) in rows {
-        println!("{:<12} {:<32} {:<12} {:<12} {}", r.name, t, or_dash(&r.version), r.state, r.last_error);
+        println!(
+            "{:<12} {:<32} {:<12} {:<12} {}",
+            r.name,
+            t,
+            or_dash(&r.version),
+            r.state,
+            r.last_error
+        );
     }
     Ok(())
 }
@@ -93,7 +114,10 @@ fn state(cfg: &Config, name: &str) -> CliResult {
     let m = node(cfg, name)?;
     let st = relay::node_state(name, m, &cfg.system.data_dir)
         .map_err(|e| Failure::Failed(format!("MCU node {name}: {e}")))?;
-    let buf = st.buf_size.map(|b| format!(", buffer {b} bytes")).unwrap_or_default();
+    let buf = st
+        .buf_size
+        .map(|b| format!(", buffer {b} bytes"))
+        .unwrap_or_default();
     println!("node {name} ({}){buf}", transport_text(m));
     for s in &st.slots {
         println!(
@@ -121,7 +145,12 @@ fn relay(cfg: &Config, name: &str, image: &Path) -> CliResult {
         };
         if show {
             if tty {
-                eprint!("\r\x1b[K{name}: {:>3}% {}: {}", pct, p.phase.as_str(), p.message);
+                eprint!(
+                    "\r\x1b[K{name}: {:>3}% {}: {}",
+                    pct,
+                    p.phase.as_str(),
+                    p.message
+                );
                 if p.phase != RelayPhase::Uploading {
                     eprintln!();
                 }
@@ -137,7 +166,10 @@ fn relay(cfg: &Config, name: &str, image: &Path) -> CliResult {
         eprintln!();
     }
     match outcome {
-        Ok(o @ RelayOutcome::Reverted { .. }) => Err(Failure::Failed(format!("MCU node {name}: {}", o.describe()))),
+        Ok(o @ RelayOutcome::Reverted { .. }) => Err(Failure::Failed(format!(
+            "MCU node {name}: {}",
+            o.describe()
+        ))),
         Ok(o) => {
             println!("{name}: {}", o.describe());
             Ok(())

@@ -67,7 +67,11 @@ impl McuNode {
             cfg: cfg.clone(),
             data_dir: data_dir.to_owned(),
             version: rec.version,
-            state: if rec.state.is_empty() { "unknown".into() } else { rec.state },
+            state: if rec.state.is_empty() {
+                "unknown".into()
+            } else {
+                rec.state
+            },
             progress: (0, String::new(), 0, 0),
             last_error: rec.last_error,
             busy: Arc::new(AtomicBool::new(false)),
@@ -89,7 +93,11 @@ impl McuNode {
         match self.cfg.transport {
             McuTransportKind::Serial => format!(
                 "serial {} @ {}",
-                self.cfg.device.as_deref().map(|d| d.display().to_string()).unwrap_or_default(),
+                self.cfg
+                    .device
+                    .as_deref()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_default(),
                 self.cfg.baud
             ),
             McuTransportKind::Udp => format!("udp {}", self.cfg.address.as_deref().unwrap_or("")),
@@ -125,10 +133,15 @@ impl McuNode {
     async fn relay(&self, path: String, #[zbus(connection)] conn: &Connection) -> fdo::Result<()> {
         let image = PathBuf::from(&path);
         if !image.is_absolute() {
-            return Err(fdo::Error::InvalidArgs(format!("image path must be absolute, got {path:?}")));
+            return Err(fdo::Error::InvalidArgs(format!(
+                "image path must be absolute, got {path:?}"
+            )));
         }
         if self.busy.swap(true, Ordering::SeqCst) {
-            return Err(fdo::Error::Failed(format!("busy: a relay to MCU node {} is running", self.name)));
+            return Err(fdo::Error::Failed(format!(
+                "busy: a relay to MCU node {} is running",
+                self.name
+            )));
         }
         self.cancel.store(false, Ordering::SeqCst);
         let conn = conn.clone();
@@ -143,18 +156,25 @@ impl McuNode {
     /// from the device's offset when started again).
     async fn cancel(&self) -> fdo::Result<()> {
         if !self.busy.load(Ordering::SeqCst) {
-            return Err(fdo::Error::Failed(format!("no relay to MCU node {} is running", self.name)));
+            return Err(fdo::Error::Failed(format!(
+                "no relay to MCU node {} is running",
+                self.name
+            )));
         }
         self.cancel.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Asks the node for its state now and updates Version, State and LastError.
-    async fn refresh(&mut self, #[zbus(signal_emitter)] emitter: SignalEmitter<'_>) -> fdo::Result<()> {
+    async fn refresh(
+        &mut self,
+        #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
+    ) -> fdo::Result<()> {
         let (name, cfg, dir) = (self.name.clone(), self.cfg.clone(), self.data_dir.clone());
-        let report = tokio::task::spawn_blocking(move || relay::node_report(&name, &cfg, &dir, true))
-            .await
-            .map_err(|e| fdo::Error::Failed(format!("refresh failed: {e}")))?;
+        let report =
+            tokio::task::spawn_blocking(move || relay::node_report(&name, &cfg, &dir, true))
+                .await
+                .map_err(|e| fdo::Error::Failed(format!("refresh failed: {e}")))?;
         self.version = report.version;
         self.state = report.state;
         self.last_error = report.last_error;
@@ -165,7 +185,11 @@ impl McuNode {
     }
 
     #[zbus(signal)]
-    async fn completed(emitter: &SignalEmitter<'_>, result: &str, message: &str) -> zbus::Result<()>;
+    async fn completed(
+        emitter: &SignalEmitter<'_>,
+        result: &str,
+        message: &str,
+    ) -> zbus::Result<()>;
 }
 
 /// What a relay sends.
@@ -209,7 +233,9 @@ impl McuBus {
             .map_err(|_| McuError::Config(format!("no MCU node named {node:?} is registered")))?;
         let n = iface.get().await;
         if n.busy.swap(true, Ordering::SeqCst) {
-            return Err(McuError::Busy(format!("a relay to MCU node {node} is running")));
+            return Err(McuError::Busy(format!(
+                "a relay to MCU node {node} is running"
+            )));
         }
         n.cancel.store(false, Ordering::SeqCst);
         Ok(())
@@ -224,9 +250,17 @@ pub async fn register(
     data_dir: &Path,
 ) -> zbus::Result<McuBus> {
     for (name, cfg) in nodes {
-        conn.object_server().at(object_path(name).as_str(), McuNode::new(name, cfg, data_dir)).await?;
+        conn.object_server()
+            .at(
+                object_path(name).as_str(),
+                McuNode::new(name, cfg, data_dir),
+            )
+            .await?;
     }
-    Ok(McuBus { conn: conn.clone(), nodes: nodes.keys().cloned().collect() })
+    Ok(McuBus {
+        conn: conn.clone(),
+        nodes: nodes.keys().cloned().collect(),
+    })
 }
 
 /// Runs one relay on a blocking thread and mirrors it on the node's object. The
@@ -240,7 +274,13 @@ async fn drive(conn: &Connection, node: &str, job: Job) -> Result<RelayOutcome, 
         .map_err(|_| McuError::Config(format!("no MCU node named {node:?} is registered")))?;
     let (name, cfg, data_dir, cancel, busy) = {
         let n = iface.get().await;
-        (n.name.clone(), n.cfg.clone(), n.data_dir.clone(), n.cancel.clone(), n.busy.clone())
+        (
+            n.name.clone(),
+            n.cfg.clone(),
+            n.data_dir.clone(),
+            n.cancel.clone(),
+            n.busy.clone(),
+        )
     };
     {
         let mut n = iface.get_mut().await;
@@ -258,7 +298,9 @@ async fn drive(conn: &Connection, node: &str, job: Job) -> Result<RelayOutcome, 
             let _ = tx.send(p);
         };
         match job {
-            Job::File(image) => relay::relay_file(&name, &cfg, &image, &data_dir, &mut send, &cancel),
+            Job::File(image) => {
+                relay::relay_file(&name, &cfg, &image, &data_dir, &mut send, &cancel)
+            }
             Job::Staged => staging::relay_staged(&name, &cfg, &data_dir, &mut send, &cancel),
         }
     });
@@ -276,7 +318,12 @@ async fn drive(conn: &Connection, node: &str, job: Job) -> Result<RelayOutcome, 
         let mut n = iface.get_mut().await;
         let state_changed = n.state != phase;
         n.state = phase.clone();
-        n.progress = (u32::from(pct), p.message.clone(), p.bytes_done, p.bytes_total);
+        n.progress = (
+            u32::from(pct),
+            p.message.clone(),
+            p.bytes_done,
+            p.bytes_total,
+        );
         let e = iface.signal_emitter();
         let _ = n.progress_changed(e).await;
         if state_changed {
@@ -284,7 +331,9 @@ async fn drive(conn: &Connection, node: &str, job: Job) -> Result<RelayOutcome, 
         }
         last_emit = Some((Instant::now(), phase, pct));
     }
-    let result = worker.await.unwrap_or_else(|e| Err(McuError::Relay(format!("relay task failed: {e}"))));
+    let result = worker
+        .await
+        .unwrap_or_else(|e| Err(McuError::Relay(format!("relay task failed: {e}"))));
     let rec = record::load_or_default(&iface.get().await.data_dir, node);
     let (code, message) = match &result {
         Ok(RelayOutcome::AlreadyRunning { .. }) => ("already-running", result_message(&result)),
@@ -296,7 +345,11 @@ async fn drive(conn: &Connection, node: &str, job: Job) -> Result<RelayOutcome, 
     {
         let mut n = iface.get_mut().await;
         n.version = rec.version.clone();
-        n.state = if rec.state.is_empty() { code.to_owned() } else { rec.state.clone() };
+        n.state = if rec.state.is_empty() {
+            code.to_owned()
+        } else {
+            rec.state.clone()
+        };
         n.last_error = rec.last_error.clone();
         if let Ok(o) = &result {
             if o.is_success() {

@@ -47,7 +47,9 @@ pub const TLV_SIG_PURE: u16 = 0x25;
 const FLAGS_ENCRYPTED: u32 = 0x04 | 0x08;
 /// DER prefix of an Ed25519 SubjectPublicKeyInfo (followed by the 32-byte key): what
 /// imgtool embeds or hashes for KEYHASH/PUBKEY.
-const ED25519_SPKI_PREFIX: [u8; 12] = [0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+const ED25519_SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// A checked image, ready to upload.
 #[derive(Debug, Clone)]
@@ -69,7 +71,9 @@ pub struct McuImage {
 pub enum ImageKind {
     Mcuboot(McubootInfo),
     /// Raw binary with a CRC32 trailer.
-    Raw { crc32: u32 },
+    Raw {
+        crc32: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,7 +111,11 @@ impl McuImage {
                 self.version,
                 self.data.len(),
                 short_hex(&self.hash),
-                if m.signature_checked { ", ed25519 signature verified" } else { "" }
+                if m.signature_checked {
+                    ", ed25519 signature verified"
+                } else {
+                    ""
+                }
             ),
             ImageKind::Raw { crc32 } => format!(
                 "raw image {}, {} bytes, CRC32 0x{crc32:08x}, sha256 {}",
@@ -127,10 +135,16 @@ pub fn short_hex(h: &[u8]) -> String {
 /// Loads an ed25519 public key (PEM, SubjectPublicKeyInfo) that a node's images must
 /// be signed with.
 pub fn load_key(path: &Path) -> Result<VerifyingKey, McuError> {
-    let err = |message: String| McuError::Key { path: path.to_owned(), message };
+    let err = |message: String| McuError::Key {
+        path: path.to_owned(),
+        message,
+    };
     let meta = std::fs::metadata(path).map_err(|e| err(format!("cannot read: {e}")))?;
     if meta.len() > 64 * 1024 {
-        return Err(err(format!("{} bytes is too large for a PEM public key", meta.len())));
+        return Err(err(format!(
+            "{} bytes is too large for a PEM public key",
+            meta.len()
+        )));
     }
     let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
     if text.contains("PRIVATE KEY") {
@@ -139,8 +153,11 @@ pub fn load_key(path: &Path) -> Result<VerifyingKey, McuError> {
                 .into(),
         ));
     }
-    VerifyingKey::from_public_key_pem(&text)
-        .map_err(|e| err(format!("not an ed25519 public key in PEM (SubjectPublicKeyInfo): {e}")))
+    VerifyingKey::from_public_key_pem(&text).map_err(|e| {
+        err(format!(
+            "not an ed25519 public key in PEM (SubjectPublicKeyInfo): {e}"
+        ))
+    })
 }
 
 /// SubjectPublicKeyInfo DER of an ed25519 key (what imgtool embeds and hashes).
@@ -152,22 +169,33 @@ pub fn spki_der(key: &VerifyingKey) -> Vec<u8> {
 
 /// Reads and checks an image file; `key` is the node's configured key, if any.
 pub fn load(path: &Path, key: Option<&VerifyingKey>) -> Result<McuImage, McuError> {
-    let meta = std::fs::metadata(path).map_err(|e| McuError::io(format!("cannot read image {}", path.display()), e))?;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| McuError::io(format!("cannot read image {}", path.display()), e))?;
     if meta.len() > MAX_IMAGE_SIZE {
         return Err(McuError::Image {
             path: path.to_owned(),
-            message: format!("{} bytes exceeds the MCU image limit of {MAX_IMAGE_SIZE} bytes", meta.len()),
+            message: format!(
+                "{} bytes exceeds the MCU image limit of {MAX_IMAGE_SIZE} bytes",
+                meta.len()
+            ),
         });
     }
-    let data = std::fs::read(path).map_err(|e| McuError::io(format!("cannot read image {}", path.display()), e))?;
+    let data = std::fs::read(path)
+        .map_err(|e| McuError::io(format!("cannot read image {}", path.display()), e))?;
     parse(path, data, key)
 }
 
 /// Checks an image held in memory (`path` names it in messages).
 pub fn parse(path: &Path, data: Vec<u8>, key: Option<&VerifyingKey>) -> Result<McuImage, McuError> {
-    let fail = |message: String| McuError::Image { path: path.to_owned(), message };
+    let fail = |message: String| McuError::Image {
+        path: path.to_owned(),
+        message,
+    };
     if data.len() as u64 > MAX_IMAGE_SIZE {
-        return Err(fail(format!("{} bytes exceeds the MCU image limit of {MAX_IMAGE_SIZE} bytes", data.len())));
+        return Err(fail(format!(
+            "{} bytes exceeds the MCU image limit of {MAX_IMAGE_SIZE} bytes",
+            data.len()
+        )));
     }
     if data.len() < 5 {
         return Err(fail(format!(
@@ -242,7 +270,12 @@ struct Tlv {
 
 /// Walks one TLV area starting at `start` with the expected magic; returns the TLVs
 /// and the area's end.
-fn tlv_area(data: &[u8], start: usize, magic: u16, name: &str) -> Result<(Vec<Tlv>, usize), String> {
+fn tlv_area(
+    data: &[u8],
+    start: usize,
+    magic: u16,
+    name: &str,
+) -> Result<(Vec<Tlv>, usize), String> {
     if start + 4 > data.len() {
         return Err(format!(
             "the {name} TLV area should start at offset {start} but the file ends at {}",
@@ -267,7 +300,9 @@ fn tlv_area(data: &[u8], start: usize, magic: u16, name: &str) -> Result<(Vec<Tl
     let mut off = start + 4;
     while off < end {
         if off + 4 > end {
-            return Err(format!("truncated TLV header at offset {off} in the {name} TLV area ending at {end}"));
+            return Err(format!(
+                "truncated TLV header at offset {off} in the {name} TLV area ending at {end}"
+            ));
         }
         let kind = le16(data, off);
         let len = usize::from(le16(data, off + 2));
@@ -276,7 +311,11 @@ fn tlv_area(data: &[u8], start: usize, magic: u16, name: &str) -> Result<(Vec<Tl
                 "TLV 0x{kind:02x} at offset {off} has length {len}, past the end of the {name} TLV area at {end}"
             ));
         }
-        tlvs.push(Tlv { kind, off: off + 4, len });
+        tlvs.push(Tlv {
+            kind,
+            off: off + 4,
+            len,
+        });
         off += 4 + len;
     }
     Ok((tlvs, end))
@@ -293,9 +332,15 @@ fn sig_name(kind: u16) -> &'static str {
     }
 }
 
-fn parse_mcuboot(data: &[u8], key: Option<&VerifyingKey>) -> Result<(McubootInfo, Vec<u8>, String), String> {
+fn parse_mcuboot(
+    data: &[u8],
+    key: Option<&VerifyingKey>,
+) -> Result<(McubootInfo, Vec<u8>, String), String> {
     if data.len() < HEADER_SIZE {
-        return Err(format!("{} bytes is shorter than the {HEADER_SIZE}-byte MCUboot header", data.len()));
+        return Err(format!(
+            "{} bytes is shorter than the {HEADER_SIZE}-byte MCUboot header",
+            data.len()
+        ));
     }
     let load_addr = le32(data, 4);
     let hdr_size = le16(data, 8);
@@ -304,7 +349,9 @@ fn parse_mcuboot(data: &[u8], key: Option<&VerifyingKey>) -> Result<(McubootInfo
     let flags = le32(data, 16);
     let version = version_string(data[20], data[21], le16(data, 22), le32(data, 24));
     if usize::from(hdr_size) < HEADER_SIZE {
-        return Err(format!("header size {hdr_size} is smaller than the {HEADER_SIZE}-byte MCUboot header"));
+        return Err(format!(
+            "header size {hdr_size} is smaller than the {HEADER_SIZE}-byte MCUboot header"
+        ));
     }
     let body_end = usize::from(hdr_size) as u64 + u64::from(img_size);
     if body_end > data.len() as u64 {
@@ -332,17 +379,32 @@ fn parse_mcuboot(data: &[u8], key: Option<&VerifyingKey>) -> Result<(McubootInfo
         tlvs.extend(t);
         prot_end = end;
     } else if body_end + 2 <= data.len() && le16(data, body_end) == TLV_PROT_INFO_MAGIC {
-        return Err("a protected TLV area follows the body, but the header's protected TLV size is 0".into());
+        return Err(
+            "a protected TLV area follows the body, but the header's protected TLV size is 0"
+                .into(),
+        );
     }
     let (t, _end) = tlv_area(data, prot_end, TLV_INFO_MAGIC, "unprotected")?;
     tlvs.extend(t);
     let hashed = &data[..prot_end];
 
-    let hash_tlvs: Vec<&Tlv> = tlvs.iter().filter(|t| matches!(t.kind, TLV_SHA256 | TLV_SHA384 | TLV_SHA512)).collect();
+    let hash_tlvs: Vec<&Tlv> = tlvs
+        .iter()
+        .filter(|t| matches!(t.kind, TLV_SHA256 | TLV_SHA384 | TLV_SHA512))
+        .collect();
     let hash_tlv = match hash_tlvs.as_slice() {
-        [] => return Err("no hash TLV (SHA256, SHA384 or SHA512): MCUboot cannot validate this image".into()),
+        [] => {
+            return Err(
+                "no hash TLV (SHA256, SHA384 or SHA512): MCUboot cannot validate this image".into(),
+            )
+        }
         [one] => *one,
-        _ => return Err(format!("{} hash TLVs; MCUboot expects exactly one", hash_tlvs.len())),
+        _ => {
+            return Err(format!(
+                "{} hash TLVs; MCUboot expects exactly one",
+                hash_tlvs.len()
+            ))
+        }
     };
     let (name, computed): (&str, Vec<u8>) = match hash_tlv.kind {
         TLV_SHA256 => ("SHA256", Sha256::digest(hashed).to_vec()),
@@ -351,7 +413,11 @@ fn parse_mcuboot(data: &[u8], key: Option<&VerifyingKey>) -> Result<(McubootInfo
     };
     let stored = &data[hash_tlv.off..hash_tlv.off + hash_tlv.len];
     if stored.len() != computed.len() {
-        return Err(format!("the {name} TLV has {} bytes, expected {}", stored.len(), computed.len()));
+        return Err(format!(
+            "the {name} TLV has {} bytes, expected {}",
+            stored.len(),
+            computed.len()
+        ));
     }
     if stored != computed.as_slice() {
         return Err(format!(
@@ -384,19 +450,26 @@ fn parse_mcuboot(data: &[u8], key: Option<&VerifyingKey>) -> Result<(McubootInfo
         for t in tlvs.iter().filter(|t| t.kind == TLV_PUBKEY) {
             let v = &data[t.off..t.off + t.len];
             if v != spki.as_slice() && v != key.as_bytes().as_slice() {
-                return Err(format!("signed by another key: the image's PUBKEY TLV is not the node's key {key_id}"));
+                return Err(format!(
+                    "signed by another key: the image's PUBKEY TLV is not the node's key {key_id}"
+                ));
             }
         }
         let sigs: Vec<&Tlv> = tlvs.iter().filter(|t| t.kind == TLV_ED25519).collect();
         if sigs.is_empty() {
-            if let Some(other) = tlvs.iter().find(|t| (TLV_RSA2048_PSS..=TLV_RSA3072_PSS).contains(&t.kind)) {
+            if let Some(other) = tlvs
+                .iter()
+                .find(|t| (TLV_RSA2048_PSS..=TLV_RSA3072_PSS).contains(&t.kind))
+            {
                 return Err(format!(
                     "signed with {} (TLV 0x{:02x}), but the node's key {key_id} is ed25519",
                     sig_name(other.kind),
                     other.kind
                 ));
             }
-            return Err(format!("not signed, but the node requires an ed25519 signature by key {key_id}"));
+            return Err(format!(
+                "not signed, but the node requires an ed25519 signature by key {key_id}"
+            ));
         }
         let message: &[u8] = if pure { hashed } else { stored };
         let mut last = String::new();
@@ -508,23 +581,35 @@ mod tests {
         // header size below 32
         let mut b = img.clone();
         b[8..10].copy_from_slice(&4u16.to_le_bytes());
-        assert!(parse(p(), b, None).unwrap_err().to_string().contains("smaller than"));
+        assert!(parse(p(), b, None)
+            .unwrap_err()
+            .to_string()
+            .contains("smaller than"));
         // TLV area length beyond the file
         let mut b = img.clone();
         let t = 0x20 + 100;
         b[t + 2..t + 4].copy_from_slice(&0xfff0u16.to_le_bytes());
-        assert!(parse(p(), b, None).unwrap_err().to_string().contains("beyond the end"));
+        assert!(parse(p(), b, None)
+            .unwrap_err()
+            .to_string()
+            .contains("beyond the end"));
         // one TLV longer than its area
         let mut b = img.clone();
         b[t + 6..t + 8].copy_from_slice(&200u16.to_le_bytes());
-        assert!(parse(p(), b, None).unwrap_err().to_string().contains("past the end"));
+        assert!(parse(p(), b, None)
+            .unwrap_err()
+            .to_string()
+            .contains("past the end"));
         // protected size set without an area
         let mut b = img.clone();
         b[10..12].copy_from_slice(&8u16.to_le_bytes());
         assert!(parse(p(), b, None).is_err());
         // truncated anywhere
         for n in [5, 31, 32, 100, img.len() - 1] {
-            assert!(parse(p(), img[..n].to_vec(), None).is_err(), "truncated to {n} accepted");
+            assert!(
+                parse(p(), img[..n].to_vec(), None).is_err(),
+                "truncated to {n} accepted"
+            );
         }
     }
 
@@ -537,8 +622,14 @@ mod tests {
         let mut bad = raw;
         bad[3] ^= 0x80;
         let e = parse(p(), bad, None).unwrap_err().to_string();
-        assert!(e.contains("neither an MCUboot image") && e.contains("CRC32"), "{e}");
-        assert!(parse(p(), b"abcd".to_vec(), None).unwrap_err().to_string().contains("too short"));
+        assert!(
+            e.contains("neither an MCUboot image") && e.contains("CRC32"),
+            "{e}"
+        );
+        assert!(parse(p(), b"abcd".to_vec(), None)
+            .unwrap_err()
+            .to_string()
+            .contains("too short"));
     }
 
     #[test]
@@ -547,7 +638,9 @@ mod tests {
         let img = build_unsigned(&[1u8; 64], (1, 0, 0, 0));
         let e = parse(p(), img, Some(&key)).unwrap_err().to_string();
         assert!(e.contains("not signed"), "{e}");
-        let e = parse(p(), build_raw(b"payload"), Some(&key)).unwrap_err().to_string();
+        let e = parse(p(), build_raw(b"payload"), Some(&key))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("cannot carry a signature"), "{e}");
     }
 }

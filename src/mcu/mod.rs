@@ -46,7 +46,9 @@ pub mod transport;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use relay::{node_report, node_state, relay_file, relay_many, RelayOutcome, RelayPhase, RelayProgress};
+pub use relay::{
+    node_report, node_state, relay_file, relay_many, RelayOutcome, RelayPhase, RelayProgress,
+};
 
 /// Everything that can go wrong talking to or updating an MCU node.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +92,9 @@ pub enum McuError {
 
 impl McuError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> McuError {
-        McuError::Io { what: what.into(), source }
+        McuError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }

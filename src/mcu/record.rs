@@ -96,24 +96,35 @@ pub fn path(data_dir: &Path, node: &str) -> PathBuf {
 }
 
 pub fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Reads a node's record; `Ok(None)` when there is none. A record that cannot be
 /// parsed is reported as an error naming the file.
 pub fn load(data_dir: &Path, node: &str) -> Result<Option<NodeRecord>, McuError> {
     let p = path(data_dir, node);
-    let err = |message: String| McuError::State { path: p.clone(), message };
+    let err = |message: String| McuError::State {
+        path: p.clone(),
+        message,
+    };
     let meta = match std::fs::metadata(&p) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(err(e.to_string())),
     };
     if meta.len() > MAX_RECORD_SIZE {
-        return Err(err(format!("{} bytes is larger than any record rota writes", meta.len())));
+        return Err(err(format!(
+            "{} bytes is larger than any record rota writes",
+            meta.len()
+        )));
     }
     let text = std::fs::read(&p).map_err(|e| err(e.to_string()))?;
-    serde_json::from_slice(&text).map(Some).map_err(|e| err(format!("not a valid record: {e}")))
+    serde_json::from_slice(&text)
+        .map(Some)
+        .map_err(|e| err(format!("not a valid record: {e}")))
 }
 
 /// Reads a record, treating an unreadable one as absent (logged): the device state is
@@ -131,8 +142,12 @@ pub fn load_or_default(data_dir: &Path, node: &str) -> NodeRecord {
 /// Writes a node's record atomically.
 pub fn save(data_dir: &Path, node: &str, rec: &NodeRecord) -> Result<(), McuError> {
     let p = path(data_dir, node);
-    let err = |message: String| McuError::State { path: p.clone(), message };
-    std::fs::create_dir_all(dir(data_dir)).map_err(|e| err(format!("cannot create directory: {e}")))?;
+    let err = |message: String| McuError::State {
+        path: p.clone(),
+        message,
+    };
+    std::fs::create_dir_all(dir(data_dir))
+        .map_err(|e| err(format!("cannot create directory: {e}")))?;
     let mut rec = rec.clone();
     rec.updated_at = now();
     let json = serde_json::to_vec_pretty(&rec).map_err(|e| err(e.to_string()))?;
@@ -148,20 +163,28 @@ impl NodeLock {
     pub fn acquire(data_dir: &Path, node: &str) -> Result<NodeLock, McuError> {
         let d = dir(data_dir);
         let p = d.join(format!("{node}.lock"));
-        std::fs::create_dir_all(&d)
-            .map_err(|e| McuError::State { path: d.clone(), message: format!("cannot create directory: {e}") })?;
+        std::fs::create_dir_all(&d).map_err(|e| McuError::State {
+            path: d.clone(),
+            message: format!("cannot create directory: {e}"),
+        })?;
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&p)
-            .map_err(|e| McuError::State { path: p.clone(), message: e.to_string() })?;
+            .map_err(|e| McuError::State {
+                path: p.clone(),
+                message: e.to_string(),
+            })?;
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
             Ok(l) => Ok(NodeLock { _lock: l }),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
-                Err(McuError::Busy(format!("another relay or query is using MCU node {node}")))
-            }
-            Err((_, e)) => Err(McuError::State { path: p, message: format!("cannot lock: {e}") }),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(McuError::Busy(format!(
+                "another relay or query is using MCU node {node}"
+            ))),
+            Err((_, e)) => Err(McuError::State {
+                path: p,
+                message: format!("cannot lock: {e}"),
+            }),
         }
     }
 }
@@ -174,13 +197,20 @@ mod tests {
     fn roundtrip_missing_and_corrupt() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(load(d.path(), "n").unwrap(), None);
-        let rec = NodeRecord { version: "1.0.0".into(), state: "confirmed".into(), ..Default::default() };
+        let rec = NodeRecord {
+            version: "1.0.0".into(),
+            state: "confirmed".into(),
+            ..Default::default()
+        };
         save(d.path(), "n", &rec).unwrap();
         let back = load(d.path(), "n").unwrap().unwrap();
         assert_eq!(back.version, "1.0.0");
         std::fs::write(path(d.path(), "n"), b"{not json").unwrap();
         let e = load(d.path(), "n").unwrap_err().to_string();
-        assert!(e.contains("n.json") && e.contains("not a valid record"), "{e}");
+        assert!(
+            e.contains("n.json") && e.contains("not a valid record"),
+            "{e}"
+        );
         assert_eq!(load_or_default(d.path(), "n"), NodeRecord::default());
     }
 
@@ -188,7 +218,10 @@ mod tests {
     fn lock_is_exclusive() {
         let d = tempfile::tempdir().unwrap();
         let a = NodeLock::acquire(d.path(), "n").unwrap();
-        assert!(matches!(NodeLock::acquire(d.path(), "n"), Err(McuError::Busy(_))));
+        assert!(matches!(
+            NodeLock::acquire(d.path(), "n"),
+            Err(McuError::Busy(_))
+        ));
         assert!(NodeLock::acquire(d.path(), "other").is_ok());
         drop(a);
         assert!(NodeLock::acquire(d.path(), "n").is_ok());

@@ -71,7 +71,9 @@ impl RelayProgress {
     pub fn percent(&self) -> u8 {
         match self.phase {
             RelayPhase::Connecting => 0,
-            RelayPhase::Uploading if self.bytes_total > 0 => (5 + self.bytes_done * 85 / self.bytes_total) as u8,
+            RelayPhase::Uploading if self.bytes_total > 0 => {
+                (5 + self.bytes_done * 85 / self.bytes_total) as u8
+            }
             RelayPhase::Uploading => 5,
             RelayPhase::Uploaded => 90,
             RelayPhase::Testing => 92,
@@ -97,7 +99,12 @@ pub enum RelayOutcome {
         upload_time: Duration,
     },
     /// The node came back on its previous image: MCUboot reverted the test boot.
-    Reverted { running_version: String, running_hash: String, wanted_version: String, wanted_hash: String },
+    Reverted {
+        running_version: String,
+        running_hash: String,
+        wanted_version: String,
+        wanted_hash: String,
+    },
 }
 
 impl RelayOutcome {
@@ -108,13 +115,29 @@ impl RelayOutcome {
     pub fn describe(&self) -> String {
         match self {
             RelayOutcome::AlreadyRunning { version } => format!("already running {}", ver(version)),
-            RelayOutcome::Confirmed { version, bytes_sent, resumed_from, .. } if *resumed_from > 0 => {
-                format!("confirmed {} ({bytes_sent} bytes sent, resumed at {resumed_from})", ver(version))
+            RelayOutcome::Confirmed {
+                version,
+                bytes_sent,
+                resumed_from,
+                ..
+            } if *resumed_from > 0 => {
+                format!(
+                    "confirmed {} ({bytes_sent} bytes sent, resumed at {resumed_from})",
+                    ver(version)
+                )
             }
-            RelayOutcome::Confirmed { version, bytes_sent, .. } => {
+            RelayOutcome::Confirmed {
+                version,
+                bytes_sent,
+                ..
+            } => {
                 format!("confirmed {} ({bytes_sent} bytes sent)", ver(version))
             }
-            RelayOutcome::Reverted { running_version, wanted_version, .. } => format!(
+            RelayOutcome::Reverted {
+                running_version,
+                wanted_version,
+                ..
+            } => format!(
                 "reverted: the node rejected {} and runs {} again",
                 ver(wanted_version),
                 ver(running_version)
@@ -159,7 +182,9 @@ pub fn relay_file(
 /// Notes an image refused before any contact in the node's record (unless a relay to
 /// the node is running: its record is not ours to touch).
 fn record_refusal(node: &str, data_dir: &Path, e: &McuError) {
-    let Ok(_lock) = NodeLock::acquire(data_dir, node) else { return };
+    let Ok(_lock) = NodeLock::acquire(data_dir, node) else {
+        return;
+    };
     let mut rec = record::load_or_default(data_dir, node);
     rec.state = "failed".into();
     rec.last_error = e.to_string();
@@ -185,10 +210,22 @@ pub fn relay_image(
 ) -> Result<RelayOutcome, McuError> {
     let _lock = NodeLock::acquire(data_dir, node)?;
     let mut rec = record::load_or_default(data_dir, node);
-    let mut flow = Flow { node, cfg, img, data_dir, progress, cancel, rec: &mut rec };
+    let mut flow = Flow {
+        node,
+        cfg,
+        img,
+        data_dir,
+        progress,
+        cancel,
+        rec: &mut rec,
+    };
     let result = flow.run();
     match &result {
-        Ok(RelayOutcome::Reverted { running_version, wanted_version, .. }) => {
+        Ok(RelayOutcome::Reverted {
+            running_version,
+            wanted_version,
+            ..
+        }) => {
             rec.state = "reverted".into();
             rec.last_error = format!(
                 "MCUboot reverted {}: the node runs {} again",
@@ -197,7 +234,9 @@ pub fn relay_image(
             );
         }
         Ok(_) => rec.last_error.clear(),
-        Err(McuError::Cancelled) => rec.last_error = "relay cancelled; it resumes when started again".into(),
+        Err(McuError::Cancelled) => {
+            rec.last_error = "relay cancelled; it resumes when started again".into()
+        }
         Err(e) => {
             rec.state = "failed".into();
             rec.last_error = e.to_string();
@@ -261,7 +300,10 @@ impl Flow<'_> {
 
     /// Slots of the configured image number.
     fn mine(&self, states: Vec<SlotState>) -> Vec<SlotState> {
-        states.into_iter().filter(|s| s.image == self.cfg.image).collect()
+        states
+            .into_iter()
+            .filter(|s| s.image == self.cfg.image)
+            .collect()
     }
 
     fn seen_running(&mut self, states: &[SlotState]) {
@@ -274,26 +316,48 @@ impl Flow<'_> {
     fn run(&mut self) -> Result<RelayOutcome, McuError> {
         let want = self.img.hash.clone();
         let want_hex = hex::encode(&want);
-        self.report(RelayPhase::Connecting, 0, format!("connecting ({})", self.img.describe()));
+        self.report(
+            RelayPhase::Connecting,
+            0,
+            format!("connecting ({})", self.img.describe()),
+        );
         let mut client = connect(self.node, self.cfg)?;
         client.params()?;
         let states = self.mine(client.image_state()?);
         self.seen_running(&states);
-        let same_relay = self.rec.relay.as_ref().filter(|r| r.image_hash == want_hex).cloned();
+        let same_relay = self
+            .rec
+            .relay
+            .as_ref()
+            .filter(|r| r.image_hash == want_hex)
+            .cloned();
 
         // 1. Already running?
         if let Some(a) = active(&states).filter(|a| a.hash == want) {
             let was_ours = same_relay.as_ref().is_some_and(|r| {
-                matches!(r.phase, RelayPhase::Rebooting | RelayPhase::Testing | RelayPhase::Confirmed)
+                matches!(
+                    r.phase,
+                    RelayPhase::Rebooting | RelayPhase::Testing | RelayPhase::Confirmed
+                )
             });
             if a.confirmed {
                 self.rec.state = "confirmed".into();
-                if was_ours && same_relay.as_ref().is_some_and(|r| r.phase != RelayPhase::Confirmed) {
+                if was_ours
+                    && same_relay
+                        .as_ref()
+                        .is_some_and(|r| r.phase != RelayPhase::Confirmed)
+                {
                     self.set_phase(RelayPhase::Confirmed)?;
                     return Ok(self.confirmed(0, 0, Duration::ZERO));
                 }
-                self.report(RelayPhase::Confirmed, 0, format!("already running {}", ver(&a.version)));
-                return Ok(RelayOutcome::AlreadyRunning { version: a.version.clone() });
+                self.report(
+                    RelayPhase::Confirmed,
+                    0,
+                    format!("already running {}", ver(&a.version)),
+                );
+                return Ok(RelayOutcome::AlreadyRunning {
+                    version: a.version.clone(),
+                });
             }
             // Running it on test: a relay (ours or someone's) got this far; finish it.
             if same_relay.is_none() {
@@ -303,7 +367,10 @@ impl Flow<'_> {
         }
 
         // 2. Reset already sent for this image and the node is back on the old one?
-        if let Some(r) = same_relay.as_ref().filter(|r| r.phase == RelayPhase::Rebooting) {
+        if let Some(r) = same_relay
+            .as_ref()
+            .filter(|r| r.phase == RelayPhase::Rebooting)
+        {
             let still_pending = states.iter().any(|s| s.hash == want && s.pending);
             if !still_pending {
                 return Ok(self.reverted(&states, r.version.clone()));
@@ -311,7 +378,11 @@ impl Flow<'_> {
             // The reset never went out (crash between record and reset): send it now.
             return self.reboot_and_check(&mut client, 0, 0, Duration::ZERO);
         }
-        if same_relay.is_none() || same_relay.as_ref().is_some_and(|r| r.phase == RelayPhase::Reverted) {
+        if same_relay.is_none()
+            || same_relay
+                .as_ref()
+                .is_some_and(|r| r.phase == RelayPhase::Reverted)
+        {
             self.start_record();
             self.save()?;
         }
@@ -332,7 +403,11 @@ impl Flow<'_> {
         // 4. Mark for test (unless it already is).
         self.check_cancel()?;
         if !staged.as_ref().is_some_and(|s| s.pending) {
-            self.report(RelayPhase::Testing, self.img.data.len() as u64, "marking the image for a test boot".into());
+            self.report(
+                RelayPhase::Testing,
+                self.img.data.len() as u64,
+                "marking the image for a test boot".into(),
+            );
             let after = self.mine(client.image_test(&want)?);
             if !after.iter().any(|s| s.hash == want && s.pending) {
                 return Err(McuError::Relay(format!(
@@ -368,10 +443,17 @@ impl Flow<'_> {
         // Recorded before the reset: after a crash from here on, the record tells
         // that a test boot may have happened.
         self.set_phase(RelayPhase::Rebooting)?;
-        self.report(RelayPhase::Rebooting, self.img.data.len() as u64, "resetting the node into the test image".into());
+        self.report(
+            RelayPhase::Rebooting,
+            self.img.data.len() as u64,
+            "resetting the node into the test image".into(),
+        );
         let acked = client.reset()?;
         if !acked {
-            log::info!("mcu {}: no answer to reset; assuming the node is already rebooting", self.node);
+            log::info!(
+                "mcu {}: no answer to reset; assuming the node is already rebooting",
+                self.node
+            );
         }
         let states = self.wait_back(client)?;
         if active(&states).is_some_and(|a| a.hash == self.img.hash) {
@@ -408,10 +490,17 @@ impl Flow<'_> {
                     continue;
                 }
             };
-            if states.iter().any(|s| s.hash == self.img.hash && s.pending && !s.active) {
-                last = "the node answers but still shows the image as pending: it has not reset".into();
+            if states
+                .iter()
+                .any(|s| s.hash == self.img.hash && s.pending && !s.active)
+            {
+                last = "the node answers but still shows the image as pending: it has not reset"
+                    .into();
                 if reset_at.elapsed() >= RESET_RETRY_AFTER && sends < MAX_RESET_SENDS {
-                    log::info!("mcu {}: the node has not reset; sending the reset again", self.node);
+                    log::info!(
+                        "mcu {}: the node has not reset; sending the reset again",
+                        self.node
+                    );
                     client.reset()?;
                     sends += 1;
                     reset_at = Instant::now();
@@ -431,7 +520,11 @@ impl Flow<'_> {
         resumed_from: u64,
         took: Duration,
     ) -> Result<RelayOutcome, McuError> {
-        self.report(RelayPhase::Rebooting, self.img.data.len() as u64, "confirming the new image".into());
+        self.report(
+            RelayPhase::Rebooting,
+            self.img.data.len() as u64,
+            "confirming the new image".into(),
+        );
         let after = self.mine(client.image_confirm(Some(&self.img.hash))?);
         let ok = active(&after).is_some_and(|a| a.hash == self.img.hash && a.confirmed);
         if !ok {
@@ -447,23 +540,37 @@ impl Flow<'_> {
 
     fn confirmed(&mut self, sent: u64, resumed_from: u64, took: Duration) -> RelayOutcome {
         self.rec.state = "confirmed".into();
-        self.report(RelayPhase::Confirmed, self.img.data.len() as u64, format!("{} confirmed", ver(&self.img.version)));
-        RelayOutcome::Confirmed { version: self.img.version.clone(), bytes_sent: sent, resumed_from, upload_time: took }
+        self.report(
+            RelayPhase::Confirmed,
+            self.img.data.len() as u64,
+            format!("{} confirmed", ver(&self.img.version)),
+        );
+        RelayOutcome::Confirmed {
+            version: self.img.version.clone(),
+            bytes_sent: sent,
+            resumed_from,
+            upload_time: took,
+        }
     }
 
     fn reverted(&mut self, states: &[SlotState], wanted_version: String) -> RelayOutcome {
         if let Some(r) = self.rec.relay.as_mut() {
             r.phase = RelayPhase::Reverted;
         }
-        let (running_version, running_hash) =
-            active(states).map(|a| (a.version.clone(), hex::encode(&a.hash))).unwrap_or_default();
+        let (running_version, running_hash) = active(states)
+            .map(|a| (a.version.clone(), hex::encode(&a.hash)))
+            .unwrap_or_default();
         let out = RelayOutcome::Reverted {
             running_version,
             running_hash,
             wanted_version,
             wanted_hash: hex::encode(&self.img.hash),
         };
-        self.report(RelayPhase::Reverted, self.img.data.len() as u64, out.describe());
+        self.report(
+            RelayPhase::Reverted,
+            self.img.data.len() as u64,
+            out.describe(),
+        );
         out
     }
 
@@ -493,14 +600,25 @@ impl Flow<'_> {
             let left = (total - off) as usize;
             let n = if room >= left { left } else { room & !3 };
             req.data = data[off as usize..off as usize + n].to_vec();
-            let t = if first { timeout * FIRST_CHUNK_TIMEOUT_FACTOR } else { timeout };
+            let t = if first {
+                timeout * FIRST_CHUNK_TIMEOUT_FACTOR
+            } else {
+                timeout
+            };
             let rsp = match client.upload(&req, t) {
                 Ok(r) => r,
                 Err(McuError::Device { err, .. })
-                    if first && !erased && err.group == Some(smp::GROUP_IMAGE) && err.rc == smp::IMG_ERR_NO_FREE_SLOT =>
+                    if first
+                        && !erased
+                        && err.group == Some(smp::GROUP_IMAGE)
+                        && err.rc == smp::IMG_ERR_NO_FREE_SLOT =>
                 {
                     // The secondary slot holds something the device will not overwrite.
-                    self.report(RelayPhase::Uploading, 0, "secondary slot busy; erasing it".into());
+                    self.report(
+                        RelayPhase::Uploading,
+                        0,
+                        "secondary slot busy; erasing it".into(),
+                    );
                     client.image_erase(None)?;
                     erased = true;
                     continue;
@@ -511,12 +629,19 @@ impl Flow<'_> {
             if rsp.off > total {
                 return Err(McuError::Protocol {
                     what: format!("image upload at offset {off}"),
-                    message: format!("the device reports offset {} beyond the image size {total}", rsp.off),
+                    message: format!(
+                        "the device reports offset {} beyond the image size {total}",
+                        rsp.off
+                    ),
                 });
             }
             if first && rsp.off > n as u64 {
                 resumed_from = rsp.off;
-                self.report(RelayPhase::Uploading, rsp.off, format!("the device resumes the upload at {}", rsp.off));
+                self.report(
+                    RelayPhase::Uploading,
+                    rsp.off,
+                    format!("the device resumes the upload at {}", rsp.off),
+                );
             } else if rsp.off < off {
                 restarts += 1;
                 if restarts > MAX_RESTARTS {
@@ -524,7 +649,14 @@ impl Flow<'_> {
                         "the device restarted the upload {restarts} times (last at offset {off})"
                     )));
                 }
-                self.report(RelayPhase::Uploading, rsp.off, format!("the device lost the upload at {off}; continuing at {}", rsp.off));
+                self.report(
+                    RelayPhase::Uploading,
+                    rsp.off,
+                    format!(
+                        "the device lost the upload at {off}; continuing at {}",
+                        rsp.off
+                    ),
+                );
             }
             if rsp.off == total {
                 if rsp.matched == Some(false) {
@@ -556,14 +688,21 @@ impl Flow<'_> {
                 persisted = off;
                 self.save()?;
             }
-            self.report(RelayPhase::Uploading, off, format!("{off} of {total} bytes"));
+            self.report(
+                RelayPhase::Uploading,
+                off,
+                format!("{off} of {total} bytes"),
+            );
         }
     }
 }
 
 /// The active slot of a state list (the running image).
 pub fn active(states: &[SlotState]) -> Option<&SlotState> {
-    states.iter().find(|s| s.active).or_else(|| states.iter().find(|s| s.slot == 0))
+    states
+        .iter()
+        .find(|s| s.active)
+        .or_else(|| states.iter().find(|s| s.slot == 0))
 }
 
 /// One node of [`relay_many`].
@@ -595,7 +734,12 @@ pub fn relay_many(
         jobs.iter()
             .zip(handles)
             .map(|(j, h)| {
-                let r = h.join().unwrap_or_else(|_| Err(McuError::Relay(format!("relay thread for {} panicked", j.node))));
+                let r = h.join().unwrap_or_else(|_| {
+                    Err(McuError::Relay(format!(
+                        "relay thread for {} panicked",
+                        j.node
+                    )))
+                });
                 (j.node.clone(), r)
             })
             .collect()
@@ -623,13 +767,22 @@ pub fn node_state(node: &str, cfg: &McuSection, data_dir: &Path) -> Result<NodeS
     let mut client = connect(node, cfg)?;
     let params = client.params()?;
     let slots = client.image_state()?;
-    let state = NodeState { slots, buf_size: params.map(|p| p.buf_size) };
+    let state = NodeState {
+        slots,
+        buf_size: params.map(|p| p.buf_size),
+    };
     let mut rec = record::load_or_default(data_dir, node);
-    let mine: Vec<SlotState> = state.slots.iter().filter(|s| s.image == cfg.image).cloned().collect();
+    let mine: Vec<SlotState> = state
+        .slots
+        .iter()
+        .filter(|s| s.image == cfg.image)
+        .cloned()
+        .collect();
     if let Some(a) = active(&mine) {
         rec.version = a.version.clone();
         rec.hash = hex::encode(&a.hash);
-        let reverted_still = rec.state == "reverted" && rec.relay.as_ref().is_some_and(|r| r.image_hash != rec.hash);
+        let reverted_still =
+            rec.state == "reverted" && rec.relay.as_ref().is_some_and(|r| r.image_hash != rec.hash);
         if !reverted_still {
             rec.state = live_state(&mine).into();
         }
@@ -665,7 +818,11 @@ pub fn node_report(node: &str, cfg: &McuSection, data_dir: &Path, live: bool) ->
     let mut report = McuReport {
         name: node.to_owned(),
         version: rec.version.clone(),
-        state: if rec.state.is_empty() { "unknown".into() } else { rec.state.clone() },
+        state: if rec.state.is_empty() {
+            "unknown".into()
+        } else {
+            rec.state.clone()
+        },
         last_error: rec.last_error.clone(),
     };
     match live_err {

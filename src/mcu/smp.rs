@@ -87,6 +87,52 @@ impl Op {
     }
 }
 
+/// One SMP command: operation, group and command id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cmd {
+    pub op: Op,
+    pub group: u16,
+    pub id: u8,
+}
+
+impl Cmd {
+    pub const ECHO: Cmd = Cmd {
+        op: Op::Write,
+        group: GROUP_OS,
+        id: OS_ECHO,
+    };
+    pub const RESET: Cmd = Cmd {
+        op: Op::Write,
+        group: GROUP_OS,
+        id: OS_RESET,
+    };
+    pub const PARAMS: Cmd = Cmd {
+        op: Op::Read,
+        group: GROUP_OS,
+        id: OS_PARAMS,
+    };
+    pub const IMAGE_STATE_READ: Cmd = Cmd {
+        op: Op::Read,
+        group: GROUP_IMAGE,
+        id: IMG_STATE,
+    };
+    pub const IMAGE_STATE_WRITE: Cmd = Cmd {
+        op: Op::Write,
+        group: GROUP_IMAGE,
+        id: IMG_STATE,
+    };
+    pub const IMAGE_UPLOAD: Cmd = Cmd {
+        op: Op::Write,
+        group: GROUP_IMAGE,
+        id: IMG_UPLOAD,
+    };
+    pub const IMAGE_ERASE: Cmd = Cmd {
+        op: Op::Write,
+        group: GROUP_IMAGE,
+        id: IMG_ERASE,
+    };
+}
+
 /// Header byte 0 bits 3-4: the SMP protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
@@ -132,12 +178,22 @@ impl Header {
                 buf.len()
             )));
         }
-        let op = Op::from_bits(buf[0] & 0x07)
-            .ok_or_else(|| SmpError(format!("unknown SMP op {} in header byte 0x{:02x}", buf[0] & 0x07, buf[0])))?;
+        let op = Op::from_bits(buf[0] & 0x07).ok_or_else(|| {
+            SmpError(format!(
+                "unknown SMP op {} in header byte 0x{:02x}",
+                buf[0] & 0x07,
+                buf[0]
+            ))
+        })?;
         let version = match (buf[0] >> 3) & 0x03 {
             0 => Version::V1,
             1 => Version::V2,
-            v => return Err(SmpError(format!("unsupported SMP version {v} in header byte 0x{:02x}", buf[0]))),
+            v => {
+                return Err(SmpError(format!(
+                    "unsupported SMP version {v} in header byte 0x{:02x}",
+                    buf[0]
+                )))
+            }
         };
         Ok(Header {
             op,
@@ -164,12 +220,32 @@ pub struct Message {
 }
 
 /// Encodes one packet: header + CBOR body. The body must fit the u16 length field.
-pub fn encode(op: Op, version: Version, group: u16, cmd: u8, seq: u8, body: &Value) -> Result<Vec<u8>, SmpError> {
+pub fn encode(
+    op: Op,
+    version: Version,
+    group: u16,
+    cmd: u8,
+    seq: u8,
+    body: &Value,
+) -> Result<Vec<u8>, SmpError> {
     let mut cbor = Vec::new();
-    ciborium::into_writer(body, &mut cbor).map_err(|e| SmpError(format!("cannot encode CBOR body: {e}")))?;
-    let len = u16::try_from(cbor.len())
-        .map_err(|_| SmpError(format!("CBOR body of {} bytes exceeds the SMP limit of 65535", cbor.len())))?;
-    let header = Header { op, version, flags: 0, len, group, seq, cmd };
+    ciborium::into_writer(body, &mut cbor)
+        .map_err(|e| SmpError(format!("cannot encode CBOR body: {e}")))?;
+    let len = u16::try_from(cbor.len()).map_err(|_| {
+        SmpError(format!(
+            "CBOR body of {} bytes exceeds the SMP limit of 65535",
+            cbor.len()
+        ))
+    })?;
+    let header = Header {
+        op,
+        version,
+        flags: 0,
+        len,
+        group,
+        seq,
+        cmd,
+    };
     let mut out = Vec::with_capacity(HEADER_LEN + cbor.len());
     out.extend_from_slice(&header.to_bytes());
     out.extend_from_slice(&cbor);
@@ -195,7 +271,10 @@ pub fn decode(packet: &[u8]) -> Result<Message, SmpError> {
         Value::Map(Vec::new())
     } else {
         ciborium::from_reader(body).map_err(|e| {
-            SmpError(format!("bad CBOR body (group {}, command {}): {e}", header.group, header.cmd))
+            SmpError(format!(
+                "bad CBOR body (group {}, command {}): {e}",
+                header.group, header.cmd
+            ))
         })?
     };
     if !matches!(value, Value::Map(_)) {
@@ -204,7 +283,10 @@ pub fn decode(packet: &[u8]) -> Result<Message, SmpError> {
             header.group, header.cmd
         )));
     }
-    Ok(Message { header, body: value })
+    Ok(Message {
+        header,
+        body: value,
+    })
 }
 
 // ---------------------------------------------------------------------------------
@@ -231,7 +313,13 @@ impl fmt::Display for DeviceError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.group {
             None => write!(f, "rc {} ({})", self.rc, mgmt_err_text(self.rc))?,
-            Some(g) => write!(f, "{} group error {} ({})", group_name(g), self.rc, group_err_text(g, self.rc))?,
+            Some(g) => write!(
+                f,
+                "{} group error {} ({})",
+                group_name(g),
+                self.rc,
+                group_err_text(g, self.rc)
+            )?,
         }
         if let Some(r) = &self.reason {
             write!(f, ": {r}")?;
@@ -333,14 +421,25 @@ pub fn check_error(body: &Value) -> Result<(), DeviceError> {
     if let Some(err) = map.get("err") {
         let e = Map::of(err);
         let rc = e.int("rc").unwrap_or(RC_UNKNOWN as i128);
-        let group = e.int("group").and_then(|g| u16::try_from(g).ok()).unwrap_or(u16::MAX);
+        let group = e
+            .int("group")
+            .and_then(|g| u16::try_from(g).ok())
+            .unwrap_or(u16::MAX);
         if rc != 0 {
-            return Err(DeviceError { group: Some(group), rc: clamp_rc(rc), reason });
+            return Err(DeviceError {
+                group: Some(group),
+                rc: clamp_rc(rc),
+                reason,
+            });
         }
     }
     if let Some(rc) = map.int("rc") {
         if rc != 0 {
-            return Err(DeviceError { group: None, rc: clamp_rc(rc), reason });
+            return Err(DeviceError {
+                group: None,
+                rc: clamp_rc(rc),
+                reason,
+            });
         }
     }
     Ok(())
@@ -354,7 +453,10 @@ fn clamp_rc(rc: i128) -> i64 {
 pub fn error_body(version: Version, group: u16, rc: i64) -> Value {
     match version {
         Version::V1 => map(vec![("rc", Value::from(rc))]),
-        Version::V2 => map(vec![("err", map(vec![("group", Value::from(group)), ("rc", Value::from(rc))]))]),
+        Version::V2 => map(vec![(
+            "err",
+            map(vec![("group", Value::from(group)), ("rc", Value::from(rc))]),
+        )]),
     }
 }
 
@@ -363,7 +465,12 @@ pub fn error_body(version: Version, group: u16, rc: i64) -> Value {
 
 /// Builds a CBOR map with text keys in the given order.
 pub fn map(entries: Vec<(&str, Value)>) -> Value {
-    Value::Map(entries.into_iter().map(|(k, v)| (Value::Text(k.to_owned()), v)).collect())
+    Value::Map(
+        entries
+            .into_iter()
+            .map(|(k, v)| (Value::Text(k.to_owned()), v))
+            .collect(),
+    )
 }
 
 /// Read access to a CBOR map by text key; a non-map reads as empty.
@@ -379,7 +486,10 @@ impl<'a> Map<'a> {
     }
 
     pub fn get(&self, key: &str) -> Option<&'a Value> {
-        self.0.iter().find(|(k, _)| matches!(k, Value::Text(t) if t == key)).map(|(_, v)| v)
+        self.0
+            .iter()
+            .find(|(k, _)| matches!(k, Value::Text(t) if t == key))
+            .map(|(_, v)| v)
     }
 
     pub fn int(&self, key: &str) -> Option<i128> {
@@ -418,10 +528,12 @@ impl<'a> Map<'a> {
     pub fn req_uint(&self, key: &str, what: &str) -> Result<u64, SmpError> {
         match self.get(key) {
             None => Err(SmpError(format!("{what}: field \"{key}\" is missing"))),
-            Some(Value::Integer(i)) => {
-                u64::try_from(i128::from(*i)).map_err(|_| SmpError(format!("{what}: field \"{key}\" is negative")))
-            }
-            Some(other) => Err(SmpError(format!("{what}: field \"{key}\" is {}, not an integer", kind(other)))),
+            Some(Value::Integer(i)) => u64::try_from(i128::from(*i))
+                .map_err(|_| SmpError(format!("{what}: field \"{key}\" is negative"))),
+            Some(other) => Err(SmpError(format!(
+                "{what}: field \"{key}\" is {}, not an integer",
+                kind(other)
+            ))),
         }
     }
 }
@@ -479,7 +591,10 @@ impl Params {
     }
 
     pub fn to_value(self) -> Value {
-        map(vec![("buf_size", Value::from(self.buf_size)), ("buf_count", Value::from(self.buf_count))])
+        map(vec![
+            ("buf_size", Value::from(self.buf_size)),
+            ("buf_count", Value::from(self.buf_count)),
+        ])
     }
 }
 
@@ -511,7 +626,10 @@ impl SlotState {
     fn parse(v: &Value, idx: usize) -> Result<SlotState, SmpError> {
         let m = Map::of(v);
         if !matches!(v, Value::Map(_)) {
-            return Err(SmpError(format!("image state entry {idx} is {}, not a map", kind(v))));
+            return Err(SmpError(format!(
+                "image state entry {idx} is {}, not a map",
+                kind(v)
+            )));
         }
         let what = format!("image state entry {idx}");
         Ok(SlotState {
@@ -573,16 +691,28 @@ impl SlotState {
 /// Parses `{"images": [...], "splitStatus": n}` (state read and state write responses).
 pub fn parse_image_states(body: &Value) -> Result<Vec<SlotState>, SmpError> {
     match Map::of(body).get("images") {
-        Some(Value::Array(items)) => items.iter().enumerate().map(|(i, v)| SlotState::parse(v, i)).collect(),
-        Some(other) => Err(SmpError(format!("image state: \"images\" is {}, not an array", kind(other)))),
-        None => Err(SmpError("image state response has no \"images\" list".into())),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| SlotState::parse(v, i))
+            .collect(),
+        Some(other) => Err(SmpError(format!(
+            "image state: \"images\" is {}, not an array",
+            kind(other)
+        ))),
+        None => Err(SmpError(
+            "image state response has no \"images\" list".into(),
+        )),
     }
 }
 
 /// Builds a state response body (used by the simulator).
 pub fn image_states_body(slots: &[SlotState]) -> Value {
     map(vec![
-        ("images", Value::Array(slots.iter().map(SlotState::to_value).collect())),
+        (
+            "images",
+            Value::Array(slots.iter().map(SlotState::to_value).collect()),
+        ),
         ("splitStatus", Value::from(0)),
     ])
 }
@@ -636,11 +766,16 @@ impl UploadRequest {
     pub fn parse(body: &Value) -> Result<UploadRequest, SmpError> {
         let m = Map::of(body);
         Ok(UploadRequest {
-            image: m.uint("image").map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
+            image: m
+                .uint("image")
+                .map(|i| u32::try_from(i).unwrap_or(u32::MAX)),
             len: m.uint("len"),
             off: m.req_uint("off", "upload request")?,
             sha: m.bytes("sha").map(<[u8]>::to_vec),
-            data: m.bytes("data").ok_or_else(|| SmpError("upload request: field \"data\" is missing".into()))?.to_vec(),
+            data: m
+                .bytes("data")
+                .ok_or_else(|| SmpError("upload request: field \"data\" is missing".into()))?
+                .to_vec(),
             upgrade: m.bool("upgrade"),
         })
     }
@@ -665,7 +800,10 @@ pub struct UploadResponse {
 impl UploadResponse {
     pub fn parse(body: &Value) -> Result<UploadResponse, SmpError> {
         let m = Map::of(body);
-        Ok(UploadResponse { off: m.req_uint("off", "upload response")?, matched: m.bool("match") })
+        Ok(UploadResponse {
+            off: m.req_uint("off", "upload response")?,
+            matched: m.bool("match"),
+        })
     }
 
     pub fn to_value(self) -> Value {
@@ -702,7 +840,15 @@ mod tests {
 
     #[test]
     fn header_roundtrip_and_bit_layout() {
-        let h = Header { op: Op::Write, version: Version::V2, flags: 0, len: 0x1234, group: 1, seq: 7, cmd: 1 };
+        let h = Header {
+            op: Op::Write,
+            version: Version::V2,
+            flags: 0,
+            len: 0x1234,
+            group: 1,
+            seq: 7,
+            cmd: 1,
+        };
         let b = h.to_bytes();
         assert_eq!(b, [0x0a, 0, 0x12, 0x34, 0, 1, 7, 1]);
         assert_eq!(Header::parse(&b).unwrap(), h);
@@ -743,7 +889,10 @@ mod tests {
         assert_eq!(e.to_string(), "rc 9 (corrupt)");
         let v2 = error_body(Version::V2, GROUP_IMAGE, IMG_ERR_INVALID_IMAGE_HEADER_MAGIC);
         let e = check_error(&v2).unwrap_err();
-        assert_eq!(e.to_string(), "image group error 23 (invalid image header magic)");
+        assert_eq!(
+            e.to_string(),
+            "image group error 23 (invalid image header magic)"
+        );
         assert!(check_error(&map(vec![("rc", Value::from(0))])).is_ok());
         assert!(check_error(&map(vec![("off", Value::from(10))])).is_ok());
     }
@@ -771,13 +920,17 @@ mod tests {
             pending: true,
             ..Default::default()
         };
-        let body = image_states_body(&[s.clone()]);
+        let body = image_states_body(std::slice::from_ref(&s));
         assert_eq!(parse_image_states(&body).unwrap(), vec![s]);
     }
 
     #[test]
     fn encoded_len_grows_with_the_byte_string_head() {
-        let mut r = UploadRequest { off: 0, data: vec![0; 23], ..Default::default() };
+        let mut r = UploadRequest {
+            off: 0,
+            data: vec![0; 23],
+            ..Default::default()
+        };
         let a = r.encoded_len();
         r.data = vec![0; 24];
         assert_eq!(r.encoded_len(), a + 2);

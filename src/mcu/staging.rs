@@ -27,7 +27,12 @@ pub fn path(data_dir: &Path, node: &str) -> PathBuf {
 }
 
 /// Checks an image file for `node` (with the node's key) and stages a copy.
-pub fn stage_image(node: &str, cfg: &McuSection, src: &Path, data_dir: &Path) -> Result<McuImage, McuError> {
+pub fn stage_image(
+    node: &str,
+    cfg: &McuSection,
+    src: &Path,
+    data_dir: &Path,
+) -> Result<McuImage, McuError> {
     let img = relay::load_for(cfg, src)?;
     store(node, &img, data_dir)?;
     Ok(img)
@@ -35,7 +40,13 @@ pub fn stage_image(node: &str, cfg: &McuSection, src: &Path, data_dir: &Path) ->
 
 /// Checks image bytes (e.g. read from a bundle member; `name` is used in messages)
 /// and stages them.
-pub fn stage_bytes(node: &str, cfg: &McuSection, name: &Path, data: Vec<u8>, data_dir: &Path) -> Result<McuImage, McuError> {
+pub fn stage_bytes(
+    node: &str,
+    cfg: &McuSection,
+    name: &Path,
+    data: Vec<u8>,
+    data_dir: &Path,
+) -> Result<McuImage, McuError> {
     let key = cfg.key.as_deref().map(image::load_key).transpose()?;
     let img = image::parse(name, data, key.as_ref())?;
     store(node, &img, data_dir)?;
@@ -44,9 +55,11 @@ pub fn stage_bytes(node: &str, cfg: &McuSection, name: &Path, data: Vec<u8>, dat
 
 fn store(node: &str, img: &McuImage, data_dir: &Path) -> Result<(), McuError> {
     let d = dir(data_dir);
-    std::fs::create_dir_all(&d).map_err(|e| McuError::io(format!("cannot create {}", d.display()), e))?;
+    std::fs::create_dir_all(&d)
+        .map_err(|e| McuError::io(format!("cannot create {}", d.display()), e))?;
     let p = path(data_dir, node);
-    write_atomic(&p, &img.data).map_err(|e| McuError::io(format!("cannot stage {}", p.display()), e))
+    write_atomic(&p, &img.data)
+        .map_err(|e| McuError::io(format!("cannot stage {}", p.display()), e))
 }
 
 /// Nodes that have a staged image, sorted.
@@ -59,7 +72,12 @@ pub fn staged_nodes(data_dir: &Path) -> Result<Vec<String>, McuError> {
     };
     let mut nodes: Vec<String> = entries
         .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".img")).map(str::to_owned))
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".img"))
+                .map(str::to_owned)
+        })
         .collect();
     nodes.sort();
     Ok(nodes)
@@ -69,7 +87,8 @@ pub fn staged_nodes(data_dir: &Path) -> Result<Vec<String>, McuError> {
 pub fn discard(data_dir: &Path, node: &str) -> Result<(), McuError> {
     let p = path(data_dir, node);
     match std::fs::remove_file(&p) {
-        Ok(()) => crate::fsutil::sync_dir(&dir(data_dir)).map_err(|e| McuError::io(format!("sync {}", p.display()), e)),
+        Ok(()) => crate::fsutil::sync_dir(&dir(data_dir))
+            .map_err(|e| McuError::io(format!("sync {}", p.display()), e)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(McuError::io(format!("cannot remove {}", p.display()), e)),
     }

@@ -24,7 +24,9 @@ pub mod tools;
 
 use ciborium::Value;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use rota::mcu::smp::{self, Header, Message, Op, Params, SlotState, UploadRequest, UploadResponse, Version};
+use rota::mcu::smp::{
+    self, Header, Message, Op, Params, SlotState, UploadRequest, UploadResponse, Version,
+};
 use rota::mcu::transport::serial::{encode_frame, make_raw, FrameDecoder};
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::collections::VecDeque;
@@ -137,6 +139,10 @@ pub struct Stats {
     pub bad_frames_in: u64,
     /// Requests larger than the buffer (dropped).
     pub oversize: u64,
+    /// Bytes received / sent on the wire (serial: framed bytes; UDP: datagrams plus
+    /// 28 bytes of IPv4 and UDP headers each).
+    pub wire_rx: u64,
+    pub wire_tx: u64,
 }
 
 /// The simulated device: flash slots, boot state, upload session, faults.
@@ -198,7 +204,9 @@ impl Device {
             return;
         }
         if let Some(permanent) = self.pending.take() {
-            let Some(new) = self.secondary.take() else { return };
+            let Some(new) = self.secondary.take() else {
+                return;
+            };
             if !new.valid {
                 // MCUboot refuses an image whose hash TLV does not match: it erases it.
                 return;
@@ -276,7 +284,9 @@ impl Device {
             self.stats.dropped += 1;
             return None;
         }
-        if self.faults.drop_every > 0 && self.stats.requests % u64::from(self.faults.drop_every) == 0 {
+        if self.faults.drop_every > 0
+            && self.stats.requests % u64::from(self.faults.drop_every) == 0
+        {
             self.stats.dropped += 1;
             return None;
         }
@@ -294,7 +304,11 @@ impl Device {
                 Dispatch::Silent => return None,
             }
         };
-        let version = if self.cfg.v1_only { Version::V1 } else { h.version };
+        let version = if self.cfg.v1_only {
+            Version::V1
+        } else {
+            h.version
+        };
         smp::encode(h.op.response(), version, h.group, h.cmd, h.seq, &body).ok()
     }
 
@@ -305,7 +319,9 @@ impl Device {
             self.stats.corrupted += 1;
             return true;
         }
-        if self.faults.corrupt_every > 0 && self.stats.requests % u64::from(self.faults.corrupt_every) == 0 {
+        if self.faults.corrupt_every > 0
+            && self.stats.requests % u64::from(self.faults.corrupt_every) == 0
+        {
             self.stats.corrupted += 1;
             return true;
         }
@@ -325,10 +341,16 @@ impl Device {
                 self.reset_at = Some(now + self.cfg.reset_delay);
                 Dispatch::Answer(smp::map(vec![]))
             }
-            (smp::GROUP_OS, smp::OS_PARAMS, true) => {
-                Dispatch::Answer(Params { buf_size: self.cfg.buf_size, buf_count: 4 }.to_value())
+            (smp::GROUP_OS, smp::OS_PARAMS, true) => Dispatch::Answer(
+                Params {
+                    buf_size: self.cfg.buf_size,
+                    buf_count: 4,
+                }
+                .to_value(),
+            ),
+            (smp::GROUP_IMAGE, smp::IMG_STATE, true) => {
+                Dispatch::Answer(smp::image_states_body(&self.states()))
             }
-            (smp::GROUP_IMAGE, smp::IMG_STATE, true) => Dispatch::Answer(smp::image_states_body(&self.states())),
             (smp::GROUP_IMAGE, smp::IMG_STATE, false) => self.state_write(b),
             (smp::GROUP_IMAGE, smp::IMG_UPLOAD, false) => self.upload(b, now),
             (smp::GROUP_IMAGE, smp::IMG_ERASE, false) => {
@@ -357,19 +379,25 @@ impl Device {
                 Some(h) if h == self.primary.hash.as_slice() => self.confirm_running(),
                 // Confirming the secondary image: a permanent upgrade at the next reset.
                 Some(h) if in_secondary(self, h) => self.pending = Some(true),
-                Some(_) => return Dispatch::Err(Some(smp::GROUP_IMAGE), smp::IMG_ERR_HASH_NOT_FOUND),
+                Some(_) => {
+                    return Dispatch::Err(Some(smp::GROUP_IMAGE), smp::IMG_ERR_HASH_NOT_FOUND)
+                }
             }
         } else {
             match hash {
                 None => return Dispatch::Err(None, smp::RC_EINVAL),
-                Some(h) if h == self.primary.hash.as_slice() => return Dispatch::Err(Some(smp::GROUP_IMAGE), 33),
+                Some(h) if h == self.primary.hash.as_slice() => {
+                    return Dispatch::Err(Some(smp::GROUP_IMAGE), 33)
+                }
                 Some(h) if in_secondary(self, h) => {
                     if self.test_boot {
                         return Dispatch::Err(None, smp::RC_EBADSTATE);
                     }
                     self.pending = Some(false);
                 }
-                Some(_) => return Dispatch::Err(Some(smp::GROUP_IMAGE), smp::IMG_ERR_HASH_NOT_FOUND),
+                Some(_) => {
+                    return Dispatch::Err(Some(smp::GROUP_IMAGE), smp::IMG_ERR_HASH_NOT_FOUND)
+                }
             }
         }
         Dispatch::Answer(smp::image_states_body(&self.states()))
@@ -409,12 +437,21 @@ impl Device {
             };
             let magic = u32::from_le_bytes([req.data[0], req.data[1], req.data[2], req.data[3]]);
             if magic != rota::mcu::image::IMAGE_MAGIC && !self.cfg.accept_raw {
-                return Dispatch::Err(Some(smp::GROUP_IMAGE), smp::IMG_ERR_INVALID_IMAGE_HEADER_MAGIC);
+                return Dispatch::Err(
+                    Some(smp::GROUP_IMAGE),
+                    smp::IMG_ERR_INVALID_IMAGE_HEADER_MAGIC,
+                );
             }
             if let (Some(sha), Some(u)) = (&req.sha, &self.upload) {
                 if u.sha.as_ref() == Some(sha) && u.len == len {
                     self.stats.resumed_sessions += 1;
-                    return Dispatch::Answer(UploadResponse { off: u.buf.len() as u64, matched: None }.to_value());
+                    return Dispatch::Answer(
+                        UploadResponse {
+                            off: u.buf.len() as u64,
+                            matched: None,
+                        }
+                        .to_value(),
+                    );
                 }
             }
             if self.pending.is_some() || self.test_boot {
@@ -425,14 +462,26 @@ impl Device {
             }
             // New session: the secondary slot is erased.
             self.secondary = None;
-            self.upload = Some(Upload { len, sha: req.sha.clone(), buf: Vec::with_capacity(len as usize) });
+            self.upload = Some(Upload {
+                len,
+                sha: req.sha.clone(),
+                buf: Vec::with_capacity(len as usize),
+            });
         } else {
             let want = expected(self);
             if self.upload.is_none() || req.off != want {
-                return Dispatch::Answer(UploadResponse { off: want, matched: None }.to_value());
+                return Dispatch::Answer(
+                    UploadResponse {
+                        off: want,
+                        matched: None,
+                    }
+                    .to_value(),
+                );
             }
         }
-        let Some(u) = self.upload.as_mut() else { return Dispatch::Err(None, smp::RC_EBADSTATE) };
+        let Some(u) = self.upload.as_mut() else {
+            return Dispatch::Err(None, smp::RC_EBADSTATE);
+        };
         if req.off + req.data.len() as u64 > u.len {
             return Dispatch::Err(Some(smp::GROUP_IMAGE), smp::IMG_ERR_DATA_OVERRUN);
         }
@@ -442,8 +491,13 @@ impl Device {
         if off < u.len {
             return Dispatch::Answer(UploadResponse { off, matched: None }.to_value());
         }
-        let Some(done) = self.upload.take() else { return Dispatch::Err(None, smp::RC_EBADSTATE) };
-        let matched = done.sha.as_ref().map(|s| Sha256::digest(&done.buf).as_slice() == s.as_slice());
+        let Some(done) = self.upload.take() else {
+            return Dispatch::Err(None, smp::RC_EBADSTATE);
+        };
+        let matched = done
+            .sha
+            .as_ref()
+            .map(|s| Sha256::digest(&done.buf).as_slice() == s.as_slice());
         self.stats.uploads_completed += 1;
         self.stats.last_upload = Some(done.buf.clone());
         self.secondary = Some(slot_from(done.buf, self.cfg.accept_raw));
@@ -464,10 +518,10 @@ fn error_for(version: Version, group: Option<u16>, rc: i64) -> Value {
         (Version::V2, Some(g)) => smp::error_body(Version::V2, g, rc),
         (Version::V1, Some(_)) => {
             let generic = match rc {
-                9 | 15 => 2,     // no free slot / memory -> ENOMEM
-                3 | 4 | 8 => 5,  // no image / TLVs / hash -> ENOENT
-                32 | 33 => 6,    // denied -> EBADSTATE
-                _ => 3,          // EINVAL
+                9 | 15 => 2,    // no free slot / memory -> ENOMEM
+                3 | 4 | 8 => 5, // no image / TLVs / hash -> ENOENT
+                32 | 33 => 6,   // denied -> EBADSTATE
+                _ => 3,         // EINVAL
             };
             smp::map(vec![("rc", Value::from(generic))])
         }
@@ -479,8 +533,18 @@ fn error_for(version: Version, group: Option<u16>, rc: i64) -> Value {
 /// rota) and version, or the file's SHA-256 for raw images.
 pub fn slot_from(data: Vec<u8>, accept_raw: bool) -> Slot {
     match mcuboot_check(&data) {
-        Some((hash, version, valid)) => Slot { data, hash, version, valid },
-        None => Slot { hash: Sha256::digest(&data).to_vec(), version: String::new(), valid: accept_raw, data },
+        Some((hash, version, valid)) => Slot {
+            data,
+            hash,
+            version,
+            valid,
+        },
+        None => Slot {
+            hash: Sha256::digest(&data).to_vec(),
+            version: String::new(),
+            valid: accept_raw,
+            data,
+        },
     }
 }
 
@@ -489,7 +553,12 @@ fn rd16(b: &[u8], o: usize) -> Option<usize> {
 }
 
 fn rd32(b: &[u8], o: usize) -> Option<u32> {
-    Some(u32::from_le_bytes([*b.get(o)?, *b.get(o + 1)?, *b.get(o + 2)?, *b.get(o + 3)?]))
+    Some(u32::from_le_bytes([
+        *b.get(o)?,
+        *b.get(o + 1)?,
+        *b.get(o + 2)?,
+        *b.get(o + 3)?,
+    ]))
 }
 
 /// MCUboot-style validation: (hash TLV value, version, hash matches).
@@ -567,7 +636,9 @@ impl Sim {
         let baud = self.dev().cfg.baud;
         make_raw(&pty.slave, baud.unwrap_or(115_200)).map_err(std::io::Error::from)?;
         let (dev, stop) = (self.device.clone(), self.stop.clone());
-        self.threads.push(std::thread::spawn(move || pty_loop(pty.master, pty.slave, dev, stop, baud)));
+        self.threads.push(std::thread::spawn(move || {
+            pty_loop(pty.master, pty.slave, dev, stop, baud)
+        }));
         self.pty = Some(path.clone());
         Ok(path)
     }
@@ -578,7 +649,8 @@ impl Sim {
         sock.set_read_timeout(Some(Duration::from_millis(10)))?;
         let local = sock.local_addr()?;
         let (dev, stop) = (self.device.clone(), self.stop.clone());
-        self.threads.push(std::thread::spawn(move || udp_loop(sock, dev, stop)));
+        self.threads
+            .push(std::thread::spawn(move || udp_loop(sock, dev, stop)));
         self.udp = Some(local);
         Ok(local)
     }
@@ -606,12 +678,17 @@ struct Pace {
 
 impl Pace {
     fn new(baud: Option<u32>) -> Self {
-        Self { bytes_per_sec: baud.map(|b| f64::from(b) / 10.0), clock: Instant::now() }
+        Self {
+            bytes_per_sec: baud.map(|b| f64::from(b) / 10.0),
+            clock: Instant::now(),
+        }
     }
 
     /// Waits until `n` more bytes would have crossed the line.
     fn account(&mut self, n: usize) {
-        let Some(rate) = self.bytes_per_sec else { return };
+        let Some(rate) = self.bytes_per_sec else {
+            return;
+        };
         let now = Instant::now();
         if self.clock < now {
             self.clock = now;
@@ -624,7 +701,13 @@ impl Pace {
     }
 }
 
-fn pty_loop(master: OwnedFd, _slave: OwnedFd, dev: Arc<Mutex<Device>>, stop: Arc<AtomicBool>, baud: Option<u32>) {
+fn pty_loop(
+    master: OwnedFd,
+    _slave: OwnedFd,
+    dev: Arc<Mutex<Device>>,
+    stop: Arc<AtomicBool>,
+    baud: Option<u32>,
+) {
     // `_slave` stays open so the master never sees a hang-up between clients.
     let mut file = File::from(master);
     let mut decoder = FrameDecoder::new();
@@ -632,7 +715,9 @@ fn pty_loop(master: OwnedFd, _slave: OwnedFd, dev: Arc<Mutex<Device>>, stop: Arc
     let (mut rx, mut tx) = (Pace::new(baud), Pace::new(baud));
     let mut buf = [0u8; 4096];
     while !stop.load(Ordering::SeqCst) {
-        dev.lock().unwrap_or_else(|e| e.into_inner()).tick(Instant::now());
+        dev.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tick(Instant::now());
         let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(10u8)) {
             Ok(n) if n > 0 => {}
@@ -646,6 +731,7 @@ fn pty_loop(master: OwnedFd, _slave: OwnedFd, dev: Arc<Mutex<Device>>, stop: Arc
             }
         };
         rx.account(n);
+        dev.lock().unwrap_or_else(|e| e.into_inner()).stats.wire_rx += n as u64;
         let before = decoder.bad_frames;
         decoder.push(&buf[..n], &mut packets);
         let bad = decoder.bad_frames - before;
@@ -668,6 +754,7 @@ fn pty_loop(master: OwnedFd, _slave: OwnedFd, dev: Arc<Mutex<Device>>, stop: Arc
                 frame = bad_crc_frame(&answer);
             }
             tx.account(frame.len());
+            dev.lock().unwrap_or_else(|e| e.into_inner()).stats.wire_tx += frame.len() as u64;
             let _ = file.write_all(&frame);
         }
     }
@@ -682,7 +769,11 @@ fn bad_crc_frame(packet: &[u8]) -> Vec<u8> {
     raw.extend_from_slice(&crc.to_be_bytes());
     let text = base64_encode(&raw);
     let mut out = Vec::new();
-    for (i, part) in text.as_bytes().chunks(rota::mcu::transport::serial::LINE_B64).enumerate() {
+    for (i, part) in text
+        .as_bytes()
+        .chunks(rota::mcu::transport::serial::LINE_B64)
+        .enumerate()
+    {
         out.extend_from_slice(if i == 0 { &[0x06, 0x09] } else { &[0x04, 0x14] });
         out.extend_from_slice(part);
         out.push(b'\n');
@@ -698,13 +789,16 @@ fn base64_encode(b: &[u8]) -> String {
 fn udp_loop(sock: UdpSocket, dev: Arc<Mutex<Device>>, stop: Arc<AtomicBool>) {
     let mut buf = vec![0u8; 65_536];
     while !stop.load(Ordering::SeqCst) {
-        dev.lock().unwrap_or_else(|e| e.into_inner()).tick(Instant::now());
+        dev.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .tick(Instant::now());
         let (n, from) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
             Err(_) => continue,
         };
         let (answer, corrupt) = {
             let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            d.stats.wire_rx += n as u64 + 28;
             if n > d.cfg.buf_size as usize {
                 d.stats.oversize += 1;
                 continue;
@@ -718,6 +812,7 @@ fn udp_loop(sock: UdpSocket, dev: Arc<Mutex<Device>>, stop: Arc<AtomicBool>) {
                 // A datagram whose header length no longer matches: the client drops it.
                 a.truncate(a.len() - 1);
             }
+            dev.lock().unwrap_or_else(|e| e.into_inner()).stats.wire_tx += a.len() as u64 + 28;
             let _ = sock.send_to(&a, from);
         }
     }

@@ -33,13 +33,23 @@ pub fn venv_bin(name: &str) -> PathBuf {
 /// The venv's python (with smpclient), checked to import it.
 pub fn python_with_smpclient() -> PathBuf {
     let py = venv_bin("python3");
-    let ok = Command::new(&py).args(["-c", "import smpclient, serial"]).status().map(|s| s.success()).unwrap_or(false);
-    assert!(ok, "{} cannot import smpclient and pyserial: pip install 'smpclient[serial]'", py.display());
+    let ok = Command::new(&py)
+        .args(["-c", "import smpclient, serial"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(
+        ok,
+        "{} cannot import smpclient and pyserial: pip install 'smpclient[serial]'",
+        py.display()
+    );
     py
 }
 
 fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -53,8 +63,17 @@ fn run(cmd: &mut Command) -> String {
 pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
     let key = dir.join(format!("{name}.pem"));
     let public = dir.join(format!("{name}.pub.pem"));
-    run(Command::new(venv_bin("imgtool")).arg("keygen").arg("-k").arg(&key).args(["-t", "ed25519"]));
-    run(Command::new(venv_bin("imgtool")).arg("getpub").arg("-k").arg(&key).args(["-e", "pem", "-o"]).arg(&public));
+    run(Command::new(venv_bin("imgtool"))
+        .arg("keygen")
+        .arg("-k")
+        .arg(&key)
+        .args(["-t", "ed25519"]));
+    run(Command::new(venv_bin("imgtool"))
+        .arg("getpub")
+        .arg("-k")
+        .arg(&key)
+        .args(["-e", "pem", "-o"])
+        .arg(&public));
     (key, public)
 }
 
@@ -62,12 +81,26 @@ pub fn keygen(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 pub fn sign(dir: &Path, key: &Path, payload: &[u8], version: &str, extra: &[&str]) -> PathBuf {
     let input = dir.join(format!("in-{version}-{}.bin", payload.len()));
     std::fs::write(&input, payload).unwrap();
-    let out = dir.join(format!("app-{version}-{}{}.signed.bin", payload.len(), extra.join("").replace('-', "")));
+    let out = dir.join(format!(
+        "app-{version}-{}{}.signed.bin",
+        payload.len(),
+        extra.join("").replace('-', "")
+    ));
     run(Command::new(venv_bin("imgtool"))
         .arg("sign")
         .arg("--key")
         .arg(key)
-        .args(["--header-size", "0x200", "--align", "4", "--version", version, "--slot-size", "0x100000", "--pad-header"])
+        .args([
+            "--header-size",
+            "0x200",
+            "--align",
+            "4",
+            "--version",
+            version,
+            "--slot-size",
+            "0x100000",
+            "--pad-header",
+        ])
         .args(extra)
         .arg(&input)
         .arg(&out));

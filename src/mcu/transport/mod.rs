@@ -67,7 +67,10 @@ pub trait Transport: Send {
                     packet.len() - smp::HEADER_LEN
                 ),
                 Ok(h)
-                    if h.seq == req.seq && h.group == req.group && h.cmd == req.cmd && h.op == req.op.response() =>
+                    if h.seq == req.seq
+                        && h.group == req.group
+                        && h.cmd == req.cmd
+                        && h.op == req.op.response() =>
                 {
                     return Ok(packet)
                 }
@@ -90,17 +93,15 @@ pub trait Transport: Send {
 pub fn open(node: &str, cfg: &McuSection) -> Result<Box<dyn Transport>, McuError> {
     match cfg.transport {
         McuTransportKind::Serial => {
-            let dev = cfg
-                .device
-                .as_ref()
-                .ok_or_else(|| McuError::Config(format!("[mcu.{node}] transport = \"serial\" needs device")))?;
+            let dev = cfg.device.as_ref().ok_or_else(|| {
+                McuError::Config(format!("[mcu.{node}] transport = \"serial\" needs device"))
+            })?;
             Ok(Box::new(serial::SerialTransport::open(dev, cfg.baud)?))
         }
         McuTransportKind::Udp => {
-            let addr = cfg
-                .address
-                .as_deref()
-                .ok_or_else(|| McuError::Config(format!("[mcu.{node}] transport = \"udp\" needs address")))?;
+            let addr = cfg.address.as_deref().ok_or_else(|| {
+                McuError::Config(format!("[mcu.{node}] transport = \"udp\" needs address"))
+            })?;
             Ok(Box::new(udp::UdpTransport::connect(addr)?))
         }
     }

@@ -48,7 +48,11 @@ pub fn crc16_xmodem(data: &[u8]) -> u16 {
     for &b in data {
         crc ^= u16::from(b) << 8;
         for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 { (crc << 1) ^ 0x1021 } else { crc << 1 };
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
         }
     }
     crc
@@ -150,7 +154,9 @@ impl FrameDecoder {
         }
         let decoded = match B64.decode(text) {
             Ok(d) => d,
-            Err(e) => return self.drop_frame(format!("bad base64 in a {} line: {e}", line_kind(first))),
+            Err(e) => {
+                return self.drop_frame(format!("bad base64 in a {} line: {e}", line_kind(first)))
+            }
         };
         if first {
             if self.partial.is_some() {
@@ -161,21 +167,32 @@ impl FrameDecoder {
             }
             let want = usize::from(u16::from_be_bytes([decoded[0], decoded[1]]));
             if want < HEADER_LEN + 2 {
-                return self.drop_frame(format!("frame length {want} is shorter than an SMP header and CRC"));
+                return self.drop_frame(format!(
+                    "frame length {want} is shorter than an SMP header and CRC"
+                ));
             }
-            self.partial = Some(Partial { want, data: decoded[2..].to_vec() });
+            self.partial = Some(Partial {
+                want,
+                data: decoded[2..].to_vec(),
+            });
         } else {
             match self.partial.as_mut() {
                 Some(p) => p.data.extend_from_slice(&decoded),
                 None => return self.drop_frame("continuation line without a start line".into()),
             }
         }
-        let Some(p) = self.partial.as_ref() else { return };
+        let Some(p) = self.partial.as_ref() else {
+            return;
+        };
         if p.data.len() < p.want {
             return;
         }
         if p.data.len() > p.want {
-            let msg = format!("frame carries {} bytes, its length says {}", p.data.len(), p.want);
+            let msg = format!(
+                "frame carries {} bytes, its length says {}",
+                p.data.len(),
+                p.want
+            );
             return self.drop_frame(msg);
         }
         let Some(p) = self.partial.take() else { return };
@@ -183,7 +200,9 @@ impl FrameDecoder {
         let got = u16::from_be_bytes([crc[0], crc[1]]);
         let computed = crc16_xmodem(packet);
         if got != computed {
-            return self.drop_frame(format!("CRC mismatch: frame says 0x{got:04x}, computed 0x{computed:04x}"));
+            return self.drop_frame(format!(
+                "CRC mismatch: frame says 0x{got:04x}, computed 0x{computed:04x}"
+            ));
         }
         out.push_back(packet.to_vec());
     }
@@ -263,7 +282,8 @@ impl SerialTransport {
             let mut t = termios::tcgetattr(&fd)?;
             termios::cfmakeraw(&mut t);
             t.control_flags |= ControlFlags::CLOCAL | ControlFlags::CREAD;
-            t.control_flags &= !(ControlFlags::CSTOPB | ControlFlags::PARENB | ControlFlags::CRTSCTS);
+            t.control_flags &=
+                !(ControlFlags::CSTOPB | ControlFlags::PARENB | ControlFlags::CRTSCTS);
             termios::cfsetspeed(&mut t, rate)?;
             termios::tcsetattr(&fd, SetArg::TCSANOW, &t)?;
             termios::tcflush(&fd, FlushArg::TCIFLUSH)?;
@@ -272,8 +292,18 @@ impl SerialTransport {
             fcntl(&fd, FcntlArg::F_SETFL(flags & !OFlag::O_NONBLOCK))?;
             Ok(())
         };
-        setup().map_err(|e| McuError::io(format!("cannot configure {} as a raw {baud} baud tty", what()), e.into()))?;
-        Ok(Self { file: File::from(fd), path: path.to_owned(), decoder: FrameDecoder::new(), ready: VecDeque::new() })
+        setup().map_err(|e| {
+            McuError::io(
+                format!("cannot configure {} as a raw {baud} baud tty", what()),
+                e.into(),
+            )
+        })?;
+        Ok(Self {
+            file: File::from(fd),
+            path: path.to_owned(),
+            decoder: FrameDecoder::new(),
+            ready: VecDeque::new(),
+        })
     }
 
     /// Frames dropped so far (bad CRC, bad base64...).
@@ -307,29 +337,54 @@ impl Transport for SerialTransport {
             if now >= deadline {
                 return Ok(None);
             }
-            let wait = PollTimeout::try_from((deadline - now).as_millis().max(1)).unwrap_or(PollTimeout::MAX);
+            let wait = PollTimeout::try_from((deadline - now).as_millis().max(1))
+                .unwrap_or(PollTimeout::MAX);
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
             match poll(&mut fds, wait) {
                 Ok(0) => continue,
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => return Err(McuError::io(format!("poll serial device {}", self.path.display()), e.into())),
+                Err(e) => {
+                    return Err(McuError::io(
+                        format!("poll serial device {}", self.path.display()),
+                        e.into(),
+                    ))
+                }
             }
             let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-            if !revents.contains(PollFlags::POLLIN) && revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR) {
-                return Err(McuError::Relay(format!("serial device {} hung up", self.path.display())));
+            if !revents.contains(PollFlags::POLLIN)
+                && revents.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)
+            {
+                return Err(McuError::Relay(format!(
+                    "serial device {} hung up",
+                    self.path.display()
+                )));
             }
             match self.file.read(&mut buf) {
-                Ok(0) => return Err(McuError::Relay(format!("serial device {} closed", self.path.display()))),
+                Ok(0) => {
+                    return Err(McuError::Relay(format!(
+                        "serial device {} closed",
+                        self.path.display()
+                    )))
+                }
                 Ok(n) => self.decoder.push(&buf[..n], &mut self.ready),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted || e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(McuError::io(format!("read from serial device {}", self.path.display()), e)),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::Interrupted
+                        || e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    return Err(McuError::io(
+                        format!("read from serial device {}", self.path.display()),
+                        e,
+                    ))
+                }
             }
         }
     }
 
     fn max_packet(&self, params: Option<Params>) -> usize {
-        let buf = params.map(|p| p.buf_size as usize).unwrap_or(DEFAULT_BUF_SIZE);
+        let buf = params
+            .map(|p| p.buf_size as usize)
+            .unwrap_or(DEFAULT_BUF_SIZE);
         buf.saturating_sub(FRAME_OVERHEAD).min(MAX_PACKET)
     }
 
@@ -360,7 +415,10 @@ mod tests {
     #[test]
     fn matches_the_python_smp_example() {
         // `smp.packet.encode(b"Hello, world!")` from the PyPI smp documentation.
-        assert_eq!(encode_frame(b"Hello, world!"), b"\x06\tAA9IZWxsbywgd29ybGQhet4=\n");
+        assert_eq!(
+            encode_frame(b"Hello, world!"),
+            b"\x06\tAA9IZWxsbywgd29ybGQhet4=\n"
+        );
     }
 
     #[test]

@@ -24,16 +24,24 @@ pub fn resolve(address: &str) -> Result<SocketAddr, McuError> {
     if let Ok(sa) = address.parse::<SocketAddr>() {
         return Ok(sa);
     }
-    if let Ok(ip) = address.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+    if let Ok(ip) = address
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<IpAddr>()
+    {
         return Ok(SocketAddr::new(ip, DEFAULT_PORT));
     }
-    let first = |r: std::io::Result<std::vec::IntoIter<SocketAddr>>| r.ok().and_then(|mut i| i.next());
+    let first =
+        |r: std::io::Result<std::vec::IntoIter<SocketAddr>>| r.ok().and_then(|mut i| i.next());
     let found = if address.contains(':') {
         first(address.to_socket_addrs())
     } else {
         first((address, DEFAULT_PORT).to_socket_addrs())
     };
-    found.ok_or_else(|| McuError::Config(format!("cannot resolve MCU address {address:?} (expected host:port)")))
+    found.ok_or_else(|| {
+        McuError::Config(format!(
+            "cannot resolve MCU address {address:?} (expected host:port)"
+        ))
+    })
 }
 
 /// A UDP socket connected to one node.
@@ -46,10 +54,21 @@ pub struct UdpTransport {
 impl UdpTransport {
     pub fn connect(address: &str) -> Result<Self, McuError> {
         let peer = resolve(address)?;
-        let local: SocketAddr = if peer.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { ([0u16; 8], 0).into() };
-        let socket = UdpSocket::bind(local).map_err(|e| McuError::io("cannot open a UDP socket", e))?;
-        socket.connect(peer).map_err(|e| McuError::io(format!("cannot connect UDP socket to {peer}"), e))?;
-        Ok(Self { socket, peer, buf: vec![0; RECV_BUF] })
+        let local: SocketAddr = if peer.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let socket =
+            UdpSocket::bind(local).map_err(|e| McuError::io("cannot open a UDP socket", e))?;
+        socket
+            .connect(peer)
+            .map_err(|e| McuError::io(format!("cannot connect UDP socket to {peer}"), e))?;
+        Ok(Self {
+            socket,
+            peer,
+            buf: vec![0; RECV_BUF],
+        })
     }
 }
 
@@ -77,7 +96,11 @@ impl Transport for UdpTransport {
             match self.socket.recv(&mut self.buf) {
                 Ok(n) if n >= HEADER_LEN => return Ok(Some(self.buf[..n].to_vec())),
                 Ok(n) => log::debug!("udp {}: dropping {n}-byte datagram", self.peer),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) => {}
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                     std::thread::sleep(wait.min(Duration::from_millis(20)));
                 }
@@ -87,7 +110,10 @@ impl Transport for UdpTransport {
     }
 
     fn max_packet(&self, params: Option<Params>) -> usize {
-        params.map(|p| p.buf_size as usize).unwrap_or(DEFAULT_MTU).min(MAX_DATAGRAM)
+        params
+            .map(|p| p.buf_size as usize)
+            .unwrap_or(DEFAULT_MTU)
+            .min(MAX_DATAGRAM)
     }
 
     fn wire_len(&self, n: usize) -> usize {
@@ -111,8 +137,14 @@ mod tests {
 
     #[test]
     fn addresses_default_to_port_1337() {
-        assert_eq!(resolve("127.0.0.1").unwrap(), "127.0.0.1:1337".parse().unwrap());
-        assert_eq!(resolve("127.0.0.1:9").unwrap(), "127.0.0.1:9".parse().unwrap());
+        assert_eq!(
+            resolve("127.0.0.1").unwrap(),
+            "127.0.0.1:1337".parse().unwrap()
+        );
+        assert_eq!(
+            resolve("127.0.0.1:9").unwrap(),
+            "127.0.0.1:9".parse().unwrap()
+        );
         assert_eq!(resolve("[::1]:5").unwrap(), "[::1]:5".parse().unwrap());
         assert_eq!(resolve("::1").unwrap(), "[::1]:1337".parse().unwrap());
         assert!(resolve("localhost:notaport").is_err());
