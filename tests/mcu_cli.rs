@@ -158,3 +158,72 @@ timeout = "300ms"
     assert_eq!(radio["state"], "unreachable", "{v}");
     drop(serial);
 }
+
+#[test]
+fn relay_killed_mid_upload_resumes_in_a_new_process() {
+    // SIGKILL of the relaying process (no cleanup at all), then a new process: it
+    // continues from the node's offset, by the upload session's SHA-256.
+    let dir = tempfile::tempdir().unwrap();
+    let (key, public) = tools::keygen(dir.path(), "release");
+    let mut sim = Sim::new(SimConfig {
+        baud: Some(115_200),
+        ..Default::default()
+    });
+    let pty = sim.serve_pty().unwrap();
+    let config = dir.path().join("system.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[system]\ncompatible = \"t\"\ndata-dir = \"data\"\n\n[mcu.sensor]\ntransport = \"serial\"\ndevice = \"{}\"\nkey = \"{}\"\ntimeout = \"2s\"\n",
+            pty.display(),
+            public.display()
+        ),
+    )
+    .unwrap();
+    let image = tools::sign(dir.path(), &key, &tools::payload(24_000, 12), "3.3.0", &[]);
+    let size = std::fs::metadata(&image).unwrap().len();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rota"))
+        .arg("--config")
+        .arg(&config)
+        .args(["mcu", "relay", "sensor"])
+        .arg(&image)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while sim.dev().stats.bytes_written < size / 3 {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "upload did not progress"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let written = sim.dev().stats.bytes_written;
+    assert!(written < size, "the upload finished before the kill");
+    let rec = rota::mcu::record::load(&dir.path().join("data"), "sensor")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        rec.relay.as_ref().unwrap().phase,
+        rota::mcu::record::RelayPhase::Uploading
+    );
+
+    let o = rota(
+        &config,
+        &["mcu", "relay", "sensor", image.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("resumed at"), "{}", text(&o));
+    let d = sim.dev();
+    assert_eq!(d.stats.resumed_sessions, 1);
+    assert!(
+        d.stats.bytes_written < size + 2048,
+        "resent {} of {size} bytes",
+        d.stats.bytes_written
+    );
+    assert_eq!(d.primary.data, std::fs::read(&image).unwrap());
+    assert!(d.primary_confirmed);
+}

@@ -2,7 +2,9 @@
 //! with per-request timeouts, retries of idempotent requests under fresh sequence
 //! numbers, and a fall back from SMP v2 to v1 for devices that only speak v1.
 
-use super::smp::{self, Op, Params, SlotState, UploadRequest, UploadResponse, Version, HEADER_LEN};
+use super::smp::{
+    self, Cmd, Params, SlotState, UploadRequest, UploadResponse, Version, HEADER_LEN,
+};
 use super::transport::Transport;
 use super::McuError;
 use ciborium::Value;
@@ -80,20 +82,19 @@ impl SmpClient {
     fn exchange(
         &mut self,
         what: &str,
-        op: Op,
-        group: u16,
-        cmd: u8,
+        cmd: Cmd,
         body: &Value,
         timeout: Duration,
     ) -> Result<Value, McuError> {
         loop {
             let seq = self.next_seq();
-            let packet = smp::encode(op, self.version, group, cmd, seq, body).map_err(|e| {
-                McuError::Protocol {
-                    what: what.into(),
-                    message: e.to_string(),
-                }
-            })?;
+            let packet =
+                smp::encode(cmd.op, self.version, cmd.group, cmd.id, seq, body).map_err(|e| {
+                    McuError::Protocol {
+                        what: what.into(),
+                        message: e.to_string(),
+                    }
+                })?;
             self.stats.requests += 1;
             self.stats.packet_bytes += packet.len() as u64;
             self.stats.wire_bytes += self.transport.wire_len(packet.len()) as u64;
@@ -134,21 +135,19 @@ impl SmpClient {
         }
     }
 
-    /// Sends an idempotent request, retrying on timeout up to `attempts` times.
-    #[allow(clippy::too_many_arguments)] // one SMP request: header fields, body, timeout and retry policy
+    /// Sends an idempotent request, retrying a lost or garbled answer up to
+    /// `attempts` times in all.
     pub fn request(
         &mut self,
         what: &str,
-        op: Op,
-        group: u16,
-        cmd: u8,
+        cmd: Cmd,
         body: &Value,
         attempts: u32,
         timeout: Duration,
     ) -> Result<Value, McuError> {
         let attempts = attempts.max(1);
         for attempt in 1..=attempts {
-            match self.exchange(what, op, group, cmd, body, timeout) {
+            match self.exchange(what, cmd, body, timeout) {
                 // A garbled answer (UDP has no CRC of its own) is retried like a lost one.
                 Err(e @ McuError::Protocol { .. }) if attempt < attempts => {
                     self.stats.retries += 1;
@@ -179,27 +178,21 @@ impl SmpClient {
         unreachable!("the loop returns on its last attempt")
     }
 
-    fn simple(
-        &mut self,
-        what: &str,
-        op: Op,
-        group: u16,
-        cmd: u8,
-        body: &Value,
-    ) -> Result<Value, McuError> {
+    fn simple(&mut self, what: &str, cmd: Cmd, body: &Value) -> Result<Value, McuError> {
         let timeout = self.timeout;
-        self.request(what, op, group, cmd, body, DEFAULT_ATTEMPTS, timeout)
+        self.request(what, cmd, body, DEFAULT_ATTEMPTS, timeout)
+    }
+
+    fn states(what: &str, body: &Value) -> Result<Vec<SlotState>, McuError> {
+        smp::parse_image_states(body).map_err(|e| McuError::Protocol {
+            what: what.into(),
+            message: e.0,
+        })
     }
 
     /// OS echo: the device answers with the same text.
     pub fn echo(&mut self, text: &str) -> Result<String, McuError> {
-        let body = self.simple(
-            "echo",
-            Op::Write,
-            smp::GROUP_OS,
-            smp::OS_ECHO,
-            &smp::echo_request(text),
-        )?;
+        let body = self.simple("echo", Cmd::ECHO, &smp::echo_request(text))?;
         smp::echo_response(&body).map_err(|e| McuError::Protocol {
             what: "echo".into(),
             message: e.0,
@@ -208,15 +201,7 @@ impl SmpClient {
 
     /// One echo attempt with a short timeout (to poll a rebooting node).
     pub fn ping(&mut self, timeout: Duration) -> Result<(), McuError> {
-        let body = self.request(
-            "echo",
-            Op::Write,
-            smp::GROUP_OS,
-            smp::OS_ECHO,
-            &smp::echo_request("rota"),
-            1,
-            timeout,
-        )?;
+        let body = self.request("echo", Cmd::ECHO, &smp::echo_request("rota"), 1, timeout)?;
         match smp::echo_response(&body) {
             Ok(t) if t == "rota" => Ok(()),
             Ok(t) => Err(McuError::Protocol {
@@ -233,13 +218,7 @@ impl SmpClient {
     /// Reads the device's buffer parameters; `None` when the device does not support
     /// the command. The result also sizes later uploads.
     pub fn params(&mut self) -> Result<Option<Params>, McuError> {
-        match self.simple(
-            "MCUmgr parameters",
-            Op::Read,
-            smp::GROUP_OS,
-            smp::OS_PARAMS,
-            &smp::map(vec![]),
-        ) {
+        match self.simple("MCUmgr parameters", Cmd::PARAMS, &smp::map(vec![])) {
             Ok(body) => {
                 let p = Params::parse(&body).map_err(|e| McuError::Protocol {
                     what: "MCUmgr parameters".into(),
@@ -253,20 +232,12 @@ impl SmpClient {
         }
     }
 
-    /// Asks the device to reset. Sent once, never retried: a second reset during a
-    /// test boot would make MCUboot revert. Returns whether the device acknowledged
-    /// (it may reset before its answer leaves).
+    /// Asks the device to reset. Sent once, never retried blindly: a second reset
+    /// during a test boot would make MCUboot revert. Returns whether the device
+    /// acknowledged (it may reset before its answer leaves).
     pub fn reset(&mut self) -> Result<bool, McuError> {
         let timeout = self.timeout;
-        match self.request(
-            "reset",
-            Op::Write,
-            smp::GROUP_OS,
-            smp::OS_RESET,
-            &smp::map(vec![]),
-            1,
-            timeout,
-        ) {
+        match self.request("reset", Cmd::RESET, &smp::map(vec![]), 1, timeout) {
             Ok(_) => Ok(true),
             Err(McuError::Timeout { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -275,61 +246,34 @@ impl SmpClient {
 
     /// The image state list (both slots of every image).
     pub fn image_state(&mut self) -> Result<Vec<SlotState>, McuError> {
-        let body = self.simple(
-            "image state read",
-            Op::Read,
-            smp::GROUP_IMAGE,
-            smp::IMG_STATE,
-            &smp::map(vec![]),
-        )?;
-        smp::parse_image_states(&body).map_err(|e| McuError::Protocol {
-            what: "image state read".into(),
-            message: e.0,
-        })
+        let body = self.simple("image state read", Cmd::IMAGE_STATE_READ, &smp::map(vec![]))?;
+        Self::states("image state read", &body)
     }
 
     /// Marks the image with `hash` for a test boot (reverted unless confirmed).
     pub fn image_test(&mut self, hash: &[u8]) -> Result<Vec<SlotState>, McuError> {
-        let body = smp::image_state_write(Some(hash), false);
         let body = self.simple(
             "image test",
-            Op::Write,
-            smp::GROUP_IMAGE,
-            smp::IMG_STATE,
-            &body,
+            Cmd::IMAGE_STATE_WRITE,
+            &smp::image_state_write(Some(hash), false),
         )?;
-        smp::parse_image_states(&body).map_err(|e| McuError::Protocol {
-            what: "image test".into(),
-            message: e.0,
-        })
+        Self::states("image test", &body)
     }
 
     /// Confirms the running image (`hash` names it explicitly when given).
     pub fn image_confirm(&mut self, hash: Option<&[u8]>) -> Result<Vec<SlotState>, McuError> {
-        let body = smp::image_state_write(hash, true);
         let body = self.simple(
             "image confirm",
-            Op::Write,
-            smp::GROUP_IMAGE,
-            smp::IMG_STATE,
-            &body,
+            Cmd::IMAGE_STATE_WRITE,
+            &smp::image_state_write(hash, true),
         )?;
-        smp::parse_image_states(&body).map_err(|e| McuError::Protocol {
-            what: "image confirm".into(),
-            message: e.0,
-        })
+        Self::states("image confirm", &body)
     }
 
     /// Erases the secondary slot (or `slot`).
     pub fn image_erase(&mut self, slot: Option<u32>) -> Result<(), McuError> {
-        self.simple(
-            "image erase",
-            Op::Write,
-            smp::GROUP_IMAGE,
-            smp::IMG_ERASE,
-            &smp::erase_request(slot),
-        )
-        .map(|_| ())
+        self.simple("image erase", Cmd::IMAGE_ERASE, &smp::erase_request(slot))
+            .map(|_| ())
     }
 
     /// Sends one upload chunk (retried on timeout: the device answers a repeated or
@@ -342,9 +286,7 @@ impl SmpClient {
         let what = format!("image upload at offset {}", req.off);
         let body = self.request(
             &what,
-            Op::Write,
-            smp::GROUP_IMAGE,
-            smp::IMG_UPLOAD,
+            Cmd::IMAGE_UPLOAD,
             &req.to_value(),
             DEFAULT_ATTEMPTS,
             timeout,

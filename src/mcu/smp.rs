@@ -87,6 +87,52 @@ impl Op {
     }
 }
 
+/// One SMP command: operation, group and command id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cmd {
+    pub op: Op,
+    pub group: u16,
+    pub id: u8,
+}
+
+impl Cmd {
+    pub const ECHO: Cmd = Cmd {
+        op: Op::Write,
+        group: GROUP_OS,
+        id: OS_ECHO,
+    };
+    pub const RESET: Cmd = Cmd {
+        op: Op::Write,
+        group: GROUP_OS,
+        id: OS_RESET,
+    };
+    pub const PARAMS: Cmd = Cmd {
+        op: Op::Read,
+        group: GROUP_OS,
+        id: OS_PARAMS,
+    };
+    pub const IMAGE_STATE_READ: Cmd = Cmd {
+        op: Op::Read,
+        group: GROUP_IMAGE,
+        id: IMG_STATE,
+    };
+    pub const IMAGE_STATE_WRITE: Cmd = Cmd {
+        op: Op::Write,
+        group: GROUP_IMAGE,
+        id: IMG_STATE,
+    };
+    pub const IMAGE_UPLOAD: Cmd = Cmd {
+        op: Op::Write,
+        group: GROUP_IMAGE,
+        id: IMG_UPLOAD,
+    };
+    pub const IMAGE_ERASE: Cmd = Cmd {
+        op: Op::Write,
+        group: GROUP_IMAGE,
+        id: IMG_ERASE,
+    };
+}
+
 /// Header byte 0 bits 3-4: the SMP protocol version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {

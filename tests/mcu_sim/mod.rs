@@ -139,6 +139,10 @@ pub struct Stats {
     pub bad_frames_in: u64,
     /// Requests larger than the buffer (dropped).
     pub oversize: u64,
+    /// Bytes received / sent on the wire (serial: framed bytes; UDP: datagrams plus
+    /// 28 bytes of IPv4 and UDP headers each).
+    pub wire_rx: u64,
+    pub wire_tx: u64,
 }
 
 /// The simulated device: flash slots, boot state, upload session, faults.
@@ -733,6 +737,7 @@ fn pty_loop(
             }
         };
         rx.account(n);
+        dev.lock().unwrap_or_else(|e| e.into_inner()).stats.wire_rx += n as u64;
         let before = decoder.bad_frames;
         decoder.push(&buf[..n], &mut packets);
         let bad = decoder.bad_frames - before;
@@ -755,6 +760,7 @@ fn pty_loop(
                 frame = bad_crc_frame(&answer);
             }
             tx.account(frame.len());
+            dev.lock().unwrap_or_else(|e| e.into_inner()).stats.wire_tx += frame.len() as u64;
             let _ = file.write_all(&frame);
         }
     }
@@ -798,6 +804,7 @@ fn udp_loop(sock: UdpSocket, dev: Arc<Mutex<Device>>, stop: Arc<AtomicBool>) {
         };
         let (answer, corrupt) = {
             let mut d = dev.lock().unwrap_or_else(|e| e.into_inner());
+            d.stats.wire_rx += n as u64 + 28;
             if n > d.cfg.buf_size as usize {
                 d.stats.oversize += 1;
                 continue;
@@ -811,6 +818,7 @@ fn udp_loop(sock: UdpSocket, dev: Arc<Mutex<Device>>, stop: Arc<AtomicBool>) {
                 // A datagram whose header length no longer matches: the client drops it.
                 a.truncate(a.len() - 1);
             }
+            dev.lock().unwrap_or_else(|e| e.into_inner()).stats.wire_tx += a.len() as u64 + 28;
             let _ = sock.send_to(&a, from);
         }
     }
