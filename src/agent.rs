@@ -113,6 +113,9 @@ pub enum AgentEvent {
     Changed(Snapshot),
     /// Someone asked for an update check now (`rota poll`, D-Bus `Poll`); pollers listen for it.
     PollRequested,
+    /// The last install is now good (marked good after its reboot, or it had no slot
+    /// to boot): MCU images it staged may be relayed.
+    McuRelayDue,
     /// An install ended: always sent, failure and cancel included.
     Completed {
         transaction: String,
@@ -686,12 +689,21 @@ impl Agent {
                     Ok(s) => (
                         InstallResult::Success,
                         format!(
-                            "installed {} into {}: {} bytes written, {} downloaded, {} reused",
+                            "installed {} into {}: {} bytes written, {} downloaded, {} reused{}",
                             s.version,
-                            s.slots.join(", "),
+                            if s.slots.is_empty() {
+                                "no slot".to_owned()
+                            } else {
+                                s.slots.join(", ")
+                            },
                             s.bytes_written,
                             s.bytes_downloaded,
-                            s.bytes_reused
+                            s.bytes_reused,
+                            if s.mcu.is_empty() {
+                                String::new()
+                            } else {
+                                format!("; staged for MCU nodes {}", s.mcu.join(", "))
+                            }
                         ),
                     ),
                     Err(InstallError::Cancelled) => {
@@ -741,6 +753,12 @@ impl Agent {
                     result: outcome,
                     message,
                 });
+                // Nothing to reboot into: staged MCU images may go now.
+                if let Ok(s) = &result {
+                    if s.activated.is_none() && !s.mcu.is_empty() {
+                        let _ = self.events.send(AgentEvent::McuRelayDue);
+                    }
+                }
                 if outcome == InstallResult::Success && reboot {
                     self.reboot();
                 }
@@ -875,6 +893,7 @@ impl Agent {
                     if let Err(e) = self.device.store.save(&state) {
                         log::error!("cannot record mark good: {e}");
                     }
+                    let _ = self.events.send(AgentEvent::McuRelayDue);
                 }
             }
         }
@@ -976,7 +995,30 @@ impl Agent {
                 result: l.result,
                 error: l.error,
             }),
-            mcu: Vec::new(),
+            mcu: device
+                .config
+                .mcu
+                .iter()
+                .map(|(name, cfg)| {
+                    let mut r = crate::mcu::relay::node_report(
+                        name,
+                        cfg,
+                        &device.config.system.data_dir,
+                        false,
+                    );
+                    let staged = crate::mcu::staging::path(&device.config.system.data_dir, name);
+                    // An image waits in the data dir for the update to be marked good
+                    // (or for a relay that failed to be retried).
+                    let settled = matches!(
+                        r.state.as_str(),
+                        "unknown" | "confirmed" | "reverted" | "failed" | "unreachable"
+                    );
+                    if settled && staged.exists() {
+                        r.state = "staged".into();
+                    }
+                    r
+                })
+                .collect(),
         })
     }
 }

@@ -125,6 +125,12 @@ async fn serve(config: Config) -> CliResult {
         .receive_name_lost()
         .await
         .map_err(|e| Failure::Failed(format!("cannot watch the bus names: {e}")))?;
+    // Staged MCU images go out once their update is good.
+    let _relayer = crate::service::relayer::spawn(
+        agent.clone(),
+        served.mcu.clone(),
+        config.system.data_dir.clone(),
+    );
     // The [update] poller, if configured (a no-op task otherwise).
     let _poller = crate::update::spawn(&config, agent.clone());
     log::info!(

@@ -8,9 +8,13 @@
 //! 5. sync, read back, compare SHA-256 and CRC32 of what landed;
 //! 6. record the slot status, then activate the slot in the bootloader.
 //!
+//! MCU images of the bundle are checked with the others in step 2 and staged in step 3
+//! ([`mcu`]); they are relayed later, once the update is marked good.
+//!
 //! Progress flows out through a callback; the pipeline never reaches into its caller.
 
 pub mod copy;
+pub mod mcu;
 pub mod plan;
 pub mod progress;
 
@@ -79,6 +83,8 @@ pub struct Summary {
     pub slots: Vec<String>,
     /// The bootname now first in the boot order, if a bootable slot was written.
     pub activated: Option<String>,
+    /// MCU nodes whose images were staged for relay.
+    pub mcu: Vec<String>,
     pub bytes_written: u64,
     pub bytes_downloaded: u64,
     pub bytes_reused: u64,
@@ -128,6 +134,10 @@ pub fn run(
         .map(|p| bundle.chunk_index(source.as_mut(), &p.image))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| InstallError::Refused(e.to_string()))?;
+    if !plan.mcu.is_empty() {
+        reporter.step(2, "Checking MCU images");
+        mcu::check(source.as_mut(), &bundle, &plan.mcu)?;
+    }
     check_cancel(&cancel)?;
 
     // From here on slots are touched: remember the bundle, take targets out of selection.
@@ -161,9 +171,17 @@ pub fn run(
         );
     }
     let first = plan.images.first().map(|p| p.slot.clone());
+    // A bundle of MCU images only has no slot; its record names the nodes.
+    let first_name = first.as_ref().map(|s| s.name.clone()).unwrap_or_else(|| {
+        plan.mcu
+            .iter()
+            .map(|m| format!("mcu:{}", m.node))
+            .collect::<Vec<_>>()
+            .join(",")
+    });
     state.last_install = Some(InstallRecord {
         version: version.clone(),
-        slot: first.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+        slot: first_name,
         bootname: first
             .as_ref()
             .and_then(|s| s.bootname.clone())
@@ -181,6 +199,16 @@ pub fn run(
                 p.slot.name
             );
         }
+    }
+
+    if !plan.mcu.is_empty() {
+        reporter.step(2, "Staging MCU images");
+        mcu::stage(
+            source.as_mut(),
+            &bundle,
+            &plan.mcu,
+            &ctx.config.system.data_dir,
+        )?;
     }
 
     // Copy every image, verified chunk by chunk.
@@ -259,6 +287,7 @@ pub fn run(
         manifest_hash: bundle.manifest_hash,
         slots: plan.images.iter().map(|p| p.slot.name.clone()).collect(),
         activated,
+        mcu: plan.mcu.iter().map(|m| m.node.clone()).collect(),
         bytes_written: written,
         bytes_downloaded: source.bytes_fetched(),
         bytes_reused: reused,

@@ -5,7 +5,7 @@
 use super::{Context, InstallError};
 use crate::agent::InstallRequest;
 use crate::bundle::{Bundle, ImageEntry, ImageTarget};
-use crate::config::SlotConfig;
+use crate::config::{McuSection, SlotConfig};
 use crate::state::State;
 use std::path::PathBuf;
 
@@ -18,10 +18,23 @@ pub struct ImagePlan {
     pub active_device: Option<PathBuf>,
 }
 
+/// One microcontroller image and the `[mcu.<node>]` it is relayed to.
+#[derive(Debug, Clone)]
+pub struct McuPlan {
+    pub image: ImageEntry,
+    pub node: String,
+    pub cfg: McuSection,
+}
+
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub images: Vec<ImagePlan>,
+    pub mcu: Vec<McuPlan>,
 }
+
+/// MCU images are read whole into memory to be checked and staged; anything larger
+/// than the MCU module's limit is refused before a byte of it is read.
+pub const MAX_MCU_IMAGE: u64 = crate::mcu::image::MAX_IMAGE_SIZE;
 
 pub fn make(
     ctx: &Context<'_>,
@@ -69,14 +82,35 @@ pub fn make(
     }
 
     let mut images = Vec::new();
+    let mut mcu: Vec<McuPlan> = Vec::new();
     for img in &bundle.manifest.images {
         let class = match img.target() {
             ImageTarget::SlotClass(c) => c,
-            ImageTarget::Mcu(m) => {
-                return refuse(format!(
-                "image {} is for MCU node {m:?}, which this rota cannot relay from a bundle yet",
-                img.file
-            ))
+            ImageTarget::Mcu(node) => {
+                let Some(cfg) = ctx.config.mcu.get(&node) else {
+                    return refuse(format!(
+                        "image {} is for MCU node {node:?}, which is not configured here (no [mcu.{node}] in the config)",
+                        img.file
+                    ));
+                };
+                if mcu.iter().any(|m| m.node == node) {
+                    return refuse(format!("two images of the bundle target MCU node {node}"));
+                }
+                if img.size > MAX_MCU_IMAGE {
+                    return refuse(format!(
+                        "image {} for MCU node {node} is {} bytes; MCU images are limited to {MAX_MCU_IMAGE} bytes",
+                        img.file, img.size
+                    ));
+                }
+                if img.size == 0 {
+                    return refuse(format!("image {} for MCU node {node} is empty", img.file));
+                }
+                mcu.push(McuPlan {
+                    image: img.clone(),
+                    node,
+                    cfg: cfg.clone(),
+                });
+                continue;
             }
         };
         let slot = pick_target(ctx, state, &class, &img.file)?;
@@ -108,10 +142,10 @@ pub fn make(
             active_device,
         });
     }
-    if images.is_empty() {
+    if images.is_empty() && mcu.is_empty() {
         return refuse("bundle has no images".into());
     }
-    Ok(Plan { images })
+    Ok(Plan { images, mcu })
 }
 
 /// The inactive slot of `class`: never the booted one. With more than one candidate

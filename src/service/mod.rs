@@ -18,6 +18,7 @@ pub mod access;
 pub mod native;
 pub mod proxy;
 pub mod rauc;
+pub mod relayer;
 
 use crate::agent::{AgentEvent, AgentHandle};
 use crate::config::Config;
@@ -200,7 +201,7 @@ impl Forwarder {
                 native::Agent1::completed(e, transaction, native::result_code(*result), message)
                     .await
             }
-            AgentEvent::PollRequested => Ok(()),
+            AgentEvent::PollRequested | AgentEvent::McuRelayDue => Ok(()),
         }
     }
 
@@ -221,7 +222,7 @@ impl Forwarder {
             AgentEvent::Completed { result, .. } => {
                 rauc::Installer::completed(e, result.code()).await
             }
-            AgentEvent::PollRequested => Ok(()),
+            AgentEvent::PollRequested | AgentEvent::McuRelayDue => Ok(()),
         }
     }
 }
