@@ -78,11 +78,24 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
     }
 }
 
-/// The trust anchors: the CA file's certificates only, or the built-in web roots.
+/// The trust anchors: the CA file's certificates only (pinning), or the system store
+/// (`SSL_CERT_FILE`/`SSL_CERT_DIR`, else the distribution's bundle, e.g.
+/// `/etc/ssl/certs/ca-certificates.crt`), so the CAs are updated with the OS image.
 fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, SourceError> {
     let mut roots = rustls::RootCertStore::empty();
     let Some(ca) = ca else {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let found = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            let why = found
+                .errors
+                .first()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            return Err(fatal(format!(
+                "no trusted CA certificates in the system store{why}; install ca-certificates or set [http] ca / tls-ca"
+            )));
+        }
         return Ok(roots);
     };
     let pem = read_pem(ca, "CA bundle")?;
@@ -101,7 +114,7 @@ fn roots(ca: Option<&Path>) -> Result<rustls::RootCertStore, SourceError> {
     Ok(roots)
 }
 
-/// A client configuration for `s`, offering HTTP/2 and HTTP/1.1 by ALPN.
+/// A client configuration for `s`, offering HTTP/1.1 by ALPN.
 pub fn client_config(s: &TlsSettings<'_>) -> Result<rustls::ClientConfig, SourceError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -151,7 +164,8 @@ pub fn client_config(s: &TlsSettings<'_>) -> Result<rustls::ClientConfig, Source
             .dangerous()
             .set_certificate_verifier(Arc::new(NoVerify(provider)));
     }
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // rota speaks HTTP/1.1 only (reqwest is built without h2; see Cargo.toml).
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
 

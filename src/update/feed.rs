@@ -147,7 +147,7 @@ impl FeedPoller {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("[update] poll {poll:?} must be an http(s) URL"));
         }
-        let api = super::net::Api::new(&ctx.http)?;
+        let api = super::net::Api::new(&ctx.http, url.scheme() == "https")?;
         ctx.publish(|s| {
             s.kind = "feed".into();
             s.server = url.to_string();

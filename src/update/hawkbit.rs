@@ -308,7 +308,7 @@ impl HawkbitPoller {
         };
         let mut opts = ctx.http.clone();
         opts.headers.extend(auth.iter().cloned());
-        let api = Api::new(&opts)?;
+        let api = Api::new(&opts, base.scheme() == "https")?;
         ctx.publish(|s| {
             s.kind = "hawkbit".into();
             s.server = base.to_string();

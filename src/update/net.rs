@@ -45,21 +45,27 @@ pub struct Api {
 }
 
 impl Api {
-    /// A client with the `[http]` TLS settings and `headers` on every request.
-    pub fn new(opts: &HttpOptions) -> Result<Api, String> {
+    /// A client with the `[http]` TLS settings and `headers` on every request. `https`:
+    /// the server is reached over TLS (a plain-HTTP server needs no trust anchors).
+    pub fn new(opts: &HttpOptions, https: bool) -> Result<Api, String> {
         tls::install_ring_provider();
         let mut headers = opts.header_map().map_err(|e| e.to_string())?;
         headers.insert(
             ACCEPT,
             HeaderValue::from_static("application/hal+json, application/json"),
         );
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("rota/", env!("CARGO_PKG_VERSION")))
             .default_headers(headers)
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.stall_timeout)
-            .timeout(REQUEST_TIMEOUT)
-            .tls_backend_preconfigured(tls::client_config(&opts.tls()).map_err(|e| e.to_string())?)
+            .timeout(REQUEST_TIMEOUT);
+        if https {
+            builder = builder.tls_backend_preconfigured(
+                tls::client_config(&opts.tls()).map_err(|e| e.to_string())?,
+            );
+        }
+        let client = builder
             .build()
             .map_err(|e| format!("HTTP client: {}", error_chain(&e)))?;
         Ok(Api { client })
