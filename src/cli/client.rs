@@ -215,25 +215,14 @@ type Prog = (u32, String, u64, u64, u64, u64, u64, u64);
 /// How install progress is shown.
 struct View {
     json: bool,
-    bar: Option<indicatif::ProgressBar>,
+    bar: Option<super::bar::Bar>,
     last_message: String,
     transaction: String,
 }
 
 impl View {
     fn new(json: bool, transaction: &str) -> View {
-        let bar = (!json && std::io::stdout().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::with_draw_target(
-                Some(100),
-                indicatif::ProgressDrawTarget::stdout(),
-            );
-            let style =
-                indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos:>3}% {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-                    .progress_chars("=> ");
-            b.set_style(style);
-            b
-        });
+        let bar = (!json && std::io::stdout().is_terminal()).then(super::bar::Bar::default);
         if json {
             println!(
                 "{}",
@@ -270,11 +259,8 @@ impl View {
         } else {
             message.clone()
         };
-        match &self.bar {
-            Some(b) => {
-                b.set_position(u64::from(*percent));
-                b.set_message(detail);
-            }
+        match &mut self.bar {
+            Some(b) => b.set(*percent, detail),
             None if *message != self.last_message => println!("{percent:>3}% {message}"),
             None => {}
         }
@@ -283,8 +269,8 @@ impl View {
 
     /// `result`: 0 success, 1 failed, 2 cancelled (the native `Completed` codes).
     fn done(&mut self, result: i32, message: &str) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
+        if let Some(b) = &mut self.bar {
+            b.clear();
         }
         let outcome = match result {
             0 => "success",
@@ -304,7 +290,7 @@ impl View {
 
     /// The service went away before `Completed`.
     fn abandon(&mut self) {
-        if let Some(b) = &self.bar {
+        if let Some(b) = &mut self.bar {
             b.abandon();
         }
         if self.json {

@@ -2,6 +2,7 @@
 //!
 //! Exit codes (SPEC §5): 0 success, 1 the operation failed, 2 usage error or no service.
 
+pub mod bar;
 pub mod bundle;
 pub mod client;
 pub mod keygen;

@@ -113,7 +113,8 @@ CONFFILES:${PN} = "\
 # inspecting what rota wrote.
 RDEPENDS:${PN} = "dbus"
 RDEPENDS:${PN}-rauc-compat = "${PN}"
-RRECOMMENDS:${PN} = "rota-fw-env-config libubootenv-bin"
+# ca-certificates: the trust store for https bundle and poll URLs without [http] ca.
+RRECOMMENDS:${PN} = "rota-fw-env-config libubootenv-bin ca-certificates"
 RCONFLICTS:${PN}-rauc-compat = "rauc"
 
 BBCLASSEXTEND = "native"
