@@ -105,6 +105,34 @@ fn groups_of(user: &User) -> Vec<u32> {
     gids
 }
 
+/// The group whose members may install, cancel, mark and poll besides root, when
+/// `[dbus] group` is not set: the group the shipped bus policy names.
+pub const DEFAULT_GROUP: &str = "rota";
+
+/// Whether `caller` may change things (install, cancel, mark, poll): root, or a member
+/// of `group`. The bus policy enforces the same rule; this second check holds when the
+/// policy file is missing or was loosened by mistake.
+pub fn may_control(caller: &Caller, group: &str) -> Result<(), String> {
+    if caller.uid == 0 {
+        return Ok(());
+    }
+    let gid = nix::unistd::Group::from_name(group)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw());
+    match gid {
+        Some(g) if caller.groups.contains(&g) => Ok(()),
+        Some(_) => Err(format!(
+            "uid {} may only read: installing, cancelling and marking take root or group {group:?}",
+            caller.uid
+        )),
+        None => Err(format!(
+            "uid {} may only read: installing, cancelling and marking take root (group {group:?} does not exist here)",
+            caller.uid
+        )),
+    }
+}
+
 /// Whether `caller` may open `path` for reading; the error says why not.
 pub fn may_read(caller: &Caller, path: &Path) -> Result<(), String> {
     if caller.uid == 0 {

@@ -92,7 +92,17 @@ pub async fn serve(
     let Claimed { conn, rauc_compat } = claimed;
     let export_failed = |e: zbus::Error| format!("cannot export the D-Bus interfaces: {e}");
     conn.object_server()
-        .at(OBJECT_PATH, native::Agent1::new(agent.clone()))
+        .at(
+            OBJECT_PATH,
+            native::Agent1::new(
+                agent.clone(),
+                config
+                    .dbus
+                    .group
+                    .clone()
+                    .unwrap_or_else(|| access::DEFAULT_GROUP.to_owned()),
+            ),
+        )
         .await
         .map_err(export_failed)?;
     if rauc_compat {

@@ -202,12 +202,26 @@ pub(crate) async fn slot_status(
 
 pub struct Agent1 {
     agent: AgentHandle,
+    /// Besides root, members of this group may change things.
+    group: String,
 }
 
 impl Agent1 {
-    pub fn new(agent: AgentHandle) -> Self {
-        Self { agent }
+    pub fn new(agent: AgentHandle, group: String) -> Self {
+        Self { agent, group }
     }
+}
+
+/// Refuses a caller who is neither root nor in `group` (see [`access::may_control`]).
+pub(crate) async fn authorize(
+    conn: &Connection,
+    header: &zbus::message::Header<'_>,
+    group: &str,
+) -> Result<(), RotaError> {
+    let caller = access::caller(conn, header)
+        .await
+        .map_err(RotaError::AccessDenied)?;
+    access::may_control(&caller, group).map_err(RotaError::AccessDenied)
 }
 
 #[interface(name = "io.rota.Agent1")]
@@ -224,6 +238,7 @@ impl Agent1 {
         #[zbus(header)] header: zbus::message::Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, RotaError> {
+        authorize(conn, &header, &self.group).await?;
         let source = check_source(conn, &header, &source)
             .await
             .map_err(RotaError::InvalidArgument)?;
@@ -236,13 +251,25 @@ impl Agent1 {
     }
 
     /// Cancels the running install; its Completed reports result 2 (cancelled).
-    async fn cancel(&self) -> Result<(), RotaError> {
+    async fn cancel(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), RotaError> {
+        authorize(conn, &header, &self.group).await?;
         Ok(self.agent.cancel().await?)
     }
 
     /// `state` is good, bad or active; `slot` is booted, other, a slot name or a bootname.
     #[zbus(out_args("slot_name", "message"))]
-    async fn mark(&self, state: String, slot: String) -> Result<(String, String), RotaError> {
+    async fn mark(
+        &self,
+        state: String,
+        slot: String,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(String, String), RotaError> {
+        authorize(conn, &header, &self.group).await?;
         let how: MarkState = state.parse()?;
         Ok(self.agent.mark(how, &slot).await?)
     }
@@ -265,7 +292,12 @@ impl Agent1 {
     }
 
     /// Asks the configured update poller ([update] poll) to check now.
-    async fn poll(&self) -> Result<(), RotaError> {
+    async fn poll(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), RotaError> {
+        authorize(conn, &header, &self.group).await?;
         Ok(self.agent.poll_now().await?)
     }
 

@@ -13,7 +13,7 @@
 //! only, with Range requests). `Variant` is empty (rota has no variants) and
 //! `GetArtifactStatus` is always empty (no artifact repositories).
 
-use super::native::{apply_options, check_source, slot_status, RotaError};
+use super::native::{apply_options, authorize, check_source, slot_status, RotaError};
 use crate::agent::{AgentHandle, InstallRequest, MarkState};
 use crate::config::Config;
 use std::collections::HashMap;
@@ -38,6 +38,14 @@ const INSPECT_KEYS: [&str; 5] = [
 impl Installer {
     pub fn new(agent: AgentHandle, config: Config) -> Self {
         Self { agent, config }
+    }
+
+    fn group(&self) -> String {
+        self.config
+            .dbus
+            .group
+            .clone()
+            .unwrap_or_else(|| super::access::DEFAULT_GROUP.to_owned())
     }
 
     /// Reads and verifies a bundle's manifest for a caller. A local path is opened only
@@ -128,6 +136,7 @@ impl Installer {
         #[zbus(header)] header: zbus::message::Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), RotaError> {
+        authorize(conn, &header, &self.group()).await?;
         let source = check_source(conn, &header, &source)
             .await
             .map_err(RotaError::InvalidArgument)?;
@@ -147,6 +156,7 @@ impl Installer {
         #[zbus(header)] header: zbus::message::Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), RotaError> {
+        authorize(conn, &header, &self.group()).await?;
         log::info!("D-Bus: Install() is deprecated, use InstallBundle()");
         let source = check_source(conn, &header, &source)
             .await
@@ -193,7 +203,10 @@ impl Installer {
         &self,
         state: String,
         slot_identifier: String,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, String), RotaError> {
+        authorize(conn, &header, &self.group()).await?;
         let how: MarkState = state.parse()?;
         Ok(self.agent.mark(how, &slot_identifier).await?)
     }
