@@ -1394,3 +1394,41 @@ fn a_hung_agent_stops_the_watchdog_pings() {
     let log = String::from_utf8_lossy(&gw.read("service.log")).into_owned();
     assert!(log.contains("did not answer within"), "{log}");
 }
+
+/// Context switches of every thread of `pid` (voluntary + involuntary): a thread that
+/// wakes up adds at least one.
+fn context_switches(pid: i32) -> u64 {
+    let mut total = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        total += status
+            .lines()
+            .filter(|l| l.contains("ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+/// An idle service (no watchdog, no poller) does not wake up at all: no timers, no
+/// busy threads. Measured from /proc over a few seconds.
+#[test]
+fn idle_service_does_not_wake_up() {
+    let mut gw = Gateway::new(false);
+    gw.start_service();
+    // Let start-up work (journal check, bus names, first status) settle.
+    let _ = gw.status_json();
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = gw.service_pid();
+    let before = context_switches(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = context_switches(pid);
+    assert!(
+        after - before <= 2,
+        "the idle service woke up {} times in 3 s",
+        after - before
+    );
+}
