@@ -6,14 +6,35 @@
 # bitbake's `do_update_crates` writes). Every package in the lock is listed, also the
 # ones for other platforms: cargo checks the whole lock when it builds offline.
 #
-#   scripts/gen-crates-inc.sh            write the file
-#   scripts/gen-crates-inc.sh --check    fail if the committed file is out of date
+# It also points SRCREV in rota-source.inc at the last commit that changed Cargo.lock
+# (committed Cargo.lock only), so the recipe fetches a tree whose lock file is the one
+# the crate list was made from.
+#
+#   scripts/gen-crates-inc.sh            write the files
+#   scripts/gen-crates-inc.sh --check    fail if the committed files are out of date
 #   scripts/gen-crates-inc.sh --stdout   print instead of writing
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 LOCK=Cargo.lock
 OUT=yocto-layer/meta-rota/recipes-core/rota/rota-crates.inc
+SOURCE_INC=yocto-layer/meta-rota/recipes-core/rota/rota-source.inc
+
+# The commit SRCREV names, and whether its Cargo.lock is the working tree's.
+srcrev() { sed -n 's/^SRCREV = "\([0-9a-f]*\)"$/\1/p' "$SOURCE_INC"; }
+check_srcrev() {
+  local rev; rev=$(srcrev)
+  [[ -n $rev ]] || { echo "gen-crates-inc: no SRCREV in $SOURCE_INC" >&2; return 1; }
+  if ! git cat-file -e "$rev^{commit}" 2>/dev/null; then
+    echo "gen-crates-inc: SRCREV $rev is not in this clone (shallow?); not checked" >&2
+    return 0
+  fi
+  if ! git show "$rev:$LOCK" | cmp -s - "$LOCK"; then
+    echo "gen-crates-inc: SRCREV $rev has another $LOCK than this tree; run scripts/gen-crates-inc.sh after committing $LOCK" >&2
+    return 1
+  fi
+  echo "gen-crates-inc: SRCREV $rev has this $LOCK"
+}
 [[ -f $LOCK ]] || { echo "gen-crates-inc: $LOCK not found" >&2; exit 1; }
 
 generate() {
@@ -64,10 +85,18 @@ case "${1:-}" in
       diff -u "$OUT" "$tmp" | head -20 >&2 || true
       exit 1
     fi
-    echo "gen-crates-inc: $OUT matches $LOCK ($(grep -c '^SRC_URI\[' "$OUT") crates)" ;;
+    echo "gen-crates-inc: $OUT matches $LOCK ($(grep -c '^SRC_URI\[' "$OUT") crates)"
+    check_srcrev ;;
   "")
     mkdir -p "$(dirname "$OUT")"
     tmp=$(mktemp); generate > "$tmp"; mv "$tmp" "$OUT"; chmod 0644 "$OUT"
-    echo "gen-crates-inc: wrote $OUT ($(grep -c '^SRC_URI\[' "$OUT") crates)" ;;
+    echo "gen-crates-inc: wrote $OUT ($(grep -c '^SRC_URI\[' "$OUT") crates)"
+    if git diff --quiet HEAD -- "$LOCK" 2>/dev/null; then
+      rev=$(git log -1 --format=%H -- "$LOCK")
+      sed -i "s/^SRCREV = \"[0-9a-f]*\"$/SRCREV = \"$rev\"/" "$SOURCE_INC"
+      echo "gen-crates-inc: SRCREV = $rev (last commit of $LOCK)"
+    else
+      echo "gen-crates-inc: $LOCK has uncommitted changes; commit it and run again to set SRCREV" >&2
+    fi ;;
   *) echo "usage: $0 [--check|--stdout]" >&2; exit 2 ;;
 esac
