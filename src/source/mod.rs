@@ -6,6 +6,7 @@
 
 pub mod file;
 pub mod http;
+pub mod memory;
 pub mod tls;
 
 use std::io::Read;
