@@ -320,8 +320,8 @@ fn every_malicious_or_broken_bundle_is_refused_and_nothing_is_lost() {
     );
     // 14, 15. A symlink and a hard link member.
     for (kind, name) in [
-        (tar::EntryType::Symlink, "symlink"),
-        (tar::EntryType::Link, "link"),
+        (tar::EntryType::Symlink, "is a symlink entry"),
+        (tar::EntryType::Link, "is a link entry"),
     ] {
         let mut t = tar::Builder::new(Vec::new());
         for (n, d) in &good[..3] {
