@@ -402,7 +402,7 @@ pub async fn start_with(
         open_source,
     });
 
-    let mut state = device.store.load().map_err(|e| failed(&e))?;
+    let mut state = device.store.load_or_recover().map_err(|e| failed(&e))?;
     let boot = device.bootloader.read();
     if let Err(e) = &boot {
         log::error!("cannot read the boot selection: {e}");

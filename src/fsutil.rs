@@ -28,6 +28,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
         f.write_all(data)?;
         f.sync_all()?;
     }
+    crate::failpoint::hit("state.before-rename");
     fs::rename(&tmp, path)?;
     sync_dir(dir)
 }

@@ -164,6 +164,32 @@ impl StateStore {
         }
     }
 
+    /// [`load`](Self::load), but a state file that cannot be parsed (a torn write on a
+    /// filesystem that lost it, a bit flip) is moved aside to `status.json.corrupt` and
+    /// replaced by an empty state, so the device can still install. What is lost is
+    /// history and an interrupted install's journal: its target slot is already out of
+    /// the boot selection, and the next install writes it again from scratch.
+    pub fn load_or_recover(&self) -> Result<State, StateError> {
+        match self.load() {
+            Err(StateError::Corrupt { path, message }) => {
+                let aside = path.with_extension("json.corrupt");
+                log::error!(
+                    "state file {} is corrupt ({message}); moved to {} and starting with an empty state",
+                    path.display(),
+                    aside.display()
+                );
+                std::fs::rename(&path, &aside)
+                    .and_then(|_| crate::fsutil::sync_dir(path.parent().unwrap_or(Path::new("."))))
+                    .map_err(|source| StateError::Write {
+                        path: aside.clone(),
+                        source,
+                    })?;
+                Ok(State::default())
+            }
+            other => other,
+        }
+    }
+
     pub fn save(&self, state: &State) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write {
             path: self.path.clone(),

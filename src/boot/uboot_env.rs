@@ -411,7 +411,13 @@ impl UbootEnv {
             .write(true)
             .open(&loc.device)
             .map_err(|e| EnvError::Io(format!("{}: {e}", loc.device.display())))?;
-        file.write_all_at(&image, loc.offset)
+        // Two writes, so the power-cut campaign can cut between them (a torn copy).
+        let half = image.len() / 2;
+        file.write_all_at(&image[..half], loc.offset)
+            .and_then(|_| {
+                crate::failpoint::hit("env.mid-write");
+                file.write_all_at(&image[half..], loc.offset + half as u64)
+            })
             .and_then(|_| file.sync_all())
             .map_err(|e| {
                 EnvError::Io(format!(
@@ -420,6 +426,7 @@ impl UbootEnv {
                     loc.offset
                 ))
             })?;
+        crate::failpoint::hit("env.after-write");
         Ok(vars)
     }
 }

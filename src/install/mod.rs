@@ -191,6 +191,7 @@ pub fn run(
         error: String::new(),
     });
     ctx.store.save(&state)?;
+    crate::failpoint::hit("install.after-journal");
     for p in &plan.images {
         if let Some(b) = &p.slot.bootname {
             ctx.bootloader.update(&mut |s| s.disable(b))?;
@@ -210,6 +211,8 @@ pub fn run(
             &ctx.config.system.data_dir,
         )?;
     }
+
+    crate::failpoint::hit("install.after-disable");
 
     // Copy every image, verified chunk by chunk.
     let total: u64 = plan.images.iter().map(|p| p.image.size).sum();
@@ -245,6 +248,7 @@ pub fn run(
         check_cancel(&cancel)?;
         reporter.step(2, &format!("Checking {} in {}", p.image.file, p.slot.name));
         copy::read_back(&writer, &p.image, &cancel)?;
+        crate::failpoint::hit("install.after-read-back");
         written += p.image.size;
     }
 
@@ -260,6 +264,7 @@ pub fn run(
         }
     }
     ctx.store.save(&state)?;
+    crate::failpoint::hit("install.after-record");
     reporter.step(2, "Activating");
     let attempts = ctx.config.system.boot_attempts;
     let fallback = ctx.booted.as_ref().and_then(|b| b.bootname.clone());
@@ -270,6 +275,7 @@ pub fn run(
             .update(&mut |s| s.activate(b, attempts, fallback.as_deref()))?;
         log::info!("activated slot {b}: BOOT_ORDER=\"{}\"", sel.order.join(" "));
     }
+    crate::failpoint::hit("install.after-activate");
     let mut state = ctx.store.load()?;
     if let Some(li) = state.last_install.as_mut() {
         li.result = if activated.is_some() {

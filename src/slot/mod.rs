@@ -121,12 +121,22 @@ impl SlotWriter {
     }
 
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), SlotError> {
-        self.file.write_all_at(data, offset).map_err(|e| {
-            dev_err(
-                &self.slot,
-                format!("write of {} bytes at {offset} failed: {e}", data.len()),
-            )
-        })
+        // Two writes, so the power-cut campaign can cut inside a chunk.
+        let half = data.len() / 2;
+        self.file
+            .write_all_at(&data[..half], offset)
+            .and_then(|_| {
+                crate::failpoint::hit("copy.mid-chunk");
+                self.file.write_all_at(&data[half..], offset + half as u64)
+            })
+            .map_err(|e| {
+                dev_err(
+                    &self.slot,
+                    format!("write of {} bytes at {offset} failed: {e}", data.len()),
+                )
+            })?;
+        crate::failpoint::hit("copy.after-write");
+        Ok(())
     }
 
     /// Reads `buf.len()` bytes at `offset`.

@@ -1,0 +1,54 @@
+//! Crash points for the power-cut campaign (`tests/powercut.rs`): with
+//! `ROTA_FAILPOINT=<name>[:<n>]` in the environment, the process kills itself with SIGKILL
+//! the n-th time (default the first) it reaches the point `name` — no destructor, no
+//! flush, as close to pulling the plug as a process can get. Without the variable every
+//! point is one relaxed atomic load. The names are listed in [`POINTS`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+/// Every crash point, in the order an install reaches them.
+pub const POINTS: &[&str] = &[
+    "install.after-journal",
+    "install.after-disable",
+    "copy.mid-chunk",
+    "copy.after-write",
+    "install.after-read-back",
+    "install.after-record",
+    "env.mid-write",
+    "env.after-write",
+    "install.after-activate",
+    "state.before-rename",
+];
+
+struct Armed {
+    name: String,
+    nth: u64,
+    seen: AtomicU64,
+}
+
+fn armed() -> Option<&'static Armed> {
+    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
+    ARMED
+        .get_or_init(|| {
+            let spec = std::env::var("ROTA_FAILPOINT").ok()?;
+            let (name, nth) = match spec.split_once(':') {
+                Some((n, k)) => (n.to_owned(), k.parse().unwrap_or(1)),
+                None => (spec, 1),
+            };
+            Some(Armed {
+                name,
+                nth: nth.max(1),
+                seen: AtomicU64::new(0),
+            })
+        })
+        .as_ref()
+}
+
+/// Dies here if this point is armed and its count is reached.
+pub fn hit(name: &str) {
+    let Some(a) = armed() else { return };
+    if a.name == name && a.seen.fetch_add(1, Ordering::SeqCst) + 1 == a.nth {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+}
