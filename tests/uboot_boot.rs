@@ -258,3 +258,60 @@ fn marked_good_slot_stays_and_exhausted_counters_reset() {
         "the preferred slot again"
     );
 }
+
+/// Boot flapping: power is lost during each of the first N boots of the new slot
+/// (U-Boot spends an attempt, nothing marks the slot good), then power stays on and the
+/// system comes up (the mark-good unit marks whatever booted). With the real U-Boot and
+/// the shipped script: for N below the attempts the new slot wins; from N = attempts on
+/// the old slot does and rota reports the rollback. Either way the device ends on a
+/// good slot and the next boot chooses it again — no reset loop.
+#[test]
+fn power_lost_in_the_first_boots_of_a_new_slot_ends_on_a_good_slot() {
+    for flaps in 1..=4 {
+        let (mut gw, disk) = gateway_on_disk();
+        gw.start_service();
+        gw.rota(&["mark", "good", "booted"]).success();
+        let (bundle, _) = gw.bundle(
+            "v2",
+            "acme-gateway",
+            "2.0.0",
+            pattern(1 << 20, 4),
+            "release",
+        );
+        gw.rota(&["install", path_str(&bundle)]).success();
+        gw.stop_service();
+        for i in 0..flaps {
+            let booted = boot_once(&disk);
+            let want = if i < 3 { "B" } else { "A" };
+            assert_eq!(booted.as_deref(), Some(want), "flaps={flaps}, boot {i}");
+        }
+        // Power stays on: U-Boot picks a slot, Linux comes up, mark-good runs.
+        let slot = boot_once(&disk).expect("a slot boots");
+        let want = if flaps < 3 { "B" } else { "A" };
+        assert_eq!(slot, want, "flaps={flaps}: the stable boot");
+        reboot_service(&mut gw, &slot);
+        gw.rota(&["mark", "good", "booted"]).success();
+        let st = gw.status_json();
+        let env = gw.fw_printenv();
+        assert_eq!(
+            env[&format!("BOOT_{slot}_LEFT")],
+            "3",
+            "flaps={flaps}: {env:?}"
+        );
+        if slot == "B" {
+            assert_eq!(st["last_install"]["result"], "good", "flaps={flaps}: {st}");
+        } else {
+            assert_eq!(
+                st["last_install"]["result"], "rolled-back",
+                "flaps={flaps}: {st}"
+            );
+        }
+        gw.stop_service();
+        // The next power-on boots the same good slot.
+        assert_eq!(
+            boot_once(&disk).as_deref(),
+            Some(slot.as_str()),
+            "flaps={flaps}"
+        );
+    }
+}
