@@ -30,6 +30,24 @@ fn events(out: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `busctl --system call io.rota /io/rota io.rota.Agent1 ARGS` as nobody (uid and gid
+/// 65534, no supplementary groups), switched with setpriv.
+fn agent_call_as_nobody(gw: &Gateway, args: &[&str]) -> Run {
+    let mut all = vec![
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "busctl",
+        "--system",
+        "call",
+        "io.rota",
+        "/io/rota",
+        "io.rota.Agent1",
+    ];
+    all.extend_from_slice(args);
+    gw.cmd("setpriv", &all)
+}
+
 /// Waits for a background CLI (killed after `secs`, which fails the test).
 fn finish(mut child: Child, secs: u64) -> Run {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -909,20 +927,7 @@ fn a_caller_cannot_install_a_file_it_cannot_read() {
         gw.cmd("setpriv", &all)
     };
     let b_before = gw.read("b.img");
-    let r = nobody(
-        "busctl",
-        &[
-            "--system",
-            "call",
-            "io.rota",
-            "/io/rota",
-            "io.rota.Agent1",
-            "Install",
-            "sa{sv}",
-            path_str(&bundle),
-            "0",
-        ],
-    );
+    let r = agent_call_as_nobody(&gw, &["Install", "sa{sv}", path_str(&bundle), "0"]);
     assert_ne!(r.code(), 0);
     assert!(
         r.stderr()
@@ -964,20 +969,7 @@ fn a_caller_cannot_install_a_file_it_cannot_read() {
     assert_eq!(gw.status_json()["last_install"], Value::Null);
     // Root may; and once the file is readable, so may the caller.
     std::fs::set_permissions(&bundle, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let r = nobody(
-        "busctl",
-        &[
-            "--system",
-            "call",
-            "io.rota",
-            "/io/rota",
-            "io.rota.Agent1",
-            "Install",
-            "sa{sv}",
-            path_str(&bundle),
-            "0",
-        ],
-    );
+    let r = agent_call_as_nobody(&gw, &["Install", "sa{sv}", path_str(&bundle), "0"]);
     assert_eq!(r.code(), 0, "{}", r.stderr());
     wait_for("install to finish", 60, || {
         gw.status_json()["last_install"]["result"] == "activated"
@@ -1005,21 +997,7 @@ fn service_refuses_changes_from_callers_outside_the_group() {
     )
     .unwrap();
     let env_before = gw.read("uboot.env");
-    let nobody = |args: &[&str]| {
-        let mut all = vec![
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "busctl",
-            "--system",
-            "call",
-            "io.rota",
-            "/io/rota",
-            "io.rota.Agent1",
-        ];
-        all.extend_from_slice(args);
-        gw.cmd("setpriv", &all)
-    };
+    let nobody = |args: &[&str]| agent_call_as_nobody(&gw, args);
     for call in [
         vec!["Install", "sa{sv}", path_str(&bundle), "0"],
         vec!["Cancel"],

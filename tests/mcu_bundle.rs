@@ -42,6 +42,18 @@ fn gateway_with(cfg: SimConfig, serial: bool) -> (Gateway, Sim, PathBuf) {
 
 /// A signed bundle with an optional rootfs image and an MCU image for `sensor`.
 fn bundle(gw: &Gateway, name: &str, version: &str, rootfs: Option<&[u8]>, mcu: &Path) -> PathBuf {
+    bundle_for(gw, name, version, rootfs, mcu, "sensor")
+}
+
+/// As [`bundle`], the MCU image meant for `node`.
+fn bundle_for(
+    gw: &Gateway,
+    name: &str,
+    version: &str,
+    rootfs: Option<&[u8]>,
+    mcu: &Path,
+    node: &str,
+) -> PathBuf {
     let src = gw.path(&format!("src-{name}"));
     std::fs::create_dir_all(&src).unwrap();
     let mut manifest =
@@ -50,8 +62,10 @@ fn bundle(gw: &Gateway, name: &str, version: &str, rootfs: Option<&[u8]>, mcu: &
         std::fs::write(src.join("rootfs.ext4"), r).unwrap();
         manifest.push_str("\n[[image]]\nslot-class = \"rootfs\"\nfile = \"rootfs.ext4\"\n");
     }
-    std::fs::copy(mcu, src.join("sensor.bin")).unwrap();
-    manifest.push_str("\n[[image]]\nmcu = \"sensor\"\nfile = \"sensor.bin\"\n");
+    std::fs::copy(mcu, src.join(format!("{node}.bin"))).unwrap();
+    manifest.push_str(&format!(
+        "\n[[image]]\nmcu = \"{node}\"\nfile = \"{node}.bin\"\n"
+    ));
     std::fs::write(src.join("manifest.toml"), manifest).unwrap();
     let out = gw.path(&format!("{name}.rota"));
     gw.rota(&[
@@ -194,24 +208,7 @@ fn bad_mcu_images_refuse_the_bundle_before_any_slot_write() {
         assert!(!gw.path("data/mcu/staged/sensor.img").exists());
     }
     // A node the config does not name.
-    let src = gw.path("src-unknown");
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::copy(&signed, src.join("x.bin")).unwrap();
-    std::fs::write(
-        src.join("manifest.toml"),
-        "[update]\ncompatible = \"acme-gateway\"\nversion = \"1.1.0\"\n\n[[image]]\nmcu = \"radio\"\nfile = \"x.bin\"\n",
-    )
-    .unwrap();
-    let out = gw.path("unknown.rota");
-    gw.rota(&[
-        "bundle",
-        "create",
-        path_str(&src),
-        path_str(&out),
-        "--key",
-        "keys/release.key.pem",
-    ])
-    .success();
+    let out = bundle_for(&gw, "unknown", "1.1.0", None, &signed, "radio");
     let r = gw.rota(&["install", path_str(&out)]);
     assert_eq!(r.code(), 1);
     assert!(
