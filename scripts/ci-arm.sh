@@ -8,7 +8,7 @@
 #  2. tests under qemu-user (runner via CARGO_TARGET_<TRIPLE>_RUNNER; tests that start
 #     rota binaries prefix them with ROTA_TEST_RUNNER), both targets side by side:
 #       aarch64: unit tests, dbus_policy, dbus_service (CLI + D-Bus + kill/resume),
-#                install_engine, interop_env, interop_openssl, mcu_relay, mcu_dbus,
+#                install_engine, interop_env, interop_openssl, mcu_relay,
 #                packaging;
 #       armv7:   the ones where 32-bit matters: unit tests, packaging (offsets past
 #                4 GiB, env bytes), interop_env, install_engine, dbus_policy,
@@ -16,7 +16,8 @@
 #     Left out by default, because they add minutes under emulation and exercise no
 #     architecture-dependent rota code the others do not: http_install (~90 s; HTTP and
 #     TLS plumbing over the same chunk pipeline), uboot_boot (U-Boot runs in
-#     qemu-system either way), mcu_cli and mcu_smpclient (CLI output, Python peer), and
+#     qemu-system either way), mcu_cli, mcu_dbus and mcu_smpclient (CLI output, D-Bus
+#     objects, Python peer), the campaigns (powercut, malicious_bundles), and
 #     dbus_service on armv7. ROTA_ARM_FULL=1 runs every test on both targets.
 # ROTA_ARM_TESTS_ONLY=1 skips the release builds (for iterating on tests).
 # Test builds use the dev profile without debug info, with the hashing and signature
@@ -42,7 +43,7 @@ declare -A STRIP=(
   [aarch64-unknown-linux-musl]=aarch64-linux-gnu-strip
 )
 AARCH64_TESTS=(--lib --test dbus_policy --test dbus_service --test install_engine --test interop_env
-  --test interop_openssl --test mcu_relay --test mcu_dbus --test packaging)
+  --test interop_openssl --test mcu_relay --test packaging)
 ARMV7_TESTS=(--lib --test packaging --test interop_env --test install_engine --test dbus_policy --test interop_openssl)
 
 fail() { echo "ci-arm: $*" >&2; exit 1; }
