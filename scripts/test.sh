@@ -28,8 +28,10 @@ mkdir -p target
 if [[ "${ROTA_CI_ARM:-1}" != 0 ]]; then
   stage "scripts/ci-arm.sh started in the background (log: target/ci-arm.log)"
   # Its own target dir: cargo holds the build-dir lock while the host tests run.
-  CARGO_TARGET_DIR=target/arm nice -n 10 bash scripts/ci-arm.sh > target/ci-arm.log 2>&1 &
+  CARGO_TARGET_DIR=target/arm setsid nice -n 10 bash scripts/ci-arm.sh > target/ci-arm.log 2>&1 &
   arm_pid=$!
+  # If anything below fails, the ARM job (its own process group) goes too.
+  trap 'kill -- -"$arm_pid" 2>/dev/null || true' EXIT
 fi
 
 stage "host tests"
@@ -44,6 +46,7 @@ done
 if [[ -n $arm_pid ]]; then
   stage "waiting for scripts/ci-arm.sh"
   rc=0; wait "$arm_pid" || rc=$?
+  trap - EXIT
   cat target/ci-arm.log | grep -v '^\s*\(Compiling\|Downloaded\|Downloading\|Executable\)' || true
   ((rc == 0)) || { echo "scripts/ci-arm.sh failed ($rc)"; exit "$rc"; }
 fi
