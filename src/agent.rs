@@ -403,19 +403,19 @@ pub async fn start_with(
     });
 
     let mut state = device.store.load_or_recover().map_err(|e| failed(&e))?;
+    let before = state.clone();
+    let mut last_error = settle_journal(&device, &mut state).unwrap_or_default();
     let boot = device.bootloader.read();
     if let Err(e) = &boot {
         log::error!("cannot read the boot selection: {e}");
     }
-    let mut last_error = String::new();
     if let Ok(boot) = &boot {
-        let before = state.last_install.clone();
         if let Some(msg) = follow_up(&device, &mut state, boot) {
             last_error = msg;
         }
-        if state.last_install != before {
-            device.store.save(&state).map_err(|e| failed(&e))?;
-        }
+    }
+    if state != before {
+        device.store.save(&state).map_err(|e| failed(&e))?;
     }
     let snapshot = Snapshot {
         compatible: device.config.system.compatible.clone(),
@@ -460,6 +460,101 @@ fn primary_slot_name(device: &Device, boot: &BootState) -> String {
         .and_then(|b| crate::slot::find_slot(&device.config, b))
         .map(|s| s.name)
         .unwrap_or_default()
+}
+
+/// How many times in a row an interrupted install is resumed before it is given up.
+pub const MAX_RESUMES: u32 = 10;
+
+/// Decides at start whether the journal of an interrupted install is resumed. It is not
+/// (and is closed) when
+/// - the device now runs another slot than the install started on: a power cut after
+///   activation rebooted it into the new slot, whose content was verified before it was
+///   activated — the update is then `activated` (and [`follow_up`] sees it booted);
+///   anything else is reported failed. Resuming would write the *other* slot — the old,
+///   known-good fallback — and activate it;
+/// - it was already resumed [`MAX_RESUMES`] times and died every time: the service would
+///   otherwise crash at every start and the journal would block every other install.
+///
+/// Returns the failure message, if the install is reported failed.
+fn settle_journal(device: &Device, state: &mut State) -> Option<String> {
+    let j = state.journal.clone()?;
+    let booted = device
+        .booted
+        .as_ref()
+        .map(|b| b.name.as_str())
+        .unwrap_or("");
+    let (result, msg) = if !j.booted.is_empty() && j.booted != booted {
+        let verified = !j.target.is_empty()
+            && j.target == booted
+            && state
+                .slots
+                .get(&j.target)
+                .is_some_and(|s| s.status == "ok" && s.transaction == j.transaction);
+        if verified {
+            log::info!(
+                "install {} was interrupted after activating slot {booted}, which is now running; not resuming it",
+                j.transaction
+            );
+            ("activated", None)
+        } else {
+            (
+                "failed",
+                Some(format!(
+                    "install {} was interrupted: it started on slot {} and the device now runs {}",
+                    j.transaction,
+                    j.booted,
+                    if booted.is_empty() {
+                        "an unknown slot"
+                    } else {
+                        booted
+                    }
+                )),
+            )
+        }
+    } else if j.resumed >= MAX_RESUMES {
+        (
+            "failed",
+            Some(format!(
+                "install {} was interrupted {} times in a row and is given up; its target slot stays out of the boot selection",
+                j.transaction,
+                j.resumed + 1
+            )),
+        )
+    } else {
+        return None;
+    };
+    state.journal = None;
+    match state
+        .last_install
+        .as_mut()
+        .filter(|l| l.transaction == j.transaction)
+    {
+        Some(li) => {
+            li.result = result.into();
+            if let Some(m) = &msg {
+                li.error = m.clone();
+            }
+        }
+        None => {
+            if let Some(m) = &msg {
+                state.last_install = Some(InstallRecord {
+                    transaction: j.transaction.clone(),
+                    result: result.into(),
+                    error: m.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    for s in state.slots.values_mut() {
+        if s.transaction == j.transaction && s.status == "installing" {
+            s.status = "failed".into();
+        }
+    }
+    if let Some(m) = &msg {
+        log::error!("{m}");
+    }
+    msg
 }
 
 /// Follows the last install through reboot: returns a message when the bootloader fell back.
@@ -594,6 +689,11 @@ impl Agent {
         match device.store.load() {
             Ok(mut state) => {
                 let mut journal = Journal::from_request(&transaction, &req);
+                journal.booted = device
+                    .booted
+                    .as_ref()
+                    .map(|b| b.name.clone())
+                    .unwrap_or_default();
                 if let Some(old) = state
                     .journal
                     .take()
@@ -601,6 +701,7 @@ impl Agent {
                 {
                     journal.manifest_hash = old.manifest_hash;
                     journal.resumed = old.resumed + u32::from(resuming);
+                    journal.target = old.target;
                 }
                 state.journal = Some(journal);
                 if let Err(e) = device.store.save(&state) {

@@ -126,6 +126,14 @@ fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     true
 }
 
+/// `rota status --json`, or None while the service does not answer.
+fn status_quiet(gw: &Gateway) -> Option<serde_json::Value> {
+    let r = gw.rota(&["status", "--json"]);
+    (r.code() == 0)
+        .then(|| serde_json::from_str(&r.stdout()).ok())
+        .flatten()
+}
+
 fn state_json(gw: &Gateway) -> Option<serde_json::Value> {
     std::fs::read(gw.path("data/status.json"))
         .ok()
@@ -324,10 +332,7 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
         if had_journal && !holds(which) {
             fail("the resumed install is not bit-exact".into());
         }
-        let env_run = gw.cmd(
-            "fw_printenv",
-            &["-c", path_str(&gw.path("fw_env.config"))],
-        );
+        let env_run = gw.cmd("fw_printenv", &["-c", path_str(&gw.path("fw_env.config"))]);
         if env_run.code() != 0 {
             fail(format!("fw_printenv failed: {}", env_run.stderr()));
         }
@@ -403,4 +408,160 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
         violations.len(),
         violations[0]
     );
+}
+
+/// U-Boot's choice at power-on, as `bootloader-env/boot.cmd` makes it: the first slot of
+/// BOOT_ORDER with attempts left, its counter decremented and saved (with the real
+/// `fw_setenv`). The kernel command line then names that slot.
+fn uboot_boots(gw: &Gateway) -> String {
+    let env = gw.fw_printenv();
+    let left = |s: &str| {
+        env.get(&format!("BOOT_{s}_LEFT"))
+            .and_then(|v| u32::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    };
+    let slot = env["BOOT_ORDER"]
+        .split_whitespace()
+        .find(|s| left(s) > 0)
+        .expect("a slot with attempts left")
+        .to_owned();
+    let cfg = gw.path("fw_env.config");
+    gw.cmd(
+        "fw_setenv",
+        &[
+            "-c",
+            path_str(&cfg),
+            &format!("BOOT_{slot}_LEFT"),
+            &format!("{:x}", left(&slot) - 1),
+        ],
+    )
+    .success();
+    std::fs::write(
+        gw.path("cmdline"),
+        format!("console=ttyAMA0 rota.slot={slot}\n"),
+    )
+    .unwrap();
+    slot
+}
+
+/// A power cut after the new slot was activated but before the install's journal was
+/// closed is a reboot: U-Boot boots the new slot. The service that comes up there must
+/// not resume the journal into the other slot — that is the old, known-good fallback —
+/// but see the update through: the new slot is running, not yet marked good.
+#[test]
+fn a_cut_after_activation_boots_the_new_slot_and_the_old_one_stays_intact() {
+    for point in [
+        "env.after-write:2",
+        "install.after-activate",
+        "state.before-rename:4",
+    ] {
+        let mut gw = Gateway::new(false);
+        make_env_redundant(&gw);
+        let a = gw.read("a.img");
+        let (bundle, image) =
+            gw.bundle("v2", "acme-gateway", "2.0.0", pattern(IMAGE, 9), "release");
+        gw.spawn_service_with(|c| {
+            c.env("ROTA_FAILPOINT", point);
+        });
+        gw.wait_for_service();
+        let r = gw.rota(&["install", path_str(&bundle)]);
+        assert_ne!(r.code(), 0, "{point}: the service was not cut");
+        assert_eq!(gw.wait_service_exit(30), None, "{point}: killed");
+        assert_eq!(uboot_boots(&gw), "B", "{point}: U-Boot boots the new slot");
+        gw.start_service();
+        assert!(
+            wait_until(60, || gw.status_json()["operation"] == "idle"),
+            "{point}"
+        );
+        let st = gw.status_json();
+        assert_eq!(st["booted"], "B", "{point}");
+        assert_eq!(
+            st["last_install"]["result"], "booted",
+            "{point}: running the new slot, not yet marked good: {st}"
+        );
+        assert!(
+            state_json(&gw).is_some_and(|s| s["journal"].is_null()),
+            "{point}: the journal is closed"
+        );
+        assert_eq!(gw.read("a.img"), a, "{point}: the old slot A is untouched");
+        assert_eq!(&gw.read("b.img")[..IMAGE], &image[..], "{point}");
+        let env = gw.fw_printenv();
+        assert_eq!(env["BOOT_ORDER"], "B A", "{point}: {env:?}");
+        assert_ne!(env["BOOT_A_LEFT"], "0", "{point}: A stays the fallback");
+        gw.rota(&["mark", "good", "booted"]).success();
+        assert_eq!(
+            gw.status_json()["last_install"]["result"],
+            "good",
+            "{point}"
+        );
+        gw.stop_service();
+    }
+}
+
+/// A crash that comes back at every start of a resumed install (a power supply that
+/// always fails at the same step, a bug) must not keep the service in a crash loop with
+/// the journal blocking every other install: after `MAX_RESUMES` resumes the install is
+/// given up, reported failed, the target stays out of the boot selection, and a fresh
+/// install works.
+#[test]
+fn an_install_that_dies_at_every_resume_is_given_up() {
+    let mut gw = Gateway::new(false);
+    make_env_redundant(&gw);
+    let a = gw.read("a.img");
+    let (bundle, image) = gw.bundle("v2", "acme-gateway", "2.0.0", pattern(IMAGE, 11), "release");
+    let arm = |c: &mut std::process::Command| {
+        c.env("ROTA_FAILPOINT", "install.after-disable");
+    };
+    gw.spawn_service_with(arm);
+    gw.wait_for_service();
+    assert_ne!(gw.rota(&["install", path_str(&bundle)]).code(), 0);
+    assert_eq!(gw.wait_service_exit(30), None);
+    let mut starts = 0;
+    loop {
+        // Every start resumes and dies again at the same point, until rota gives up.
+        gw.spawn_service_with(arm);
+        starts += 1;
+        assert!(starts <= 20, "still resuming after {starts} starts");
+        let st = std::time::Instant::now();
+        let mut died = false;
+        while st.elapsed() < Duration::from_secs(10) {
+            if let Some(Ok(Some(_))) = gw.service.as_mut().map(|s| s.try_wait()) {
+                died = true;
+                break;
+            }
+            if status_quiet(&gw).is_some_and(|s| {
+                s["operation"] == "idle" && s["last_install"]["result"] == "failed"
+            }) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if died {
+            gw.service = None;
+            continue;
+        }
+        break;
+    }
+    let st = gw.status_json();
+    assert_eq!(st["last_install"]["result"], "failed", "{st}");
+    assert!(
+        st["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("interrupted")
+            || st["last_install"]["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("interrupted"),
+        "{st}"
+    );
+    assert!(state_json(&gw).is_some_and(|s| s["journal"].is_null()));
+    let env = gw.fw_printenv();
+    assert_eq!(env["BOOT_B_LEFT"], "0", "the target stays out: {env:?}");
+    assert_eq!(gw.read("a.img"), a);
+    gw.stop_service();
+    gw.start_service();
+    gw.rota(&["install", path_str(&bundle)]).success();
+    assert_eq!(&gw.read("b.img")[..IMAGE], &image[..]);
+    eprintln!("powercut: gave up after {starts} starts");
 }
