@@ -561,6 +561,19 @@ fn settle_journal(device: &Device, state: &mut State) -> Option<String> {
 fn follow_up(device: &Device, state: &mut State, boot: &BootState) -> Option<String> {
     let booted = device.booted.as_ref()?;
     let li = state.last_install.as_mut()?;
+    if li.result == "rolled-back" && booted.name == li.slot {
+        // The bootloader fell back, then tried the new slot again (its counters all ran
+        // out and were reset, or someone made it first again) and now it runs.
+        log::info!(
+            "running the new slot {} ({}) with version {} after an earlier rollback; not yet marked good",
+            li.slot,
+            li.bootname,
+            li.version
+        );
+        li.result = "booted".into();
+        li.error.clear();
+        return None;
+    }
     if li.result != "activated" && li.result != "booted" {
         return None;
     }

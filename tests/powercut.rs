@@ -52,32 +52,6 @@ impl Rng {
     }
 }
 
-/// Turns the gateway's single env into a redundant one (two copies in one file, as the
-/// docs ask for on real boards).
-fn make_env_redundant(gw: &Gateway) {
-    let st = std::process::Command::new("mkenvimage")
-        .args(["-r", "-s", "0x4000", "-o"])
-        .arg(gw.path("copy.env"))
-        .arg(gw.path("env.txt"))
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let copy = gw.read("copy.env");
-    let mut both = copy.clone();
-    both.extend_from_slice(&copy);
-    // The second copy's flag is older, so the first one is current.
-    both[ENV_SIZE + 4] = 0;
-    std::fs::write(gw.path("uboot.env"), both).unwrap();
-    std::fs::write(
-        gw.path("fw_env.config"),
-        format!(
-            "{env} 0x0 0x4000\n{env} 0x4000 0x4000\n",
-            env = gw.path("uboot.env").display()
-        ),
-    )
-    .unwrap();
-}
-
 /// (valid, flag) of copy `i` of the redundant env file.
 fn env_copy(env: &[u8], i: usize) -> (bool, u8) {
     let c = &env[i * ENV_SIZE..(i + 1) * ENV_SIZE];
@@ -160,7 +134,7 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
     eprintln!("powercut: {cuts} cuts, seed: {seed} (ROTA_POWERCUT_SEED={seed} repeats this run)");
     let mut rng = Rng(seed);
     let mut gw = Gateway::new(false);
-    make_env_redundant(&gw);
+    gw.use_redundant_env();
     let a = gw.read("a.img");
     let images: Vec<Vec<u8>> = (0..BUNDLES)
         .map(|i| pattern(IMAGE, 500 + i as u64))
@@ -456,7 +430,7 @@ fn a_cut_after_activation_boots_the_new_slot_and_the_old_one_stays_intact() {
         "state.before-rename:4",
     ] {
         let mut gw = Gateway::new(false);
-        make_env_redundant(&gw);
+        gw.use_redundant_env();
         let a = gw.read("a.img");
         let (bundle, image) =
             gw.bundle("v2", "acme-gateway", "2.0.0", pattern(IMAGE, 9), "release");
@@ -506,7 +480,7 @@ fn a_cut_after_activation_boots_the_new_slot_and_the_old_one_stays_intact() {
 #[test]
 fn an_install_that_dies_at_every_resume_is_given_up() {
     let mut gw = Gateway::new(false);
-    make_env_redundant(&gw);
+    gw.use_redundant_env();
     let a = gw.read("a.img");
     let (bundle, image) = gw.bundle("v2", "acme-gateway", "2.0.0", pattern(IMAGE, 11), "release");
     let arm = |c: &mut std::process::Command| {
