@@ -13,11 +13,16 @@
 //! not the current one cut at a random byte (erased or garbage tail, as a torn flash write
 //! leaves it), or `data/status.json` cut at a random byte.
 //!
-//! After every cut the service starts again and these must hold:
+//! A third of the cuts are reboots as well: U-Boot (modelled as `bootloader-env/boot.cmd`
+//! chooses, with the real `fw_setenv` spending the attempt) boots the first slot with
+//! attempts left — the new slot, when the cut came after its activation.
+//!
+//! At the cut (what U-Boot would see) and again after the restart these must hold:
 //! - the booted slot A is byte-identical to what it was;
 //! - the env is readable by the real `fw_printenv`, and the first slot of BOOT_ORDER has
 //!   attempts left and is A or a B that holds a complete image some install verified;
-//! - an install the journal resumes ends `activated`, bit-exact;
+//! - an install the journal resumes ends `activated`, bit-exact; on a reboot into the new
+//!   slot the journal is closed instead (never resumed into the old slot);
 //! - the service ends idle, with no install left "installing".
 //!
 //! Violations are collected (the run continues) and listed at the end. Knobs:
@@ -88,6 +93,23 @@ enum Cut {
     None,
 }
 
+/// Waits up to `secs` for the service to end: `Some(exit code)` (None when killed by a
+/// signal), or None when it still runs.
+fn service_exit(gw: &mut Gateway, secs: u64) -> Option<Option<i32>> {
+    let mut code = None;
+    wait_until(secs, || match gw.service.as_mut().map(|s| s.try_wait()) {
+        Some(Ok(Some(st))) => {
+            code = Some(st.code());
+            true
+        }
+        _ => false,
+    });
+    if code.is_some() {
+        gw.service = None;
+    }
+    code
+}
+
 /// Waits for `f`, false on timeout.
 fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -114,6 +136,59 @@ fn state_json(gw: &Gateway) -> Option<serde_json::Value> {
         .and_then(|b| serde_json::from_slice(&b).ok())
 }
 
+/// The env invariants: readable by the real `fw_printenv`, other variables kept, the
+/// first slot of BOOT_ORDER has attempts left, and B is bootable at all (in the order with
+/// attempts) only while it holds a complete image — this install's, or the one an earlier
+/// install activated (`b_good`, updated here) when this one was cut before touching B.
+fn check_env(
+    gw: &Gateway,
+    images: &[Vec<u8>],
+    which: usize,
+    b_good: &mut Option<usize>,
+) -> Result<(), String> {
+    let run = gw.cmd("fw_printenv", &["-c", path_str(&gw.path("fw_env.config"))]);
+    if run.code() != 0 {
+        return Err(format!("fw_printenv failed: {}", run.stderr()));
+    }
+    let env: BTreeMap<String, String> = run
+        .stdout()
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    if env.get("serial").map(String::as_str) != Some("GW-1") {
+        return Err(format!("the env lost other variables: {env:?}"));
+    }
+    let order = env.get("BOOT_ORDER").cloned().unwrap_or_default();
+    let first = order.split_whitespace().next().unwrap_or_default();
+    let left = |s: &str| {
+        env.get(&format!("BOOT_{s}_LEFT"))
+            .and_then(|v| u32::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    };
+    if !((first == "A" || first == "B") && left(first) > 0) {
+        return Err(format!(
+            "BOOT_ORDER={order:?}, first slot has {} attempts: {env:?}",
+            left(first)
+        ));
+    }
+    let b = gw.read("b.img");
+    let holds = |i: usize| b[..IMAGE] == images[i][..];
+    let b_bootable = order.split_whitespace().any(|s| s == "B") && left("B") > 0;
+    if b_bootable {
+        if holds(which) {
+            *b_good = Some(which);
+        } else if !b_good.is_some_and(holds) {
+            return Err(format!(
+                "B is bootable but holds no complete image (BOOT_ORDER={order:?}, B_LEFT={})",
+                left("B")
+            ));
+        }
+    } else if b_good.is_some_and(|i| !holds(i)) {
+        *b_good = None;
+    }
+    Ok(())
+}
+
 #[test]
 fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
     let cuts: u64 = std::env::var("ROTA_POWERCUT_CUTS")
@@ -135,7 +210,7 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
     let mut rng = Rng(seed);
     let mut gw = Gateway::new(false);
     gw.use_redundant_env();
-    let a = gw.read("a.img");
+    let mut a = gw.read("a.img");
     let images: Vec<Vec<u8>> = (0..BUNDLES)
         .map(|i| pattern(IMAGE, 500 + i as u64))
         .collect();
@@ -186,6 +261,7 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
     // failpoint → (armed, killed there)
     let mut per_point: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let (mut random_kills, mut torn_env, mut torn_state, mut resumed, mut uncut) = (0, 0, 0, 0, 0);
+    let (mut reboots, mut new_slot_boots) = (0, 0);
     let t0 = Instant::now();
     let mut done = 0;
     for cut in 0..cuts {
@@ -230,13 +306,17 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
                 if r.code() == 0 {
                     // Finished without reaching the n-th hit (e.g. chunks reused).
                     gw.stop_service();
-                } else if gw.wait_service_exit(30).is_none() {
-                    per_point.entry(p).or_default().1 += 1;
                 } else {
-                    fail(format!(
-                        "the install failed instead of dying at the point: {}",
-                        r.stderr()
-                    ));
+                    match service_exit(&mut gw, 30) {
+                        Some(None) => per_point.entry(p).or_default().1 += 1,
+                        other => {
+                            gw.kill_service();
+                            fail(format!(
+                                "the install failed instead of dying at the point (service: {other:?}): {}",
+                                r.stderr()
+                            ));
+                        }
+                    }
                 }
             }
             Cut::Random(d) => {
@@ -279,7 +359,21 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
             }
         }
 
-        // Power back: the service starts and resumes whatever the journal names.
+        // What U-Boot would find if this cut were a reboot: checked before any restart,
+        // since a resume could hide a slot that was bootable while incomplete.
+        if let Err(e) = check_env(&gw, &images, which, &mut b_good) {
+            fail(format!("at the cut: {e}"));
+        }
+
+        // Power back. Often the cut is a reboot: U-Boot picks a slot (the new one, when it
+        // was activated) and spends an attempt. Otherwise only the service restarted.
+        let reboot = !matches!(plan, Cut::None) && rng.below(3) == 0;
+        let booted = if reboot {
+            reboots += 1;
+            uboot_boots(&gw)
+        } else {
+            "A".to_owned()
+        };
         let had_journal = state_json(&gw).is_some_and(|v| v["journal"].is_object());
         gw.start_service();
         let mut st = serde_json::Value::Null;
@@ -290,62 +384,55 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
         if !settled {
             fail(format!("the service did not settle after restart: {st}"));
         }
-        if had_journal {
-            resumed += 1;
-            if st["last_install"]["result"] != "activated" {
-                fail(format!("the resumed install did not finish: {st}"));
+        let a_now = gw.read("a.img");
+        if a_now != a {
+            fail("slot A changed".into());
+            a = a_now; // report each change once
+        }
+        let b_now = gw.read("b.img");
+        let holds = |i: usize| b_now[..IMAGE] == images[i][..];
+        if booted == "A" {
+            if had_journal {
+                resumed += 1;
+                if st["last_install"]["result"] != "activated" {
+                    fail(format!("the resumed install did not finish: {st}"));
+                }
+                if !holds(which) {
+                    fail("the resumed install is not bit-exact".into());
+                }
+            }
+        } else {
+            // Running the new slot: the journal is closed, not resumed into A.
+            new_slot_boots += 1;
+            if state_json(&gw).is_some_and(|v| v["journal"].is_object()) {
+                fail(format!("the journal is still open on slot B: {st}"));
+            }
+            if !(holds(which) || b_good.is_some_and(holds)) {
+                fail("slot B runs but holds no complete image".into());
             }
         }
-
-        // The invariants.
-        if gw.read("a.img") != a {
-            fail("the booted slot A changed".into());
+        if let Err(e) = check_env(&gw, &images, which, &mut b_good) {
+            fail(format!("after the restart: {e}"));
         }
-        let b = gw.read("b.img");
-        let holds = |i: usize| b[..IMAGE] == images[i][..];
-        if had_journal && !holds(which) {
-            fail("the resumed install is not bit-exact".into());
-        }
-        let env_run = gw.cmd("fw_printenv", &["-c", path_str(&gw.path("fw_env.config"))]);
-        if env_run.code() != 0 {
-            fail(format!("fw_printenv failed: {}", env_run.stderr()));
-        }
-        let env: BTreeMap<String, String> = env_run
-            .stdout()
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect();
-        if env.get("serial").map(String::as_str) != Some("GW-1") {
-            fail(format!("the env lost other variables: {env:?}"));
-        }
-        let order = env.get("BOOT_ORDER").cloned().unwrap_or_default();
-        let first = order.split_whitespace().next().unwrap_or_default();
-        let left = |s: &str| {
-            env.get(&format!("BOOT_{s}_LEFT"))
-                .and_then(|v| u32::from_str_radix(v, 16).ok())
-                .unwrap_or(0)
-        };
-        if !((first == "A" || first == "B") && left(first) > 0) {
-            fail(format!(
-                "BOOT_ORDER={order:?}, first slot has {} attempts: {env:?}",
-                left(first)
-            ));
-        }
-        // B may be chosen at all (first, or a fallback with attempts) only when complete:
-        // with this install's image, or the one an earlier install activated when this
-        // install was cut before it touched anything.
-        let b_bootable = order.split_whitespace().any(|s| s == "B") && left("B") > 0;
-        if b_bootable {
-            if holds(which) {
-                b_good = Some(which);
-            } else if !b_good.is_some_and(holds) {
-                fail(format!(
-                    "B is bootable but holds no complete image (BOOT_ORDER={order:?}, B_LEFT={})",
-                    left("B")
-                ));
+        if reboot {
+            // The mark-good unit, then (on B) back to A for the next round.
+            let mut mark = |how: &str, slot: &str| {
+                let r = gw.rota(&["mark", how, slot]);
+                if r.code() != 0 {
+                    fail(format!("rota mark {how} {slot} failed: {}", r.stderr()));
+                }
+            };
+            mark("good", "booted");
+            if booted == "B" {
+                mark("active", "rootfs.0");
+                gw.stop_service();
+                let back = uboot_boots(&gw);
+                gw.start_service();
+                let r = gw.rota(&["mark", "good", "booted"]);
+                if back != "A" || r.code() != 0 {
+                    fail(format!("mark active A did not bring A back: booted {back}"));
+                }
             }
-        } else if b_good.is_some_and(|i| !holds(i)) {
-            b_good = None;
         }
         gw.stop_service();
     }
@@ -367,7 +454,8 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
     );
     eprintln!(
         "powercut: random-time kills {random_kills}, uncut installs {uncut}, resumed installs \
-         {resumed}, torn env copies {torn_env}, torn state files {torn_state}, {:.1} s",
+         {resumed}, torn env copies {torn_env}, torn state files {torn_state}, reboots \
+         {reboots} (into the new slot {new_slot_boots}), {:.1} s",
         t0.elapsed().as_secs_f64()
     );
     for (p, (armed, killed)) in &per_point {
