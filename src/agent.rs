@@ -404,11 +404,12 @@ pub async fn start_with(
 
     let mut state = device.store.load_or_recover().map_err(|e| failed(&e))?;
     let before = state.clone();
-    let mut last_error = settle_journal(&device, &mut state).unwrap_or_default();
     let boot = device.bootloader.read();
     if let Err(e) = &boot {
         log::error!("cannot read the boot selection: {e}");
     }
+    let mut last_error =
+        settle_journal(&device, &mut state, boot.as_ref().ok()).unwrap_or_default();
     if let Ok(boot) = &boot {
         if let Some(msg) = follow_up(&device, &mut state, boot) {
             last_error = msg;
@@ -472,25 +473,35 @@ pub const MAX_RESUMES: u32 = 10;
 ///   activated — the update is then `activated` (and [`follow_up`] sees it booted);
 ///   anything else is reported failed. Resuming would write the *other* slot — the old,
 ///   known-good fallback — and activate it;
+/// - its target was verified and activated, and the bootloader has since spent its
+///   attempts and fallen back: the update is `activated` and [`follow_up`] reports the
+///   rollback — resuming would activate it again and undo the bootloader's decision;
 /// - it was already resumed [`MAX_RESUMES`] times and died every time: the service would
 ///   otherwise crash at every start and the journal would block every other install.
 ///
 /// Returns the failure message, if the install is reported failed.
-fn settle_journal(device: &Device, state: &mut State) -> Option<String> {
+fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) -> Option<String> {
     let j = state.journal.clone()?;
     let booted = device
         .booted
         .as_ref()
         .map(|b| b.name.as_str())
         .unwrap_or("");
+    // The target holds this install's verified image (recorded before activation).
+    let verified = !j.target.is_empty()
+        && state
+            .slots
+            .get(&j.target)
+            .is_some_and(|s| s.status == "ok" && s.transaction == j.transaction);
+    // Activated (back in BOOT_ORDER: disabling takes a slot out) and then spent by the
+    // bootloader: it fell back from the new slot.
+    let target_boot = crate::slot::find_slot(&device.config, &j.target).and_then(|s| s.bootname);
+    let spent = verified
+        && target_boot.as_deref().is_some_and(|b| {
+            boot.is_some_and(|st| st.order.iter().any(|o| o == b) && st.attempts_left(b) == 0)
+        });
     let (result, msg) = if !j.booted.is_empty() && j.booted != booted {
-        let verified = !j.target.is_empty()
-            && j.target == booted
-            && state
-                .slots
-                .get(&j.target)
-                .is_some_and(|s| s.status == "ok" && s.transaction == j.transaction);
-        if verified {
+        if verified && j.target == booted {
             log::info!(
                 "install {} was interrupted after activating slot {booted}, which is now running; not resuming it",
                 j.transaction
@@ -511,6 +522,15 @@ fn settle_journal(device: &Device, state: &mut State) -> Option<String> {
                 )),
             )
         }
+    } else if spent {
+        // Resuming would activate it again with full attempts: the bootloader's fallback
+        // would be undone and the device would spend them all over again.
+        log::warn!(
+            "install {} was interrupted after activating slot {}, which the bootloader has since given up on; not resuming it",
+            j.transaction,
+            j.target
+        );
+        ("activated", None)
     } else if j.resumed >= MAX_RESUMES {
         (
             "failed",

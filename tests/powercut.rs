@@ -627,3 +627,45 @@ fn an_install_that_dies_at_every_resume_is_given_up() {
     assert_eq!(&gw.read("b.img")[..IMAGE], &image[..]);
     eprintln!("powercut: gave up after {starts} starts");
 }
+
+/// Power lost after activation but before the journal was closed, and then in each of
+/// the new slot's boots before userspace: U-Boot spends its attempts and falls back. The
+/// service on the old slot must report the rollback — not resume the journal, which would
+/// activate the new slot again with full attempts and undo the bootloader's fallback.
+#[test]
+fn a_new_slot_the_bootloader_gave_up_on_is_not_activated_again() {
+    let mut gw = Gateway::new(false);
+    gw.use_redundant_env();
+    let a = gw.read("a.img");
+    let (bundle, image) = gw.bundle("v2", "acme-gateway", "2.0.0", pattern(IMAGE, 13), "release");
+    gw.spawn_service_with(|c| {
+        c.env("ROTA_FAILPOINT", "install.after-activate");
+    });
+    gw.wait_for_service();
+    assert_ne!(gw.rota(&["install", path_str(&bundle)]).code(), 0);
+    assert_eq!(gw.wait_service_exit(30), None, "killed after activation");
+    for boot in 1..=3 {
+        assert_eq!(
+            uboot_boots(&gw),
+            "B",
+            "boot {boot}: power lost before userspace"
+        );
+    }
+    assert_eq!(uboot_boots(&gw), "A", "attempts spent: U-Boot falls back");
+    gw.start_service();
+    assert!(wait_until(60, || gw.status_json()["operation"] == "idle"));
+    let st = gw.status_json();
+    assert_eq!(st["last_install"]["result"], "rolled-back", "{st}");
+    assert!(state_json(&gw).is_some_and(|s| s["journal"].is_null()));
+    let env = gw.fw_printenv();
+    assert_eq!(env["BOOT_B_LEFT"], "0", "not activated again: {env:?}");
+    assert!(env["BOOT_ORDER"].starts_with("B A"), "{env:?}");
+    assert_eq!(gw.read("a.img"), a);
+    assert_eq!(&gw.read("b.img")[..IMAGE], &image[..]);
+    // The next update installs as usual.
+    gw.rota(&["mark", "good", "booted"]).success();
+    let (bundle, image) = gw.bundle("v3", "acme-gateway", "3.0.0", pattern(IMAGE, 14), "release");
+    gw.rota(&["install", path_str(&bundle)]).success();
+    assert_eq!(&gw.read("b.img")[..IMAGE], &image[..]);
+    assert_eq!(gw.fw_printenv()["BOOT_ORDER"], "B A");
+}
