@@ -403,19 +403,20 @@ pub async fn start_with(
     });
 
     let mut state = device.store.load_or_recover().map_err(|e| failed(&e))?;
+    let before = state.clone();
     let boot = device.bootloader.read();
     if let Err(e) = &boot {
         log::error!("cannot read the boot selection: {e}");
     }
-    let mut last_error = String::new();
+    let mut last_error =
+        settle_journal(&device, &mut state, boot.as_ref().ok()).unwrap_or_default();
     if let Ok(boot) = &boot {
-        let before = state.last_install.clone();
         if let Some(msg) = follow_up(&device, &mut state, boot) {
             last_error = msg;
         }
-        if state.last_install != before {
-            device.store.save(&state).map_err(|e| failed(&e))?;
-        }
+    }
+    if state != before {
+        device.store.save(&state).map_err(|e| failed(&e))?;
     }
     let snapshot = Snapshot {
         compatible: device.config.system.compatible.clone(),
@@ -462,10 +463,137 @@ fn primary_slot_name(device: &Device, boot: &BootState) -> String {
         .unwrap_or_default()
 }
 
+/// How many times in a row an interrupted install is resumed before it is given up.
+pub const MAX_RESUMES: u32 = 10;
+
+/// Decides at start whether the journal of an interrupted install is resumed. It is not
+/// (and is closed) when
+/// - the device now runs another slot than the install started on: a power cut after
+///   activation rebooted it into the new slot, whose content was verified before it was
+///   activated — the update is then `activated` (and [`follow_up`] sees it booted);
+///   anything else is reported failed. Resuming would write the *other* slot — the old,
+///   known-good fallback — and activate it;
+/// - its target was verified and activated, and the bootloader has since spent its
+///   attempts and fallen back: the update is `activated` and [`follow_up`] reports the
+///   rollback — resuming would activate it again and undo the bootloader's decision;
+/// - it was already resumed [`MAX_RESUMES`] times and died every time: the service would
+///   otherwise crash at every start and the journal would block every other install.
+///
+/// Returns the failure message, if the install is reported failed.
+fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) -> Option<String> {
+    let j = state.journal.clone()?;
+    let booted = device
+        .booted
+        .as_ref()
+        .map(|b| b.name.as_str())
+        .unwrap_or("");
+    // The target holds this install's verified image (recorded before activation).
+    let verified = !j.target.is_empty()
+        && state
+            .slots
+            .get(&j.target)
+            .is_some_and(|s| s.status == "ok" && s.transaction == j.transaction);
+    // Activated (back in BOOT_ORDER: disabling takes a slot out) and then spent by the
+    // bootloader: it fell back from the new slot.
+    let target_boot = crate::slot::find_slot(&device.config, &j.target).and_then(|s| s.bootname);
+    let spent = verified
+        && target_boot.as_deref().is_some_and(|b| {
+            boot.is_some_and(|st| st.order.iter().any(|o| o == b) && st.attempts_left(b) == 0)
+        });
+    let (result, msg) = if !j.booted.is_empty() && j.booted != booted {
+        if verified && j.target == booted {
+            log::info!(
+                "install {} was interrupted after activating slot {booted}, which is now running; not resuming it",
+                j.transaction
+            );
+            ("activated", None)
+        } else {
+            (
+                "failed",
+                Some(format!(
+                    "install {} was interrupted: it started on slot {} and the device now runs {}",
+                    j.transaction,
+                    j.booted,
+                    if booted.is_empty() {
+                        "an unknown slot"
+                    } else {
+                        booted
+                    }
+                )),
+            )
+        }
+    } else if spent {
+        // Resuming would activate it again with full attempts: the bootloader's fallback
+        // would be undone and the device would spend them all over again.
+        log::warn!(
+            "install {} was interrupted after activating slot {}, which the bootloader has since given up on; not resuming it",
+            j.transaction,
+            j.target
+        );
+        ("activated", None)
+    } else if j.resumed >= MAX_RESUMES {
+        (
+            "failed",
+            Some(format!(
+                "install {} was interrupted {} times in a row and is given up; its target slot stays out of the boot selection",
+                j.transaction,
+                j.resumed + 1
+            )),
+        )
+    } else {
+        return None;
+    };
+    state.journal = None;
+    match state
+        .last_install
+        .as_mut()
+        .filter(|l| l.transaction == j.transaction)
+    {
+        Some(li) => {
+            li.result = result.into();
+            if let Some(m) = &msg {
+                li.error = m.clone();
+            }
+        }
+        None => {
+            if let Some(m) = &msg {
+                state.last_install = Some(InstallRecord {
+                    transaction: j.transaction.clone(),
+                    result: result.into(),
+                    error: m.clone(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    for s in state.slots.values_mut() {
+        if s.transaction == j.transaction && s.status == "installing" {
+            s.status = "failed".into();
+        }
+    }
+    if let Some(m) = &msg {
+        log::error!("{m}");
+    }
+    msg
+}
+
 /// Follows the last install through reboot: returns a message when the bootloader fell back.
 fn follow_up(device: &Device, state: &mut State, boot: &BootState) -> Option<String> {
     let booted = device.booted.as_ref()?;
     let li = state.last_install.as_mut()?;
+    if li.result == "rolled-back" && booted.name == li.slot {
+        // The bootloader fell back, then tried the new slot again (its counters all ran
+        // out and were reset, or someone made it first again) and now it runs.
+        log::info!(
+            "running the new slot {} ({}) with version {} after an earlier rollback; not yet marked good",
+            li.slot,
+            li.bootname,
+            li.version
+        );
+        li.result = "booted".into();
+        li.error.clear();
+        return None;
+    }
     if li.result != "activated" && li.result != "booted" {
         return None;
     }
@@ -594,6 +722,11 @@ impl Agent {
         match device.store.load() {
             Ok(mut state) => {
                 let mut journal = Journal::from_request(&transaction, &req);
+                journal.booted = device
+                    .booted
+                    .as_ref()
+                    .map(|b| b.name.clone())
+                    .unwrap_or_default();
                 if let Some(old) = state
                     .journal
                     .take()
@@ -601,6 +734,7 @@ impl Agent {
                 {
                     journal.manifest_hash = old.manifest_hash;
                     journal.resumed = old.resumed + u32::from(resuming);
+                    journal.target = old.target;
                 }
                 state.journal = Some(journal);
                 if let Err(e) = device.store.save(&state) {

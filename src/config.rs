@@ -284,8 +284,13 @@ impl Config {
         if self.system.compatible.trim().is_empty() {
             return Err(self.invalid("[system] compatible must not be empty"));
         }
-        if !(1..=255).contains(&self.system.boot_attempts) {
-            return Err(self.invalid("[system] boot-attempts must be between 1 and 255"));
+        // Counters are stored in hex (RAUC, U-Boot's setexpr), but the boot script's
+        // `test ${BOOT_x_LEFT} -gt 0` reads them as decimal: "a" (10) counts as 0 there.
+        // Single digits are the same in both.
+        if !(1..=9).contains(&self.system.boot_attempts) {
+            return Err(self.invalid(
+                "[system] boot-attempts must be between 1 and 9 (the boot script's `test -gt` reads the hex counters as decimal numbers)",
+            ));
         }
         if self.system.reboot_command.is_empty() {
             return Err(self.invalid("[system] reboot-command must name a program"));
@@ -484,6 +489,15 @@ interval = "1h"
             .to_string();
         assert!(err.contains("boot-atempts"), "{err}");
         assert!(err.contains("line 6"), "{err}");
+    }
+
+    #[test]
+    fn boot_attempts_stay_one_digit() {
+        for (n, ok) in [(0, false), (1, true), (9, true), (10, false), (255, false)] {
+            let text = GOOD.replace("boot-attempts = 3", &format!("boot-attempts = {n}"));
+            let r = Config::parse(&text, Path::new("x.toml"));
+            assert_eq!(r.is_ok(), ok, "boot-attempts = {n}: {r:?}");
+        }
     }
 
     #[test]

@@ -74,6 +74,13 @@ pub struct Journal {
     /// How many times this install was resumed after a restart.
     #[serde(default)]
     pub resumed: u32,
+    /// Slot name that was booted when the install began ("" when unknown). A start on
+    /// another slot means the device rebooted mid-install: the journal is not resumed.
+    #[serde(default)]
+    pub booted: String,
+    /// Slot name of the (first) target slot, once the install has planned it.
+    #[serde(default)]
+    pub target: String,
 }
 
 impl Journal {
@@ -91,6 +98,8 @@ impl Journal {
             tls_no_verify: req.tls_no_verify,
             manifest_hash: String::new(),
             resumed: 0,
+            booted: String::new(),
+            target: String::new(),
         }
     }
 

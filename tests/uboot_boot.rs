@@ -315,3 +315,20 @@ fn power_lost_in_the_first_boots_of_a_new_slot_ends_on_a_good_slot() {
         );
     }
 }
+
+/// Why `[system] boot-attempts` is at most 9: counters are hex (rota, RAUC and `setexpr`
+/// write hex), but the script's `test ${BOOT_x_LEFT} -gt 0` reads a decimal number, so to
+/// the real U-Boot a counter of "a" (10 attempts) is no attempt at all.
+#[test]
+fn a_two_digit_hex_counter_reads_as_no_attempts_to_the_boot_script() {
+    let gw = Gateway::new(false);
+    let d = build_disk(
+        gw.dir.path(),
+        "BOOT_ORDER=B A\nBOOT_A_LEFT=3\nBOOT_B_LEFT=a\n",
+    );
+    assert_eq!(
+        boot_once(&d).as_deref(),
+        Some("A"),
+        "B with \"a\" is skipped"
+    );
+}

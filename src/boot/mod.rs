@@ -58,7 +58,10 @@ impl BootState {
     }
 
     /// Puts `bootname` first with full attempts. `fallback` (the running slot) stays in
-    /// the order behind it, so a new slot that never comes up falls back to it.
+    /// the order behind it with at least full attempts, so a new slot that never comes up
+    /// falls back to it — also when the running slot had spent attempts of its own (booted
+    /// but not yet marked good): it runs well enough to install an update, and power lost
+    /// in the first boots of the new slot must not leave it fewer tries than the new one.
     pub fn activate(&mut self, bootname: &str, attempts: u32, fallback: Option<&str>) {
         self.order.retain(|b| b != bootname);
         self.order.insert(0, bootname.to_owned());
@@ -67,7 +70,7 @@ impl BootState {
             if !self.order.iter().any(|b| b == fb) {
                 self.order.push(fb.to_owned());
             }
-            if self.attempts_left(fb) == 0 {
+            if self.attempts_left(fb) < attempts {
                 self.left.insert(fb.to_owned(), attempts);
             }
         }
@@ -212,6 +215,18 @@ mod tests {
         s.activate("B", 3, Some("A"));
         assert_eq!(s.order, vec!["B", "A"]);
         assert_eq!(s.attempts_left("A"), 3);
+    }
+
+    #[test]
+    fn activate_tops_up_a_fallback_that_spent_attempts() {
+        let mut s = ab();
+        s.left.insert("A".into(), 1);
+        s.activate("B", 3, Some("A"));
+        assert_eq!(s.attempts_left("A"), 3);
+        // More than full (a larger boot-attempts before) is left alone.
+        s.left.insert("A".into(), 5);
+        s.activate("B", 3, Some("A"));
+        assert_eq!(s.attempts_left("A"), 5);
     }
 
     #[test]

@@ -155,6 +155,11 @@ pub fn run(
             );
         }
         j.manifest_hash = bundle.manifest_hash.clone();
+        j.target = plan
+            .images
+            .first()
+            .map(|p| p.slot.name.clone())
+            .unwrap_or_default();
     }
     let version = bundle.manifest.update.version.clone();
     for p in &plan.images {

@@ -93,6 +93,32 @@ impl Gateway {
         gw
     }
 
+    /// Turns the env into a redundant one: two copies of 0x4000 in `uboot.env` (made by
+    /// `mkenvimage -r`), the first current — what the docs ask for on real boards.
+    pub fn use_redundant_env(&self) {
+        let st = Command::new("mkenvimage")
+            .args(["-r", "-s", "0x4000", "-o"])
+            .arg(self.path("copy.env"))
+            .arg(self.path("env.txt"))
+            .status()
+            .expect("mkenvimage (u-boot-tools) must be installed");
+        assert!(st.success());
+        let copy = self.read("copy.env");
+        let mut both = copy.clone();
+        both.extend_from_slice(&copy);
+        // The second copy's flag is older, so the first one is current.
+        both[0x4000 + 4] = 0;
+        std::fs::write(self.path("uboot.env"), both).unwrap();
+        std::fs::write(
+            self.path("fw_env.config"),
+            format!(
+                "{env} 0x0 0x4000\n{env} 0x4000 0x4000\n",
+                env = self.path("uboot.env").display()
+            ),
+        )
+        .unwrap();
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
