@@ -35,3 +35,5 @@ for t in "${targets[@]}"; do
   rm -rf "$work" "$log"
 done
 echo "ci-fuzz: ${#targets[@]} targets, $total executions, 0 crashes"
+# This build tree serves only these short runs; give its space back.
+rm -rf "$TD"

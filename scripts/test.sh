@@ -11,7 +11,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
-stage() { echo "== [$((SECONDS - start))s] $*"; }
+stage() { echo "== [$((SECONDS - start))s] $* (disk free: $(df -h --output=avail . | tail -1 | tr -d ' '))"; }
+
+# Disk is not a given on CI machines: no incremental caches, and line tables instead of
+# full debug info (panics still name file and line); this keeps a whole run — host,
+# ARM and fuzz builds — to a few GiB instead of over ten.
+export CARGO_INCREMENTAL=0
+export CARGO_PROFILE_DEV_DEBUG=line-tables-only
 
 stage "setup"
 bash scripts/setup-deps.sh
