@@ -5,21 +5,24 @@
 #     test builds, and musl on its own); with ROTA_ARM_SIZES=1 in the shipped release
 #     profile, printing each stripped size ($TD/arm-sizes.txt, the README's table) and
 #     failing if aarch64 is over 5 MiB;
-#  2. tests under qemu-user (runner via CARGO_TARGET_<TRIPLE>_RUNNER; tests that start
-#     rota binaries prefix them with ROTA_TEST_RUNNER), both targets side by side:
-#       aarch64: unit tests, dbus_policy, dbus_service (CLI + D-Bus + kill/resume),
-#                install_engine, interop_env, interop_openssl, mcu_relay,
-#                packaging;
-#       armv7:   the ones where 32-bit matters: unit tests, packaging (offsets past
-#                4 GiB, env bytes), interop_env, install_engine, dbus_policy,
-#                interop_openssl (ed25519 on the 32-bit backend).
+#  2. tests under qemu-user with cargo-nextest's "qemu" profile (.config/nextest.toml:
+#     a hung emulated test is killed and tried once more), runner via
+#     CARGO_TARGET_<TRIPLE>_RUNNER (tests that start rota binaries prefix them with
+#     ROTA_TEST_RUNNER), both targets side by side:
+#       aarch64: unit tests, dbus_policy, install_engine, interop_env, interop_openssl,
+#                mcu_relay, packaging, and the core of dbus_service (CLI install over
+#                D-Bus with its events, busctl, status JSON, kill -9 and resume, group
+#                refusal, sd_notify and watchdog);
+#       armv7:   the same minus mcu_relay, where 32-bit matters: packaging (offsets
+#                past 4 GiB, env bytes), ed25519 on the 32-bit backend, u64 D-Bus
+#                properties.
 #     Left out by default, because they add minutes under emulation and exercise no
-#     architecture-dependent rota code the others do not: http_install (~90 s; HTTP and
-#     TLS plumbing over the same chunk pipeline), uboot_boot (U-Boot runs in
-#     qemu-system either way), mcu_cli, mcu_dbus and mcu_smpclient (CLI output, D-Bus
-#     objects, Python peer), the campaigns (powercut, malicious_bundles), and
-#     dbus_service on armv7. ROTA_ARM_FULL=1 runs every test on both targets.
-# ROTA_ARM_TESTS_ONLY=1 skips the release builds (for iterating on tests).
+#     architecture-dependent rota code the others do not: http_install (HTTP and TLS
+#     plumbing over the same chunk pipeline), uboot_boot (U-Boot runs in qemu-system
+#     either way), mcu_cli, mcu_dbus and mcu_smpclient (CLI output, D-Bus objects,
+#     Python peer), the campaigns (powercut, malicious_bundles) and the rest of
+#     dbus_service (argument checks and CLI paths the host runs). ROTA_ARM_FULL=1 runs
+#     every test on both targets.
 # Test builds use the dev profile without debug info, with the hashing and signature
 # crates optimized (their debug builds make a 64 MiB install take minutes under
 # emulation).
@@ -44,7 +47,18 @@ declare -A STRIP=(
 )
 AARCH64_TESTS=(--lib --test dbus_policy --test dbus_service --test install_engine --test interop_env
   --test interop_openssl --test mcu_relay --test packaging)
-ARMV7_TESTS=(--lib --test packaging --test interop_env --test install_engine --test dbus_policy --test interop_openssl)
+ARMV7_TESTS=(--lib --test packaging --test interop_env --test install_engine --test dbus_policy --test interop_openssl
+  --test dbus_service)
+# The dbus_service tests run under emulation (the others take minutes there).
+DBUS_SERVICE_CORE=(
+  cli_install_streams_json_events_and_activates_slot_b
+  busctl_introspects_installs_and_sees_progress_and_completed
+  status_json_has_the_spec_shape
+  killed_service_resumes_the_install_on_restart
+  service_refuses_changes_from_callers_outside_the_group
+  sd_notify_ready_status_and_watchdog_pings
+)
+CORE_FILTER="not binary(=dbus_service) | test(/^($(IFS='|'; echo "${DBUS_SERVICE_CORE[*]}"))\$/)"
 
 fail() { echo "ci-arm: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null || fail "$1 is missing: apt-get install $2"; }
@@ -104,12 +118,14 @@ for c in sha2 crc32fast ring curve25519-dalek ed25519-dalek; do
 done
 
 run_suite() { # triple, log file, cargo test selection... (in the background)
-  local t=$1 log=$2 var
+  local t=$1 log=$2 var filter=()
   shift 2
   var=CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$t")_RUNNER
-  phase "cargo test --target $t ${*:-(all)} under ${RUNNER[$t]}"
+  [[ ${ROTA_ARM_FULL:-0} == 1 ]] || filter=(-E "$CORE_FILTER")
+  phase "cargo nextest run --target $t ${*:-(all)} under ${RUNNER[$t]}"
   env "$var=${RUNNER[$t]}" "ROTA_TEST_RUNNER=${RUNNER[$t]}" \
-    cargo test --locked "${HOT[@]}" --no-fail-fast --target "$t" "$@" > "$log" 2>&1 &
+    cargo nextest run --locked "${HOT[@]}" --profile qemu --no-fail-fast --target "$t" "$@" "${filter[@]}" \
+    > "$log" 2>&1 &
 }
 AARCH64_SELECTION=("${AARCH64_TESTS[@]}")
 ARMV7_SELECTION=("${ARMV7_TESTS[@]}")
@@ -144,10 +160,10 @@ rc_a64=0; wait "$a64" || rc_a64=$?
 rc_arm=0; wait "$arm" || rc_arm=$?
 for t in aarch64 armv7; do
   echo "---- $t ($logs/$t.log)"
-  grep -E '^(     Running|test result:|failures:|    [a-z_:]+$)|FAILED|panicked' "$logs/$t.log" || true
+  grep -E '^ +(Starting|Summary|FLAKY|TRY [0-9]|FAIL|SIGKILL|TIMEOUT|SLOW)|^error' "$logs/$t.log" || true
 done
-((rc_a64 == 0)) || { sed -n '/^failures:/,$p' "$logs/aarch64.log" | head -80; tail -5 "$logs/aarch64.log"; fail "aarch64 tests failed"; }
-((rc_arm == 0)) || { sed -n '/^failures:/,$p' "$logs/armv7.log" | head -80; tail -5 "$logs/armv7.log"; fail "armv7 tests failed"; }
+((rc_a64 == 0)) || { grep -A40 -E '^(--- STD(OUT|ERR)|  (STDOUT|STDERR)):' "$logs/aarch64.log" | head -120; tail -5 "$logs/aarch64.log"; fail "aarch64 tests failed"; }
+((rc_arm == 0)) || { grep -A40 -E '^(--- STD(OUT|ERR)|  (STDOUT|STDERR)):' "$logs/armv7.log" | head -120; tail -5 "$logs/armv7.log"; fail "armv7 tests failed"; }
 
 took=$((SECONDS - start))
 phase "done"

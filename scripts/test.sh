@@ -4,20 +4,21 @@
 # rauc / nginx / imgtool / smpclient), the ARM builds and qemu-user runs, and the
 # packaging, fuzzing and other checks in scripts/ci-*.sh.
 #
-# Time on 2 cores matters (CI allows 20 minutes): once the host tests are built, the ARM
-# part (scripts/ci-arm.sh: cross builds, then tests under qemu-user) runs at lower
-# priority beside the host tests, which spend most of their time waiting on services.
+# Time on 2 cores matters (CI allows 20 minutes): the host tests run under cargo-nextest
+# (.config/nextest.toml: every test binary side by side, since most tests wait on a
+# service), and once they are built, the ARM part (scripts/ci-arm.sh: cross builds, then
+# tests under qemu-user) runs at lower priority beside them.
 # ROTA_CI_ARM=0 skips the ARM part.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
 stage() { echo "== [$((SECONDS - start))s] $* (disk free: $(df -h --output=avail . | tail -1 | tr -d ' '))"; }
 
-# Disk is not a given on CI machines: no incremental caches, and line tables instead of
-# full debug info (panics still name file and line); this keeps a whole run — host,
-# ARM and fuzz builds — to a few GiB instead of over ten.
+# Disk is not a given on CI machines: no incremental caches and no debug info (a failed
+# assertion still names its file and line); this keeps a whole run — host, ARM and fuzz
+# builds — to a few GiB instead of over ten, and links faster.
 export CARGO_INCREMENTAL=0
-export CARGO_PROFILE_DEV_DEBUG=line-tables-only
+export CARGO_PROFILE_DEV_DEBUG=0
 
 stage "setup"
 bash scripts/setup-deps.sh
@@ -27,7 +28,7 @@ stage "fmt, clippy"
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 stage "host test build"
-cargo test --all-targets --no-run
+cargo nextest run --lib --bins --tests --examples --no-run
 
 arm_pid=
 mkdir -p target
@@ -41,7 +42,7 @@ if [[ "${ROTA_CI_ARM:-1}" != 0 ]]; then
 fi
 
 stage "host tests"
-cargo test --all-targets 2>&1 | tee target/test-host.log
+cargo nextest run --lib --bins --tests --examples 2>&1 | tee target/test-host.log
 
 for extra in scripts/ci-*.sh; do
   [[ -e "$extra" && "$extra" != scripts/ci-arm.sh ]] || continue
