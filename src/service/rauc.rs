@@ -13,7 +13,7 @@
 //! only, with Range requests). `Variant` is empty (rota has no variants) and
 //! `GetArtifactStatus` is always empty (no artifact repositories).
 
-use super::native::{apply_options, check_source, slot_status, RotaError};
+use super::native::{apply_options, check_slot_id, check_source, slot_status, RotaError};
 use crate::agent::{AgentHandle, InstallRequest, MarkState};
 use crate::config::Config;
 use std::collections::HashMap;
@@ -194,6 +194,7 @@ impl Installer {
         state: String,
         slot_identifier: String,
     ) -> Result<(String, String), RotaError> {
+        check_slot_id(&slot_identifier)?;
         let how: MarkState = state.parse()?;
         Ok(self.agent.mark(how, &slot_identifier).await?)
     }
