@@ -1170,3 +1170,72 @@ fn status_clients_hammering_the_bus_do_not_disturb_an_install() {
         hammered.as_secs_f64() / alone.as_secs_f64()
     );
 }
+
+/// The trailer rule does not refuse honest tools: a bundle unpacked and packed again by
+/// GNU tar (which pads to its 10 KiB record size) still opens and verifies, and up to
+/// `MAX_TRAILER` zero bytes of padding are fine; one more byte, or any non-zero byte
+/// after the end-of-archive marker, is refused.
+#[test]
+fn tar_padding_is_accepted_but_trailing_data_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let key = rota::bundle::keys::generate().unwrap();
+    let ring = rota::bundle::Keyring::from_keys(vec![key.verifying_key()]);
+    std::fs::create_dir(d.join("in")).unwrap();
+    std::fs::write(d.join("in/rootfs.ext4"), pattern(IMAGE, 5)).unwrap();
+    std::fs::write(
+        d.join("in/manifest.toml"),
+        "[update]\ncompatible = \"acme-gateway\"\nversion = \"1.0.0\"\n[[image]]\nslot-class = \"rootfs\"\nfile = \"rootfs.ext4\"\n",
+    )
+    .unwrap();
+    rota::bundle::writer::create(&d.join("in"), &d.join("b.rota"), &key, 65536).unwrap();
+    std::fs::create_dir(d.join("x")).unwrap();
+    let tar = |args: &[&str]| {
+        let st = std::process::Command::new("tar")
+            .current_dir(d.join("x"))
+            .args(args)
+            .status()
+            .expect("GNU tar must be installed");
+        assert!(st.success(), "tar {args:?}");
+    };
+    tar(&["xf", "../b.rota"]);
+    tar(&[
+        "--format=ustar",
+        "-cf",
+        "../repacked.rota",
+        "manifest.toml",
+        "manifest.toml.sig",
+        "rootfs.ext4.chunks",
+        "rootfs.ext4",
+    ]);
+    let repacked = std::fs::read(d.join("repacked.rota")).unwrap();
+    assert_eq!(repacked.len() % 10240, 0, "GNU tar pads to its record size");
+    let mut src = MemSource::new(repacked.clone());
+    let b = rota::bundle::reader::open(&mut src, &ring).unwrap();
+    rota::bundle::reader::verify_payload(&mut src, &b, &mut |_, _| {}).unwrap();
+
+    // The end-of-archive block of rota's own bundle, then padding of various sizes.
+    let own = std::fs::read(d.join("b.rota")).unwrap();
+    let marker_end = own.len() - 512; // rota writes two zero blocks
+    let with_trailer = |extra: usize, byte: Option<usize>| {
+        let mut v = own[..marker_end].to_vec();
+        v.resize(marker_end + extra, 0);
+        if let Some(at) = byte {
+            v[marker_end + at] = 1;
+        }
+        MemSource::new(v)
+    };
+    let max = rota::bundle::reader::MAX_TRAILER as usize;
+    assert!(rota::bundle::reader::open(&mut with_trailer(max, None), &ring).is_ok());
+    let e = rota::bundle::reader::open(&mut with_trailer(max + 1, None), &ring)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("1048577 bytes follow the end-of-archive marker"),
+        "{e}"
+    );
+    let e = rota::bundle::reader::open(&mut with_trailer(4096, Some(4000)), &ring)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("data after the end-of-archive marker"), "{e}");
+}
