@@ -44,6 +44,11 @@ impl std::str::FromStr for MarkState {
             "good" => Ok(MarkState::Good),
             "bad" => Ok(MarkState::Bad),
             "active" => Ok(MarkState::Active),
+            // Not echoed back when absurdly long (it comes from any caller on the bus).
+            other if other.len() > 32 => Err(AgentError::InvalidArgument(format!(
+                "unknown mark state ({} bytes): use good, bad or active",
+                other.len()
+            ))),
             other => Err(AgentError::InvalidArgument(format!(
                 "unknown mark state {other:?}: use good, bad or active"
             ))),

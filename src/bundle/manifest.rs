@@ -90,6 +90,9 @@ impl ImageEntry {
 /// Limits that keep a hostile manifest from asking for absurd work or memory.
 /// Largest image: 64 GiB (eMMC sizes of the devices we target).
 pub const MAX_IMAGE_SIZE: u64 = 64 << 30;
+/// Longest `[update] compatible` and `version`: they are compared, stored in the state
+/// and shown in messages.
+pub const MAX_FIELD_LEN: usize = 256;
 /// Longest tar member name (ustar `name` field, no prefix).
 pub const MAX_NAME_LEN: usize = 99 - super::CHUNKS_SUFFIX.len();
 
@@ -128,6 +131,17 @@ impl Manifest {
         }
         if self.update.compatible.trim().is_empty() {
             return bad("[update] compatible is empty".into());
+        }
+        for (what, v) in [
+            ("compatible", &self.update.compatible),
+            ("version", &self.update.version),
+        ] {
+            if v.len() > MAX_FIELD_LEN {
+                return bad(format!(
+                    "[update] {what} is {} bytes, at most {MAX_FIELD_LEN} are allowed",
+                    v.len()
+                ));
+            }
         }
         self.version()?;
         if self.images.is_empty() {
@@ -225,13 +239,36 @@ pub fn check_chunk_size(size: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// The TOML parser's multi-line messages, folded for logs and D-Bus errors.
+/// Longest line of a parser message kept in an error: the parser quotes the offending
+/// manifest line, which a hostile manifest can make 1 MiB long.
+pub const MAX_ERROR_LINE: usize = 160;
+/// Longest folded parser message (it ends up in LastError, status.json and the journal).
+pub const MAX_ERROR_LEN: usize = 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked with "…" when cut.
+fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+/// The TOML parser's multi-line messages, folded into one bounded line for logs and
+/// D-Bus errors.
 pub fn one_line(s: &str) -> String {
-    s.split('\n')
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && *l != "|")
+    let folded = s
+        .split('\n')
+        // Whitespace runs (the parser's column markers) fold to one space.
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|l| !l.is_empty() && l != "|")
+        .map(|l| clip(&l, MAX_ERROR_LINE))
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    clip(&folded, MAX_ERROR_LEN)
 }
 
 /// The hand-written `manifest.toml` that `rota bundle create DIR` reads.
@@ -264,5 +301,36 @@ impl InputManifest {
         toml::from_str(text).map_err(|e| {
             BundleError::Manifest(format!("{}: {}", path.display(), one_line(&e.to_string())))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parser_messages_stay_short_whatever_the_manifest() {
+        let text = format!("x = {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+        let e = Manifest::parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(e.len() <= MAX_ERROR_LEN + 64, "{} bytes", e.len());
+        assert!(e.contains("recursion"), "{e}");
+        assert_eq!(clip("aé", 2), "a…");
+        assert_eq!(clip("abc", 3), "abc");
+    }
+
+    #[test]
+    fn compatible_and_version_are_bounded() {
+        let long = "v".repeat(MAX_FIELD_LEN + 1);
+        let text = format!(
+            "format = 1\n[update]\ncompatible = \"{long}\"\nversion = \"1.0.0\"\n[[image]]\nslot-class = \"rootfs\"\nfile = \"r\"\nsize = 1\nsha256 = \"{h}\"\ncrc32 = 0\nchunk-size = 4096\nchunks-sha256 = \"{h}\"\n",
+            h = "0".repeat(64)
+        );
+        let e = Manifest::parse(text.as_bytes()).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "invalid manifest: [update] compatible is 257 bytes, at most 256 are allowed"
+        );
+        let ok = text.replace(&long, "acme");
+        Manifest::parse(ok.as_bytes()).unwrap();
     }
 }

@@ -24,8 +24,11 @@ pub const MANIFEST_NAME: &str = "manifest.toml";
 pub const SIGNATURE_NAME: &str = "manifest.toml.sig";
 /// Suffix of an image's chunk index member.
 pub const CHUNKS_SUFFIX: &str = ".chunks";
-/// Largest manifest accepted; checked before anything is allocated.
+/// Largest manifest accepted; checked against the tar header before anything is
+/// allocated or read.
 pub const MAX_MANIFEST_SIZE: u64 = 1 << 20;
+/// The only size `manifest.toml.sig` may have: one raw ed25519 signature.
+pub const SIGNATURE_SIZE: u64 = 64;
 /// Most images one bundle may carry.
 pub const MAX_IMAGES: usize = 64;
 /// Default chunk size: small enough for adaptive reuse, large enough that the chunk index

@@ -4,7 +4,7 @@
 
 use super::{
     BundleError, ChunkIndex, ImageEntry, KeyId, Keyring, Manifest, MANIFEST_NAME,
-    MAX_MANIFEST_SIZE, SIGNATURE_NAME,
+    MAX_MANIFEST_SIZE, SIGNATURE_NAME, SIGNATURE_SIZE,
 };
 use crate::source::ByteSource;
 use sha2::{Digest, Sha256};
@@ -12,7 +12,15 @@ use std::collections::BTreeMap;
 
 const BLOCK: u64 = 512;
 /// Largest chunk index accepted: 32 bytes per chunk of a MAX_IMAGE_SIZE image in 4 KiB chunks.
+/// (The index must also be exactly 32 bytes per chunk of its image, and an install checks
+/// the image fits its slot before the index is read.)
 const MAX_CHUNK_INDEX: u64 = (super::manifest::MAX_IMAGE_SIZE / super::MIN_CHUNK_SIZE as u64) * 32;
+/// Most bytes accepted after the end-of-archive block, all of them zero: tar tools pad an
+/// archive to their record size (GNU tar: 10 KiB by default). Anything else there would be
+/// data no signature covers.
+pub const MAX_TRAILER: u64 = 1 << 20;
+/// Piece size when checking the trailer.
+const TRAILER_READ: u64 = 64 * 1024;
 
 /// A tar member's data location inside the bundle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,22 +44,78 @@ pub struct Bundle {
     pub size: u64,
 }
 
-fn pad(size: u64) -> u64 {
-    size.div_ceil(BLOCK) * BLOCK
+/// `size` rounded up to whole tar blocks; `None` when that does not fit in a u64.
+fn pad(size: u64) -> Option<u64> {
+    size.checked_next_multiple_of(BLOCK)
+}
+
+/// Why the first block of a file is not a tar header, naming compressed formats.
+fn not_tar(block: &[u8]) -> BundleError {
+    let compressed = match block {
+        [0x1f, 0x8b, ..] => Some("gzip"),
+        [0xfd, b'7', b'z', b'X', b'Z', 0, ..] => Some("xz"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
+        [b'B', b'Z', b'h', ..] => Some("bzip2"),
+        _ => None,
+    };
+    BundleError::Format(match compressed {
+        Some(c) => {
+            format!("the file is {c}-compressed; a bundle is a plain, uncompressed tar archive")
+        }
+        None => "the file is not a tar archive (its first 512 bytes are not a tar header)".into(),
+    })
+}
+
+/// A tar entry type in words, for error messages.
+fn kind_words(kind: tar::EntryType, link: Option<&str>) -> String {
+    use tar::EntryType as E;
+    let to = link.map(|l| format!(" to {l:?}")).unwrap_or_default();
+    match kind {
+        E::Symlink => format!("a symbolic link{to}"),
+        E::Link => format!("a hard link{to}"),
+        E::Directory => "a directory".into(),
+        E::Char => "a character device".into(),
+        E::Block => "a block device".into(),
+        E::Fifo => "a FIFO".into(),
+        E::Continuous => "a contiguous file".into(),
+        E::XHeader => "a PAX extended header".into(),
+        E::XGlobalHeader => "a PAX global header".into(),
+        E::GNULongName => "a GNU long-name extension".into(),
+        E::GNULongLink => "a GNU long-link extension".into(),
+        E::GNUSparse => "a GNU sparse file".into(),
+        other => format!("an entry of unknown type {:?}", char::from(other.as_byte())),
+    }
+}
+
+/// Why a member name is not a plain file name, if it is not.
+fn unsafe_name(name: &str) -> Option<&'static str> {
+    if name.starts_with('/') {
+        Some("an absolute path")
+    } else if name.split('/').any(|c| c == "..") {
+        Some("a path traversal ('..')")
+    } else if name.contains('/') {
+        Some("a path with directories")
+    } else {
+        None
+    }
 }
 
 /// Reads and checks the tar header at `offset`; `None` at the end-of-archive marker.
+/// `what` names the member expected there, for messages.
 fn read_header(
     source: &mut dyn ByteSource,
     offset: u64,
     total: u64,
-    expect: &str,
+    what: &str,
 ) -> Result<Option<Member>, BundleError> {
-    if offset + BLOCK > total {
-        return Err(BundleError::Truncated(format!(
-            "the header of {expect} would be at bytes {offset}..{}, but the bundle has {total} bytes",
-            offset + BLOCK
-        )));
+    match offset.checked_add(BLOCK) {
+        Some(end) if end <= total => {}
+        _ => {
+            return Err(BundleError::Truncated(format!(
+            "the header of {what} would be at bytes {offset}..{}, but the bundle has {total} bytes",
+            offset.saturating_add(BLOCK)
+        )))
+        }
     }
     let mut block = [0u8; BLOCK as usize];
     source.read_exact_at(offset, &mut block)?;
@@ -59,9 +123,6 @@ fn read_header(
         return Ok(None);
     }
     let h = tar::Header::from_byte_slice(&block);
-    let stored = h
-        .cksum()
-        .map_err(|_| BundleError::Format(format!("tar header at byte {offset} is damaged")))?;
     let computed: u32 = block
         .iter()
         .enumerate()
@@ -73,13 +134,25 @@ fn read_header(
             }
         })
         .sum();
-    if stored != computed {
+    let stored = h.cksum().ok();
+    if stored != Some(computed) {
+        if offset == 0 && &block[257..262] != b"ustar" {
+            return Err(not_tar(&block));
+        }
+        let stored = stored.map_or_else(|| "no number".to_owned(), |s| s.to_string());
         return Err(BundleError::Format(format!(
-            "tar header at byte {offset} has checksum {stored}, its bytes sum to {computed}: damaged"
+            "the tar header at byte {offset} (of {what}) is damaged: its checksum field says {stored}, its bytes sum to {computed}"
         )));
     }
     let name_bytes = h.path_bytes();
-    let name = String::from_utf8_lossy(&name_bytes).into_owned();
+    let name = std::str::from_utf8(&name_bytes)
+        .map_err(|_| {
+            BundleError::Format(format!(
+                "the member at byte {offset} (where {what} was expected) has a name that is not UTF-8: {:?}",
+                String::from_utf8_lossy(&name_bytes)
+            ))
+        })?
+        .to_owned();
     if h.as_ustar()
         .is_some_and(|u| u.prefix.iter().any(|b| *b != 0))
     {
@@ -89,8 +162,17 @@ fn read_header(
     }
     let kind = h.entry_type();
     if !kind.is_file() {
+        let link = h
+            .link_name_bytes()
+            .map(|l| String::from_utf8_lossy(&l).into_owned());
         return Err(BundleError::Format(format!(
-            "member {name:?} is a {kind:?} entry; bundles hold regular files only (no links, directories or extensions)"
+            "member {name:?} is {}; bundles hold regular files only",
+            kind_words(kind, link.as_deref())
+        )));
+    }
+    if let Some(why) = unsafe_name(&name) {
+        return Err(BundleError::Format(format!(
+            "member {name:?} is {why}; bundle members are plain file names"
         )));
     }
     let size = h
@@ -103,14 +185,47 @@ fn read_header(
     }))
 }
 
-/// Reads the next member and checks it is `expect` with (optionally) `size` bytes.
+/// Checks that member `m` (the `index`th) lies inside the bundle.
+fn check_inside(m: &Member, total: u64) -> Result<(), BundleError> {
+    match m.offset.checked_add(m.size) {
+        Some(end) if end <= total => Ok(()),
+        Some(end) => Err(BundleError::Truncated(format!(
+            "member {} needs bytes up to {end}, the bundle has {total} ({} missing)",
+            m.name,
+            end - total
+        ))),
+        None => Err(BundleError::Format(format!(
+            "member {} declares {} bytes, more than any file can hold",
+            m.name, m.size
+        ))),
+    }
+}
+
+/// The data offset after member `m` (its data padded to whole blocks).
+fn next_offset(m: &Member) -> Result<u64, BundleError> {
+    pad(m.size)
+        .and_then(|p| m.offset.checked_add(p))
+        .ok_or_else(|| {
+            BundleError::Format(format!(
+                "member {} declares {} bytes, more than any file can hold",
+                m.name, m.size
+            ))
+        })
+}
+
+/// Reads member `index`, which must be `expect` with exactly `size` bytes. `seen` holds
+/// the members read so far and `later` the names still to come, to tell a duplicate or a
+/// misplaced member from a foreign one.
+#[allow(clippy::too_many_arguments)]
 fn expect_member(
     source: &mut dyn ByteSource,
     offset: u64,
     total: u64,
     index: usize,
     expect: &str,
-    size: Option<u64>,
+    size: u64,
+    seen: &BTreeMap<String, Member>,
+    later: &[String],
 ) -> Result<Member, BundleError> {
     let m = read_header(source, offset, total, expect)?.ok_or_else(|| {
         BundleError::Format(format!(
@@ -118,27 +233,58 @@ fn expect_member(
         ))
     })?;
     if m.name != expect {
+        let why =
+            if seen.contains_key(&m.name) || m.name == MANIFEST_NAME || m.name == SIGNATURE_NAME {
+                "a duplicate member: each file appears once in a bundle"
+            } else if later.contains(&m.name) {
+                "out of order"
+            } else {
+                "not listed in the signed manifest"
+            };
         return Err(BundleError::Format(format!(
-            "member {index} is {:?} but {expect} was expected",
+            "member {index} is {:?} where {expect} was expected ({why})",
             m.name
         )));
     }
-    if let Some(want) = size {
-        if m.size != want {
-            return Err(BundleError::Format(format!(
-                "member {expect} has {} bytes, the manifest says {want}",
-                m.size
-            )));
-        }
-    }
-    let end = m.offset + m.size;
-    if end > total {
-        return Err(BundleError::Truncated(format!(
-            "member {expect} needs bytes up to {end}, the bundle has {total} ({} missing)",
-            end - total
+    if m.size != size {
+        let (diff, how) = if m.size > size {
+            (m.size - size, "more")
+        } else {
+            (size - m.size, "fewer")
+        };
+        return Err(BundleError::Format(format!(
+            "member {expect} has {} bytes, {diff} {how} than the {size} the signed manifest declares",
+            m.size
         )));
     }
+    check_inside(&m, total)?;
     Ok(m)
+}
+
+/// Checks what follows the end-of-archive block at `offset`: at most [`MAX_TRAILER`]
+/// bytes, all zero (tar padding), never data or another member.
+fn check_trailer(source: &mut dyn ByteSource, offset: u64, total: u64) -> Result<(), BundleError> {
+    let start = offset + BLOCK;
+    let rest = total - start;
+    if rest > MAX_TRAILER {
+        return Err(BundleError::Format(format!(
+            "{rest} bytes follow the end-of-archive marker at byte {offset}; a bundle ends there (at most {MAX_TRAILER} bytes of zero padding)"
+        )));
+    }
+    let mut buf = vec![0u8; rest.min(TRAILER_READ) as usize];
+    let mut at = start;
+    while at < total {
+        let n = (total - at).min(TRAILER_READ) as usize;
+        source.read_exact_at(at, &mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().position(|b| *b != 0) {
+            return Err(BundleError::Format(format!(
+                "data after the end-of-archive marker (byte {}); a bundle ends with its last image, hidden members are refused",
+                at + i as u64
+            )));
+        }
+        at += n as u64;
+    }
+    Ok(())
 }
 
 fn read_layout(
@@ -146,6 +292,14 @@ fn read_layout(
     keyring: Option<&Keyring>,
 ) -> Result<Bundle, BundleError> {
     let total = source.len()?;
+    if total == 0 {
+        return Err(BundleError::Format("the file is empty (0 bytes)".into()));
+    }
+    if total < BLOCK {
+        return Err(BundleError::Format(format!(
+            "the file is {total} bytes, too short for a tar archive (one header is {BLOCK})"
+        )));
+    }
     let mm = read_header(source, 0, total, MANIFEST_NAME)?
         .ok_or_else(|| BundleError::Format("the archive is empty".into()))?;
     if mm.name != MANIFEST_NAME {
@@ -154,35 +308,44 @@ fn read_layout(
             mm.name
         )));
     }
+    // Before anything is allocated or read: the header's word alone is not trusted.
     if mm.size > MAX_MANIFEST_SIZE {
         return Err(BundleError::Manifest(format!(
-            "manifest is {} bytes, the limit is {MAX_MANIFEST_SIZE}",
+            "{MANIFEST_NAME} is {} bytes, larger than the {MAX_MANIFEST_SIZE}-byte limit (not read)",
             mm.size
         )));
     }
-    if mm.offset + mm.size > total {
-        return Err(BundleError::Truncated(format!(
-            "the manifest needs bytes up to {}, the bundle has {total}",
-            mm.offset + mm.size
-        )));
-    }
+    check_inside(&mm, total)?;
     let mut manifest_bytes = vec![0u8; mm.size as usize];
     source.read_exact_at(mm.offset, &mut manifest_bytes)?;
-    let sm = expect_member(
-        source,
-        mm.offset + pad(mm.size),
-        total,
-        2,
-        SIGNATURE_NAME,
-        None,
-    )?;
-    if sm.size != 64 {
+    let sig_offset = next_offset(&mm)?;
+    let sm = match read_header(source, sig_offset, total, SIGNATURE_NAME)? {
+        None => {
+            return Err(BundleError::Signature(format!(
+                "the bundle is not signed: the archive ends after {MANIFEST_NAME}, no {SIGNATURE_NAME}"
+            )))
+        }
+        Some(m) if m.name == SIGNATURE_NAME => m,
+        Some(m) if m.name == MANIFEST_NAME => {
+            return Err(BundleError::Format(format!(
+                "member 2 is {MANIFEST_NAME} again (a duplicate member: each file appears once in a bundle)"
+            )))
+        }
+        Some(m) => {
+            return Err(BundleError::Signature(format!(
+                "the bundle is not signed: member 2 is {:?} where {SIGNATURE_NAME} must be",
+                m.name
+            )))
+        }
+    };
+    if sm.size != SIGNATURE_SIZE {
         return Err(BundleError::Signature(format!(
-            "{SIGNATURE_NAME} has {} bytes, an ed25519 signature is 64",
+            "{SIGNATURE_NAME} has {} bytes, an ed25519 signature is {SIGNATURE_SIZE}",
             sm.size
         )));
     }
-    let mut sig = [0u8; 64];
+    check_inside(&sm, total)?;
+    let mut sig = [0u8; SIGNATURE_SIZE as usize];
     source.read_exact_at(sm.offset, &mut sig)?;
     let signer = match keyring {
         Some(k) => k.verify(&manifest_bytes, &sig)?,
@@ -191,34 +354,55 @@ fn read_layout(
     let manifest = Manifest::parse(&manifest_bytes)?;
     let manifest_hash = hex::encode(Sha256::digest(&manifest_bytes));
 
-    let mut members = BTreeMap::new();
-    let mut offset = sm.offset + pad(sm.size);
-    let mut index = 3;
+    // Every member the signed manifest implies, in order, with its exact size.
+    let mut expected = Vec::new();
     for img in &manifest.images {
         let count = ChunkIndex::count_for(img.size, img.chunk_size);
-        let idx_size = count * 32;
+        let idx_size = count.saturating_mul(32);
         if idx_size > MAX_CHUNK_INDEX {
             return Err(BundleError::Manifest(format!(
-                "image {} would need a {idx_size}-byte chunk index",
+                "image {} would need a {idx_size}-byte chunk index, the limit is {MAX_CHUNK_INDEX}",
                 img.file
             )));
         }
-        for (name, size) in [(img.chunks_file(), idx_size), (img.file.clone(), img.size)] {
-            let m = expect_member(source, offset, total, index, &name, Some(size))?;
-            offset = m.offset + pad(m.size);
-            index += 1;
-            members.insert(name, m);
-        }
+        expected.push((img.chunks_file(), idx_size));
+        expected.push((img.file.clone(), img.size));
+    }
+    let names: Vec<String> = expected.iter().map(|(n, _)| n.clone()).collect();
+    let mut members = BTreeMap::new();
+    members.insert(MANIFEST_NAME.to_owned(), mm.clone());
+    members.insert(SIGNATURE_NAME.to_owned(), sm.clone());
+    let mut offset = next_offset(&sm)?;
+    for (i, (name, size)) in expected.iter().enumerate() {
+        let m = expect_member(
+            source,
+            offset,
+            total,
+            i + 3,
+            name,
+            *size,
+            &members,
+            &names[i + 1..],
+        )?;
+        offset = next_offset(&m)?;
+        members.insert(name.clone(), m);
     }
     match read_header(source, offset, total, "the end-of-archive marker")? {
-        None => {}
+        None => check_trailer(source, offset, total)?,
         Some(extra) => {
+            let why = if members.contains_key(&extra.name) {
+                "a duplicate member: each file appears once in a bundle"
+            } else {
+                "bundles carry only what the manifest lists"
+            };
             return Err(BundleError::Format(format!(
-                "unexpected member {:?} after the last image: bundles carry only what the manifest lists",
+                "unexpected member {:?} after the last image ({why})",
                 extra.name
-            )))
+            )));
         }
     }
+    members.remove(MANIFEST_NAME);
+    members.remove(SIGNATURE_NAME);
     Ok(Bundle {
         manifest,
         manifest_hash,

@@ -52,10 +52,24 @@ pub fn result_code(r: InstallResult) -> i32 {
     }
 }
 
-/// Longest source string accepted (a path or URL).
+/// Longest source string accepted (a path or URL); also the limit for every string
+/// option and every `http-headers` entry. Checked before the value is copied or used.
 pub const MAX_SOURCE_LEN: usize = 4096;
-/// Most options / headers accepted in one call.
+/// Most options in one `a{sv}`, and most entries in `http-headers`.
 pub const MAX_OPTIONS: usize = 32;
+/// Longest slot identifier `Mark` accepts (a slot name, bootname, `booted` or `other`).
+pub const MAX_SLOT_ID_LEN: usize = 256;
+
+/// Refuses an absurd `Mark` slot identifier before it is looked up or echoed back.
+pub(crate) fn check_slot_id(slot: &str) -> Result<(), RotaError> {
+    if slot.len() > MAX_SLOT_ID_LEN {
+        return Err(RotaError::InvalidArgument(format!(
+            "the slot name must be at most {MAX_SLOT_ID_LEN} bytes, not {}",
+            slot.len()
+        )));
+    }
+    Ok(())
+}
 
 pub(crate) fn opt_bool(k: &str, v: &OwnedValue) -> Result<bool, String> {
     v.downcast_ref::<bool>()
@@ -79,11 +93,19 @@ pub(crate) fn opt_strs(k: &str, v: &OwnedValue) -> Result<Vec<String>, String> {
     if arr.len() > MAX_OPTIONS {
         return Err(format!("option {k} has more than {MAX_OPTIONS} entries"));
     }
-    let out: Result<Vec<String>, _> = arr
-        .iter()
-        .map(|x| x.downcast_ref::<&str>().map(str::to_owned))
-        .collect();
-    out.map_err(|_| format!("option {k} must be a string array (as)"))
+    arr.iter()
+        .map(|x| {
+            let s = x
+                .downcast_ref::<&str>()
+                .map_err(|_| format!("option {k} must be a string array (as)"))?;
+            if s.len() > MAX_SOURCE_LEN {
+                return Err(format!(
+                    "option {k} has an entry longer than {MAX_SOURCE_LEN} bytes"
+                ));
+            }
+            Ok(s.to_owned())
+        })
+        .collect()
 }
 
 /// Fills `req` from an `a{sv}`; `rauc` selects RAUC's key names and error wording.
@@ -270,6 +292,7 @@ impl Agent1 {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, String), RotaError> {
         authorize(conn, &header, &self.group).await?;
+        check_slot_id(&slot)?;
         let how: MarkState = state.parse()?;
         Ok(self.agent.mark(how, &slot).await?)
     }
@@ -423,6 +446,19 @@ mod tests {
         let e =
             apply_options(&mut req, &opts(vec![("http-headers", ov(many))]), false).unwrap_err();
         assert!(e.contains("more than"), "{e}");
+        let long = "x".repeat(MAX_SOURCE_LEN + 1);
+        let e = apply_options(
+            &mut req,
+            &opts(vec![("http-headers", ov(vec![long.as_str()]))]),
+            false,
+        )
+        .unwrap_err();
+        assert_eq!(e, "option http-headers has an entry longer than 4096 bytes");
+        let e = apply_options(&mut req, &opts(vec![("tls-key", ov(long.as_str()))]), false)
+            .unwrap_err();
+        assert_eq!(e, "option tls-key is longer than 4096 bytes");
+        assert!(check_slot_id(&"s".repeat(MAX_SLOT_ID_LEN)).is_ok());
+        assert!(check_slot_id(&"s".repeat(MAX_SLOT_ID_LEN + 1)).is_err());
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! only, with Range requests). `Variant` is empty (rota has no variants) and
 //! `GetArtifactStatus` is always empty (no artifact repositories).
 
-use super::native::{apply_options, authorize, check_source, slot_status, RotaError};
+use super::native::{
+    apply_options, authorize, check_slot_id, check_source, slot_status, RotaError,
+};
 use crate::agent::{AgentHandle, InstallRequest, MarkState};
 use crate::config::Config;
 use std::collections::HashMap;
@@ -207,6 +209,7 @@ impl Installer {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(String, String), RotaError> {
         authorize(conn, &header, &self.group()).await?;
+        check_slot_id(&slot_identifier)?;
         let how: MarkState = state.parse()?;
         Ok(self.agent.mark(how, &slot_identifier).await?)
     }

@@ -5,3 +5,4 @@ pub mod fault_proxy;
 pub mod gateway;
 pub mod hawkbit_sim;
 pub mod nginx;
+pub mod tarcraft;
