@@ -136,7 +136,7 @@ async fn relay_over_dbus_objects() {
         .build()
         .await
         .unwrap();
-    let mcu = register(&server, &nodes, &data_dir).await.unwrap();
+    let mcu = register(&server, &nodes, &data_dir, "rota").await.unwrap();
     assert_eq!(mcu.nodes(), ["radio-1".to_string(), "sensor".to_string()]);
 
     let client = zbus::connection::Builder::address(bus.address.as_str())
@@ -300,4 +300,82 @@ async fn relay_over_dbus_objects() {
     p.call_method("Refresh", &()).await.unwrap();
     assert_eq!(prop::<String>(&p, "State").await, "unreachable");
     drop(bus);
+}
+
+/// Relay and Cancel are refused by the service itself to a caller that is neither root
+/// nor in the group, even on a bus whose policy lets everyone call everything; reads
+/// stay open to everyone, and a bad image path is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_and_cancel_need_root_or_the_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // nobody must reach the bus socket and the image.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bus = Bus::start(dir.path());
+    let mut sim = Sim::new(SimConfig::default());
+    let addr = sim.serve_udp("127.0.0.1:0").unwrap();
+    let cfg = tools::udp_node(&addr.to_string(), Duration::from_millis(300));
+    let data_dir: PathBuf = dir.path().join("data");
+    let nodes = BTreeMap::from([("sensor".to_string(), cfg)]);
+    let server = zbus::connection::Builder::address(bus.address.as_str())
+        .unwrap()
+        .name("io.rota")
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    register(&server, &nodes, &data_dir, "rota").await.unwrap();
+    let image = dir.path().join("fw.bin");
+    std::fs::write(&image, tools::payload(4096, 3)).unwrap();
+    std::fs::set_permissions(&image, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let path = object_path("sensor");
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
+            .arg(format!("--address={}", bus.address))
+            .args(["call", "io.rota", &path, "io.rota.Mcu1"])
+            .args(args);
+        cmd.output().expect("setpriv (util-linux) is required")
+    };
+    for call in [vec!["Relay", "s", image.to_str().unwrap()], vec!["Cancel"]] {
+        let out = as_nobody(&call);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{call:?} was allowed");
+        assert!(
+            err.contains("uid 65534 may only read") && err.contains("group \"rota\""),
+            "{call:?}: {err}"
+        );
+    }
+    let out = as_nobody(&["Refresh"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("may only read"),
+        "Refresh is a read"
+    );
+    let state = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "busctl"])
+        .arg(format!("--address={}", bus.address))
+        .args(["get-property", "io.rota", &path, "io.rota.Mcu1", "State"])
+        .output()
+        .unwrap();
+    assert!(
+        state.status.success(),
+        "{}",
+        String::from_utf8_lossy(&state.stderr)
+    );
+    // Nothing was relayed.
+    assert_eq!(sim.dev().stats.bytes_written, 0);
+
+    // Root may call, but not with a relative or oversized path.
+    let bad = |p: &str| {
+        Command::new("busctl")
+            .arg(format!("--address={}", bus.address))
+            .args(["call", "io.rota", &path, "io.rota.Mcu1", "Relay", "s", p])
+            .output()
+            .unwrap()
+    };
+    let out = bad("fw.bin");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be absolute"));
+    let out = bad(&format!("/{}", "a".repeat(5000)));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 to 4096 bytes"));
 }

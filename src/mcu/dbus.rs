@@ -9,20 +9,24 @@
 //! Decoupled from the agent: the service calls [`register`] with the `[mcu.*]`
 //! sections and the data dir, and may relay through the returned [`McuBus`] so the
 //! objects mirror relays the engine starts (e.g. staged images after "mark good").
-//! Who may call `Relay` is the bus policy's business (root or the configured group).
+//! `Relay` and `Cancel` take root or the configured group, checked by the service itself
+//! as for the agent's methods (the bus policy says the same); `Relay` also refuses an
+//! image file the caller could not read itself.
 //! Node names map to path elements by escaping every byte outside `[A-Za-z0-9]` as
 //! `_xx` (hex), so `radio-1` lives at `/io/rota/mcu/radio_2d1`.
 
 use super::relay::{self, RelayOutcome, RelayProgress};
 use super::{record, staging, McuError};
 use crate::config::{McuSection, McuTransportKind};
+use crate::service::access;
+use crate::service::native::{RotaError, MAX_SOURCE_LEN};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use zbus::object_server::SignalEmitter;
-use zbus::{fdo, interface, Connection};
+use zbus::{interface, Connection};
 
 /// D-Bus interface name of a node object.
 pub const INTERFACE: &str = "io.rota.Mcu1";
@@ -57,10 +61,12 @@ pub struct McuNode {
     last_error: String,
     busy: Arc<AtomicBool>,
     cancel: Arc<AtomicBool>,
+    /// Besides root, members of this group may relay and cancel.
+    group: String,
 }
 
 impl McuNode {
-    fn new(name: &str, cfg: &McuSection, data_dir: &Path) -> Self {
+    fn new(name: &str, cfg: &McuSection, data_dir: &Path, group: &str) -> Self {
         let rec = record::load_or_default(data_dir, name);
         Self {
             name: name.to_owned(),
@@ -76,6 +82,7 @@ impl McuNode {
             last_error: rec.last_error,
             busy: Arc::new(AtomicBool::new(false)),
             cancel: Arc::new(AtomicBool::new(false)),
+            group: group.to_owned(),
         }
     }
 }
@@ -130,15 +137,34 @@ impl McuNode {
 
     /// Starts relaying the image file at `path` (absolute) to this node; the result
     /// arrives as `Completed`.
-    async fn relay(&self, path: String, #[zbus(connection)] conn: &Connection) -> fdo::Result<()> {
+    async fn relay(
+        &self,
+        path: String,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), RotaError> {
+        let caller = authorize(conn, &header, &self.group).await?;
+        if path.is_empty() || path.len() > MAX_SOURCE_LEN {
+            return Err(RotaError::InvalidArgument(format!(
+                "the image path must be 1 to {MAX_SOURCE_LEN} bytes"
+            )));
+        }
         let image = PathBuf::from(&path);
         if !image.is_absolute() {
-            return Err(fdo::Error::InvalidArgs(format!(
+            return Err(RotaError::InvalidArgument(format!(
                 "image path must be absolute, got {path:?}"
             )));
         }
+        // The service reads the file as root: the caller must be able to read it too.
+        let checked = image.clone();
+        tokio::task::spawn_blocking(move || access::may_read(&caller, &checked))
+            .await
+            .map_err(|e| RotaError::Failed(format!("the access check failed: {e}")))?
+            .map_err(|e| {
+                RotaError::AccessDenied(format!("the caller cannot read the image: {e}"))
+            })?;
         if self.busy.swap(true, Ordering::SeqCst) {
-            return Err(fdo::Error::Failed(format!(
+            return Err(RotaError::Busy(format!(
                 "busy: a relay to MCU node {} is running",
                 self.name
             )));
@@ -154,9 +180,14 @@ impl McuNode {
 
     /// Cancels the running relay (it stops after the current request and resumes
     /// from the device's offset when started again).
-    async fn cancel(&self) -> fdo::Result<()> {
+    async fn cancel(
+        &self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(), RotaError> {
+        authorize(conn, &header, &self.group).await?;
         if !self.busy.load(Ordering::SeqCst) {
-            return Err(fdo::Error::Failed(format!(
+            return Err(RotaError::Failed(format!(
                 "no relay to MCU node {} is running",
                 self.name
             )));
@@ -169,12 +200,12 @@ impl McuNode {
     async fn refresh(
         &mut self,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
-    ) -> fdo::Result<()> {
+    ) -> Result<(), RotaError> {
         let (name, cfg, dir) = (self.name.clone(), self.cfg.clone(), self.data_dir.clone());
         let report =
             tokio::task::spawn_blocking(move || relay::node_report(&name, &cfg, &dir, true))
                 .await
-                .map_err(|e| fdo::Error::Failed(format!("refresh failed: {e}")))?;
+                .map_err(|e| RotaError::Failed(format!("refresh failed: {e}")))?;
         self.version = report.version;
         self.state = report.state;
         self.last_error = report.last_error;
@@ -242,18 +273,32 @@ impl McuBus {
     }
 }
 
+/// The caller of a method that changes something, if it is root or in `group`.
+async fn authorize(
+    conn: &Connection,
+    header: &zbus::message::Header<'_>,
+    group: &str,
+) -> Result<access::Caller, RotaError> {
+    let caller = access::caller(conn, header)
+        .await
+        .map_err(RotaError::AccessDenied)?;
+    access::may_control(&caller, group).map_err(RotaError::AccessDenied)?;
+    Ok(caller)
+}
+
 /// Serves one object per configured node. Initial property values come from the
-/// nodes' records (no node is contacted).
+/// nodes' records (no node is contacted). Relay and Cancel take root or `group`.
 pub async fn register(
     conn: &Connection,
     nodes: &BTreeMap<String, McuSection>,
     data_dir: &Path,
+    group: &str,
 ) -> zbus::Result<McuBus> {
     for (name, cfg) in nodes {
         conn.object_server()
             .at(
                 object_path(name).as_str(),
-                McuNode::new(name, cfg, data_dir),
+                McuNode::new(name, cfg, data_dir, group),
             )
             .await?;
     }

@@ -91,17 +91,15 @@ pub async fn serve(
 ) -> Result<Served, String> {
     let Claimed { conn, rauc_compat } = claimed;
     let export_failed = |e: zbus::Error| format!("cannot export the D-Bus interfaces: {e}");
+    let group = config
+        .dbus
+        .group
+        .clone()
+        .unwrap_or_else(|| access::DEFAULT_GROUP.to_owned());
     conn.object_server()
         .at(
             OBJECT_PATH,
-            native::Agent1::new(
-                agent.clone(),
-                config
-                    .dbus
-                    .group
-                    .clone()
-                    .unwrap_or_else(|| access::DEFAULT_GROUP.to_owned()),
-            ),
+            native::Agent1::new(agent.clone(), group.clone()),
         )
         .await
         .map_err(export_failed)?;
@@ -115,7 +113,7 @@ pub async fn serve(
             .map_err(export_failed)?;
     }
     // One io.rota.Mcu1 object per [mcu.<name>] under /io/rota/mcu.
-    let mcu = crate::mcu::dbus::register(&conn, &config.mcu, &config.system.data_dir)
+    let mcu = crate::mcu::dbus::register(&conn, &config.mcu, &config.system.data_dir, &group)
         .await
         .map_err(export_failed)?;
     let (completed_tx, completed) = watch::channel(None);
