@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Short fuzzing runs in CI: every cargo-fuzz target in fuzz/ runs for ROTA_FUZZ_SECONDS
-# (default 10) from its committed seeds (fuzz/seeds/<target>). Prints executions per
+# (default 5) from its committed seeds (fuzz/seeds/<target>). Prints executions per
 # target; any crash, panic, leak of the limits (-rss_limit_mb, -malloc_limit_mb) or
 # timeout fails the run and leaves the input in fuzz/artifacts/<target>/.
 # CI builds without a sanitizer in the dev profile (overflow checks and debug
@@ -10,7 +10,7 @@
 # RUSTC_BOOTSTRAP=1 (libFuzzer's -Z flags).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SECONDS_PER_TARGET=${ROTA_FUZZ_SECONDS:-10}
+SECONDS_PER_TARGET=${ROTA_FUZZ_SECONDS:-5}
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 cd fuzz
