@@ -1,6 +1,10 @@
 //! The U-Boot env reader on a file of arbitrary bytes, as a single env and as the two
 //! copies of a redundant one. Whatever it accepts must survive a write: the update
 //! rewrites the env and reading it back gives the same variables plus the change.
+//!
+//! Random bytes almost never carry a valid CRC32, which would keep the fuzzer in front
+//! of the variable parser. So the first input byte picks which copies get their CRC
+//! fixed up (bit 0: the first, bit 1: the second); the rest is the env image.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use rota::boot::uboot_env::{FwEnvConfig, UbootEnv};
@@ -8,13 +12,33 @@ use std::path::Path;
 
 const SIZE: usize = 0x400;
 
+/// Stores the CRC32 of each chosen copy's data in front of it (header: CRC, plus the
+/// flag byte when redundant).
+fn fix_crcs(image: &mut [u8], copies: u8, redundant: bool) {
+    let header = if redundant { 5 } else { 4 };
+    for (i, copy) in image.chunks_mut(SIZE).enumerate().take(2) {
+        if copies & (1 << i) != 0 {
+            let crc = crc32fast::hash(&copy[header..]);
+            copy[..4].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
-    let dir = std::env::temp_dir().join(format!("rota-fuzz-env-{}", std::process::id()));
+    let Some((&copies, data)) = data.split_first() else {
+        return;
+    };
+    // tmpfs when there is one: the env is fsynced on every write.
+    let base = Path::new("/dev/shm");
+    let base = if base.is_dir() { base.to_path_buf() } else { std::env::temp_dir() };
+    let dir = base.join(format!("rota-fuzz-env-{}", std::process::id()));
     let _ = std::fs::create_dir_all(&dir);
     let file = dir.join("env.bin");
-    let mut image = data.to_vec();
-    image.resize(2 * SIZE, 0xff);
+    let mut raw = data.to_vec();
+    raw.resize(2 * SIZE, 0xff);
     for redundant in [false, true] {
+        let mut image = raw.clone();
+        fix_crcs(&mut image, copies, redundant);
         std::fs::write(&file, &image).expect("write the env file");
         let mut text = format!("{} 0x0 {SIZE:#x}\n", file.display());
         if redundant {
