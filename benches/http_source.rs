@@ -6,7 +6,7 @@
 //!    bytes fetched / size, and bytes the proxy sent.
 //! 3. Peak RSS of this process (VmHWM), which holds the HTTP client and buffers only.
 //!
-//! `cargo bench --bench http_install` (size in MiB from `ROTA_BENCH_MIB`, default 256).
+//! `cargo bench --bench http_source` (size in MiB from `ROTA_BENCH_MIB`, default 256).
 //! Under `cargo test --all-targets` it only prints how to run it.
 
 #[path = "../tests/support/fault_proxy.rs"]
@@ -88,7 +88,7 @@ fn peak_rss_kib() -> u64 {
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {
-        println!("http_install is a benchmark: run `cargo bench --bench http_install`");
+        println!("http_source is a benchmark: run `cargo bench --bench http_source`");
         return;
     }
     let mib: u64 = std::env::var("ROTA_BENCH_MIB")
