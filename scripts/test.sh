@@ -21,7 +21,21 @@ export CARGO_INCREMENTAL=0
 export CARGO_PROFILE_DEV_DEBUG=0
 
 stage "setup"
+# While apt-get and pip wait on the network, fetch and build what later stages need:
+# cargo-fuzz, the ARM standard libraries, every crate. Best effort: each later stage
+# installs or fetches again what this did not get.
+mkdir -p target
+(
+  set +e
+  [[ "${ROTA_CI_ARM:-1}" == 0 ]] ||
+    rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl
+  cargo fetch --locked
+  (cd fuzz && cargo fetch --locked)
+  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+) > target/prefetch.log 2>&1 &
+prefetch_pid=$!
 bash scripts/setup-deps.sh
+wait "$prefetch_pid" || true
 export PATH="$PWD/.venv/bin:$PATH"
 
 stage "fmt, clippy"
