@@ -60,6 +60,22 @@ DBUS_SERVICE_CORE=(
 )
 CORE_FILTER="not binary(=dbus_service) | test(/^($(IFS='|'; echo "${DBUS_SERVICE_CORE[*]}"))\$/)"
 
+# The rust-std of every target, added if missing. `ci-arm.sh --prepare` does only this
+# (test.sh runs it while apt-get installs the cross compilers this script needs).
+add_missing_targets() {
+  local installed missing=() t
+  installed=$(rustup target list --installed)
+  for t in "${RELEASE_TARGETS[@]}"; do grep -qx "$t" <<<"$installed" || missing+=("$t"); done
+  if ((${#missing[@]})); then
+    echo "ci-arm: rustup target add ${missing[*]}"
+    rustup target add "${missing[@]}"
+  fi
+}
+if [[ ${1:-} == --prepare ]]; then
+  add_missing_targets
+  exit
+fi
+
 fail() { echo "ci-arm: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null || fail "$1 is missing: apt-get install $2"; }
 need aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
@@ -73,13 +89,7 @@ need readelf binutils
 start=$SECONDS
 phase() { echo "ci-arm: [$((SECONDS - start))s] $*"; }
 
-installed=$(rustup target list --installed)
-missing=()
-for t in "${RELEASE_TARGETS[@]}"; do grep -qx "$t" <<<"$installed" || missing+=("$t"); done
-if ((${#missing[@]})); then
-  phase "rustup target add ${missing[*]}"
-  rustup target add "${missing[@]}"
-fi
+add_missing_targets
 
 # The shipped release profile (fat LTO, one codegen unit) is what the size limit is
 # about. It costs ~5 CPU-minutes per target, more than CI's 20-minute budget leaves on

@@ -14,6 +14,11 @@ SECONDS_PER_TARGET=${ROTA_FUZZ_SECONDS:-5}
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
 cd fuzz
+# `--prepare`: only cargo-fuzz and the crates (test.sh runs it while apt-get works).
+if [[ ${1:-} == --prepare ]]; then
+  cargo fetch --locked
+  exit
+fi
 TD=target-ci
 mapfile -t targets < <(cargo fuzz list)
 cargo fuzz build --dev -s none --target-dir "$TD" >/dev/null

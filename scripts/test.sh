@@ -27,11 +27,9 @@ stage "setup"
 mkdir -p target
 (
   set +e
-  [[ "${ROTA_CI_ARM:-1}" == 0 ]] ||
-    rustup target add aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl
   cargo fetch --locked
-  (cd fuzz && cargo fetch --locked)
-  command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --quiet
+  [[ "${ROTA_CI_ARM:-1}" == 0 ]] || bash scripts/ci-arm.sh --prepare
+  bash scripts/ci-fuzz.sh --prepare
 ) > target/prefetch.log 2>&1 &
 prefetch_pid=$!
 bash scripts/setup-deps.sh
