@@ -8,7 +8,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use rota::boot::uboot_env::{FwEnvConfig, UbootEnv};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 const SIZE: usize = 0x400;
 
@@ -24,22 +25,30 @@ fn fix_crcs(image: &mut [u8], copies: u8, redundant: bool) {
     }
 }
 
+/// This process's env file, in a directory made once: on tmpfs when there is one, since
+/// the env is fsynced on every write.
+fn env_file() -> &'static Path {
+    static FILE: OnceLock<PathBuf> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let shm = Path::new("/dev/shm");
+        let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+        let dir = base.join(format!("rota-fuzz-env-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the env file");
+        dir.join("env.bin")
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&copies, data)) = data.split_first() else {
         return;
     };
-    // tmpfs when there is one: the env is fsynced on every write.
-    let base = Path::new("/dev/shm");
-    let base = if base.is_dir() { base.to_path_buf() } else { std::env::temp_dir() };
-    let dir = base.join(format!("rota-fuzz-env-{}", std::process::id()));
-    let _ = std::fs::create_dir_all(&dir);
-    let file = dir.join("env.bin");
+    let file = env_file();
     let mut raw = data.to_vec();
     raw.resize(2 * SIZE, 0xff);
     for redundant in [false, true] {
         let mut image = raw.clone();
         fix_crcs(&mut image, copies, redundant);
-        std::fs::write(&file, &image).expect("write the env file");
+        std::fs::write(file, &image).expect("write the env file");
         let mut text = format!("{} 0x0 {SIZE:#x}\n", file.display());
         if redundant {
             text.push_str(&format!("{} {SIZE:#x} {SIZE:#x}\n", file.display()));
@@ -57,7 +66,7 @@ fuzz_target!(|data: &[u8]| {
             Ok(_) => assert_eq!(env.read().expect("read after write"), expected),
             // Variables that cannot be stored (e.g. '=' in a name read from garbage) or
             // that no longer fit are refused, never written half.
-            Err(_) => assert_eq!(std::fs::read(&file).expect("read back"), image),
+            Err(_) => assert_eq!(std::fs::read(file).expect("read back"), image),
         }
     }
 });
