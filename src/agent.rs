@@ -986,6 +986,66 @@ impl Agent {
         }
     }
 
+    /// What rota knows refuses two marks: a slot made active must not hold an install that
+    /// did not finish (it must be the running slot, a slot rota installed and verified, or
+    /// the factory image), and marking bad must leave a slot to boot.
+    fn check_mark(&self, how: MarkState, slots: &[SlotConfig]) -> Result<(), AgentError> {
+        let invalid = |m: String| Err(AgentError::InvalidArgument(m));
+        match how {
+            MarkState::Good => Ok(()),
+            MarkState::Active => {
+                let state = self
+                    .device
+                    .store
+                    .load()
+                    .map_err(|e| AgentError::Failed(e.to_string()))?;
+                for slot in slots {
+                    let booted = self
+                        .device
+                        .booted
+                        .as_ref()
+                        .is_some_and(|b| b.name == slot.name);
+                    let status = state.slots.get(&slot.name).map(|s| s.status.as_str());
+                    // No record is the factory image — unless the records were lost, when
+                    // a half-written slot would look the same.
+                    let known_good = match status {
+                        Some(s) => s == "ok",
+                        None => state.lost.is_none(),
+                    };
+                    if !booted && !known_good {
+                        let what = match status {
+                            Some(s) => format!("its last install is {s}"),
+                            None => "rota's records were lost, so it cannot tell".to_owned(),
+                        };
+                        return invalid(format!(
+                            "slot {} holds no complete, verified image ({what}); refusing to make it active",
+                            slot.name
+                        ));
+                    }
+                }
+                Ok(())
+            }
+            MarkState::Bad => {
+                let mut boot = self
+                    .device
+                    .bootloader
+                    .read()
+                    .map_err(|e| AgentError::Failed(e.to_string()))?;
+                for b in slots.iter().filter_map(|s| s.bootname.as_deref()) {
+                    boot.disable(b);
+                }
+                if boot.order.is_empty() {
+                    let names: Vec<&str> = slots.iter().map(|s| s.name.as_str()).collect();
+                    return invalid(format!(
+                        "marking {} bad would leave no slot to boot (BOOT_ORDER would be empty); refused",
+                        names.join(", ")
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
     fn mark(&mut self, how: MarkState, id: &str) -> Result<(String, String), AgentError> {
         self.busy()?;
         let slots = self.resolve(id)?;
@@ -997,6 +1057,7 @@ impl Agent {
             )));
         }
         let attempts = self.device.config.system.boot_attempts;
+        self.check_mark(how, &slots)?;
         let mut names = Vec::new();
         for slot in &slots {
             let b = slot.bootname.clone().ok_or_else(|| {

@@ -64,6 +64,11 @@ pub struct SystemSection {
     pub reboot_after_install: bool,
     #[serde(default = "default_reboot_command")]
     pub reboot_command: Vec<String>,
+    /// The running system's own version, for when rota has no record of the booted slot
+    /// (the factory image, or a state file that was lost): an os-release file
+    /// (`VERSION_ID=`) or a file holding just the version.
+    #[serde(default)]
+    pub version_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 pub const STATE_FILE: &str = "status.json";
 
+/// Largest state file read: a state file holds a few slots and one journal (a few KiB);
+/// anything near this is not one rota wrote.
+pub const MAX_STATE_FILE: u64 = 4 << 20;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     #[serde(default)]
@@ -19,6 +23,11 @@ pub struct State {
     /// Present while an install runs; a service that finds it at start resumes.
     #[serde(default)]
     pub journal: Option<Journal>,
+    /// Set when an earlier state file could not be read and was replaced by an empty one:
+    /// what the slots held is then unknown, so the downgrade check fails closed until an
+    /// install records a version again. RFC 3339 time and what happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost: Option<String>,
 }
 
 /// What is in a slot, as far as rota wrote it.
@@ -143,9 +152,9 @@ pub struct StateStore {
 }
 
 impl StateStore {
-    /// Creates the data directory if needed.
+    /// Creates the data directory if needed, private to root (0700) whatever the umask.
     pub fn open(data_dir: &Path) -> Result<Self, StateError> {
-        std::fs::create_dir_all(data_dir).map_err(|source| StateError::Write {
+        crate::fsutil::create_private_dir(data_dir).map_err(|source| StateError::Write {
             path: data_dir.to_owned(),
             source,
         })?;
@@ -158,9 +167,10 @@ impl StateStore {
         &self.path
     }
 
-    /// The stored state; a missing file is an empty state (a factory device).
+    /// The stored state; a missing file is an empty state (a factory device). The file is
+    /// read with a size limit and must be a regular file (see [`crate::fsutil::read_regular`]).
     pub fn load(&self) -> Result<State, StateError> {
-        match std::fs::read(&self.path) {
+        match crate::fsutil::read_regular(&self.path, MAX_STATE_FILE) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
                 path: self.path.clone(),
                 message: e.to_string(),
@@ -173,30 +183,54 @@ impl StateStore {
         }
     }
 
-    /// [`load`](Self::load), but a state file that cannot be parsed (a torn write on a
-    /// filesystem that lost it, a bit flip) is moved aside to `status.json.corrupt` and
-    /// replaced by an empty state, so the device can still install. What is lost is
-    /// history and an interrupted install's journal: its target slot is already out of
-    /// the boot selection, and the next install writes it again from scratch.
+    /// [`load`](Self::load), but a state file that cannot be used — a torn write on a
+    /// filesystem that lost it, a bit flip, an I/O error on worn flash, a directory or a
+    /// device in its place — is moved aside to `status.json.corrupt` and replaced at once by
+    /// an empty state marked [`State::lost`], so the device keeps serving (status, mark
+    /// good, the next install). What is lost is history and an interrupted install's
+    /// journal: its target slot is already out of the boot selection, and the next install
+    /// writes it again from scratch. The versions are lost too, so the downgrade check
+    /// fails closed until a version is known again.
     pub fn load_or_recover(&self) -> Result<State, StateError> {
-        match self.load() {
-            Err(StateError::Corrupt { path, message }) => {
-                let aside = path.with_extension("json.corrupt");
-                log::error!(
-                    "state file {} is corrupt ({message}); moved to {} and starting with an empty state",
-                    path.display(),
-                    aside.display()
-                );
-                std::fs::rename(&path, &aside)
-                    .and_then(|_| crate::fsutil::sync_dir(path.parent().unwrap_or(Path::new("."))))
-                    .map_err(|source| StateError::Write {
-                        path: aside.clone(),
-                        source,
-                    })?;
-                Ok(State::default())
-            }
-            other => other,
+        let why = match self.load() {
+            Err(StateError::Corrupt { message, .. }) => format!("corrupt ({message})"),
+            Err(StateError::Read { source, .. }) => format!("unreadable ({source})"),
+            other => return other,
+        };
+        let aside = self.path.with_extension("json.corrupt");
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        let moved = remove_entry(&aside)
+            .and_then(|_| std::fs::rename(&self.path, &aside))
+            .and_then(|_| crate::fsutil::sync_dir(dir));
+        match &moved {
+            Ok(()) => log::error!(
+                "state file {} is {why}; moved to {} and starting with an empty state",
+                self.path.display(),
+                aside.display()
+            ),
+            Err(e) => log::error!(
+                "state file {} is {why} and cannot be moved aside ({e}); replacing it with an empty state",
+                self.path.display()
+            ),
         }
+        let state = State {
+            lost: Some(format!(
+                "{}: {} was {why}; slot versions are unknown",
+                now_rfc3339(),
+                self.path.display()
+            )),
+            ..State::default()
+        };
+        // Written now, so every later load finds a good file (a directory that could not
+        // be moved aside is removed by the atomic write's rename failing loudly here).
+        if moved.is_err() {
+            remove_entry(&self.path).map_err(|source| StateError::Write {
+                path: self.path.clone(),
+                source,
+            })?;
+        }
+        self.save(&state)?;
+        Ok(state)
     }
 
     pub fn save(&self, state: &State) -> Result<(), StateError> {
@@ -208,6 +242,16 @@ impl StateStore {
             path: self.path.clone(),
             source,
         })
+    }
+}
+
+/// Removes a file or directory tree at `path`; nothing there is fine.
+fn remove_entry(path: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 

@@ -162,6 +162,13 @@ impl Bootloader for UbootBackend {
         self.env.update(|vars| {
             let mut state = self.decode(vars);
             f(&mut state);
+            // An empty BOOT_ORDER reads as unset in the boot script, which then tries every
+            // slot again — including ones just marked bad. It is never written.
+            if state.order.is_empty() {
+                return Err(uboot_env::EnvError::Invalid(
+                    "refusing to write an empty BOOT_ORDER: no slot would be left to boot".into(),
+                ));
+            }
             Self::encode(&state, vars);
             result = state;
             Ok(())

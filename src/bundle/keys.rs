@@ -89,9 +89,10 @@ pub fn write_keypair(dir: &Path, name: &str) -> Result<(PathBuf, PathBuf), Bundl
     f.write_all(signing_key_pem(&key)?.as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| BundleError::Key(format!("{}: {e}", priv_path.display())))?;
-    crate::fsutil::write_atomic(
+    crate::fsutil::write_atomic_mode(
         &pub_path,
         verifying_key_pem(&key.verifying_key())?.as_bytes(),
+        0o644,
     )
     .map_err(|e| BundleError::Key(format!("{}: {e}", pub_path.display())))?;
     Ok((priv_path, pub_path))

@@ -89,7 +89,9 @@ pub fn create(
 ) -> Result<Manifest, BundleError> {
     check_chunk_size(chunk_size).map_err(BundleError::Manifest)?;
     let input_path = dir.join(MANIFEST_NAME);
-    let text = std::fs::read_to_string(&input_path).map_err(|e| io_err(&input_path, e))?;
+    // Read generously: the limit that matters is checked on the manifest as signed.
+    let text = crate::fsutil::read_regular_text(&input_path, 4 * super::MAX_MANIFEST_SIZE)
+        .map_err(|e| io_err(&input_path, e))?;
     let input = InputManifest::parse(&text, &input_path)?;
     let mut images = Vec::new();
     let mut sources: Vec<(PathBuf, ChunkIndex)> = Vec::new();
@@ -130,6 +132,15 @@ pub fn create(
     };
     manifest.validate()?;
     let manifest_bytes = manifest.to_toml()?.into_bytes();
+    // The writer keeps the reader's limits: a signed bundle that every device refuses is
+    // worse than no bundle.
+    if manifest_bytes.len() as u64 > super::MAX_MANIFEST_SIZE {
+        return Err(BundleError::Manifest(format!(
+            "the manifest would be {} bytes; readers accept at most {} (shorten the description)",
+            manifest_bytes.len(),
+            super::MAX_MANIFEST_SIZE
+        )));
+    }
     let signature = key.sign(&manifest_bytes).to_bytes();
 
     let tmp = out.with_extension("rota.tmp");
@@ -161,4 +172,42 @@ pub fn create(
         crate::fsutil::sync_dir(parent).map_err(|e| io_err(parent, e))?;
     }
     Ok(manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(dir: &Path, description_len: usize) {
+        std::fs::write(dir.join("img"), vec![5u8; 10_000]).unwrap();
+        let manifest = format!(
+            "[update]\ncompatible = \"x\"\nversion = \"1.0.0\"\ndescription = \"{}\"\n[[image]]\nslot-class = \"rootfs\"\nfile = \"img\"\n",
+            "d".repeat(description_len)
+        );
+        std::fs::write(dir.join(MANIFEST_NAME), manifest).unwrap();
+    }
+
+    /// What the writer signs, the reader accepts: a manifest over the reader's 1 MiB limit
+    /// is refused when the bundle is made, not on every device later.
+    #[test]
+    fn the_writer_keeps_the_readers_manifest_limit() {
+        let t = tempfile::tempdir().unwrap();
+        let key = super::super::keys::generate().unwrap();
+        let ring = super::super::Keyring::from_keys(vec![key.verifying_key()]);
+        let out = t.path().join("b.rota");
+
+        source(t.path(), 1 << 20);
+        let e = create(t.path(), &out, &key, 4096).unwrap_err().to_string();
+        assert!(e.contains("readers accept at most 1048576"), "{e}");
+        assert!(!out.exists());
+
+        source(t.path(), 900 << 10);
+        create(t.path(), &out, &key, 4096).unwrap();
+        let mut src = crate::source::file::FileSource::open(&out).unwrap();
+        let b = super::super::reader::open(&mut src, &ring).unwrap();
+        assert_eq!(
+            b.manifest.update.description.map(|d| d.len()),
+            Some(900 << 10)
+        );
+    }
 }

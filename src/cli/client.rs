@@ -106,20 +106,33 @@ pub fn install(
         let (conn, proxy) = connect().await?;
         // Subscribe before calling Install, so no event is missed: one ordered stream of
         // the service's signals (PropertiesChanged and Completed), and the name's owner.
+        // Signals count only from the connection that owns the service name: anyone on
+        // the bus may send a `Completed` (even straight to us), and a match on the
+        // well-known name is not checked on our side. The owner is fixed now; if it
+        // changes, the service stopped (handled below).
+        let dbus = zbus::fdo::DBusProxy::new(&conn).await.map_err(call_failed)?;
+        let mut owner = dbus
+            .receive_name_owner_changed_with_args(&[(0, crate::service::BUS_NAME)])
+            .await
+            .map_err(call_failed)?;
+        let service: zbus::names::OwnedUniqueName = dbus
+            .get_name_owner(zbus::names::BusName::WellKnown(
+                zbus::names::WellKnownName::from_static_str_unchecked(crate::service::BUS_NAME),
+            ))
+            .await
+            .map_err(|e| call_failed(e.into()))?;
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
-            .sender(crate::service::BUS_NAME)
+            .sender(service.as_str())
             .and_then(|b| b.path(crate::service::OBJECT_PATH))
             .map_err(call_failed)?
             .build();
         let mut signals = zbus::MessageStream::for_match_rule(rule, &conn, Some(MAX_QUEUED_SIGNALS))
             .await
             .map_err(call_failed)?;
-        let dbus = zbus::fdo::DBusProxy::new(&conn).await.map_err(call_failed)?;
-        let mut owner = dbus
-            .receive_name_owner_changed_with_args(&[(0, crate::service::BUS_NAME)])
-            .await
-            .map_err(call_failed)?;
+        let from_service = |m: &zbus::Message| {
+            m.header().sender().is_some_and(|s| s.as_str() == service.as_str())
+        };
         let mut opts: HashMap<&str, Value> = HashMap::new();
         if force_version {
             opts.insert("force-version", Value::from(true));
@@ -138,10 +151,14 @@ pub fn install(
             tokio::select! {
                 biased;
                 msg = signals.next() => match msg {
+                    Some(Ok(m)) if !from_service(&m) => {
+                        log::debug!("ignored a signal from {:?}, not the service", m.header().sender());
+                    }
                     Some(Ok(m)) => match decode_signal(&m) {
                         Some(Signal::Transaction(t)) => ours = t == transaction,
                         Some(Signal::Progress(p)) if ours => view.progress(&p),
                         Some(Signal::Completed(t, result, message)) if t == transaction => {
+                            confirm(&proxy, &transaction, result).await?;
                             view.done(result, &message);
                             return match result {
                                 0 => Ok(()),
@@ -169,6 +186,28 @@ pub fn install(
             }
         }
     })
+}
+
+/// Asks the service how the install really ended before the command reports success:
+/// the recorded last install must be this transaction, finished, and not failed. (A
+/// failure is reported as it comes: it claims nothing that could be wrongly believed.)
+async fn confirm(proxy: &Agent1Proxy<'_>, transaction: &str, result: i32) -> Result<(), Failure> {
+    if result != 0 {
+        return Ok(());
+    }
+    let text = proxy.get_status().await.map_err(call_failed)?;
+    let status: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Failure::Failed(format!("the service's status is not JSON: {e}")))?;
+    let last = &status["last_install"];
+    let recorded = last["result"].as_str().unwrap_or("");
+    let failed = matches!(recorded, "failed" | "cancelled");
+    if last["transaction"].as_str() != Some(transaction) || recorded == "installing" || failed {
+        return Err(Failure::Failed(format!(
+            "install {transaction}: the completion signal (result {result}) does not match the service's record ({:?}, {recorded:?}); see `rota status`",
+            last["transaction"].as_str().unwrap_or("")
+        )));
+    }
+    Ok(())
 }
 
 /// Signals queued while the client is busy (progress comes a few times per second).

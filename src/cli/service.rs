@@ -2,8 +2,9 @@
 //! main loop until SIGTERM/SIGINT.
 //!
 //! The main loop tells systemd READY=1 once the interfaces are served, updates STATUS= as
-//! installs progress, and pings the watchdog (WATCHDOG_USEC) only after the agent answered
-//! a request in time — a hung agent stops the pings and systemd restarts the service.
+//! installs progress, and pings the watchdog (WATCHDOG_USEC) only after the agent, a
+//! blocking thread and the service's own D-Bus interface answered in time — a hung agent
+//! or a starved service stops the pings and systemd restarts it.
 //! SIGTERM/SIGINT exit 0 without cancelling a running install: its journal resumes it at
 //! the next start (a reboot mid-update must not lose the update). Losing the bus (or a
 //! bus name) exits 1 so systemd restarts the service.
@@ -98,7 +99,55 @@ pub fn run(config_path: &Path) -> CliResult {
         .enable_all()
         .build()
         .map_err(|e| Failure::Failed(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(serve(config))
+    let outcome = rt.block_on(serve(config));
+    // Blocking reads still running (an inspection of a slow server, an install thread)
+    // must not hold the process after SIGTERM: dropping the runtime would wait for them.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    outcome
+}
+
+/// How long a stop waits for blocking work before the process exits anyway.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Whether the service still does its job, for the watchdog: the agent answers, a
+/// blocking thread can still be had (inspections and access checks need one), and a call
+/// through the bus daemon to our own object server is answered (`Operation`). Each within
+/// `budget` in all.
+async fn responsive(
+    agent: &crate::agent::AgentHandle,
+    conn: &zbus::Connection,
+    budget: Duration,
+) -> Result<(), String> {
+    let check = async {
+        agent
+            .status()
+            .await
+            .map_err(|e| format!("the agent answered with an error: {e}"))?;
+        tokio::task::spawn_blocking(|| ())
+            .await
+            .map_err(|e| format!("no blocking thread: {e}"))?;
+        let me = conn
+            .unique_name()
+            .ok_or("the bus connection has no name")?
+            .to_owned();
+        let props = zbus::fdo::PropertiesProxy::builder(conn)
+            .destination(me)
+            .and_then(|b| b.path(crate::service::OBJECT_PATH))
+            .map_err(|e| e.to_string())?
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        let iface = zbus::names::InterfaceName::from_static_str_unchecked("io.rota.Agent1");
+        props
+            .get(iface, "Operation")
+            .await
+            .map_err(|e| format!("our own D-Bus interface did not answer: {e}"))?;
+        Ok::<(), String>(())
+    };
+    tokio::time::timeout(budget, check)
+        .await
+        .map_err(|_| format!("no answer within {budget:?}"))?
 }
 
 async fn serve(config: Config) -> CliResult {
@@ -170,10 +219,9 @@ async fn serve(config: Config) -> CliResult {
             // or a hung agent stops the pings and systemd restarts the service.
             _ = tick.tick(), if watchdog.is_some() => {
                 let budget = watchdog.unwrap_or_default() / 2;
-                match tokio::time::timeout(budget, agent.status()).await {
-                    Ok(Ok(_)) => notify(&[NotifyState::Watchdog]),
-                    Ok(Err(e)) => log::error!("watchdog: the agent answered with an error: {e}"),
-                    Err(_) => log::error!("watchdog: the agent did not answer within {budget:?}; not pinging"),
+                match responsive(&agent, &served.conn, budget).await {
+                    Ok(()) => notify(&[NotifyState::Watchdog]),
+                    Err(e) => log::error!("watchdog: {e}; not pinging"),
                 }
             }
             changed = snap.changed() => {

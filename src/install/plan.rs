@@ -63,22 +63,8 @@ pub fn make(
         .manifest
         .version()
         .map_err(|e| InstallError::Refused(e.to_string()))?;
-    if let Some(booted) = &ctx.booted {
-        let running = state
-            .slots
-            .get(&booted.name)
-            .filter(|s| s.status == "ok" && !s.version.is_empty());
-        if let Some(running) = running {
-            match semver::Version::parse(&running.version) {
-                Ok(v) if new_version < v && !req.force_version => {
-                    return refuse(format!(
-                        "bundle version {new_version} is lower than the booted slot's {v} (use --force-version to downgrade)"
-                    ))
-                }
-                Ok(_) => {}
-                Err(e) => log::warn!("booted slot's recorded version {:?} is not semver ({e}); not comparing", running.version),
-            }
-        }
+    if !req.force_version {
+        check_downgrade(ctx, state, &new_version)?;
     }
 
     let mut images = Vec::new();
@@ -199,4 +185,78 @@ fn pick_target(
             "slot class {class:?} has no inactive slot to install {file} into"
         ))
     })
+}
+
+/// What the booted system runs, and where that was learned.
+fn running_version(ctx: &Context<'_>, state: &State) -> Option<(String, &'static str)> {
+    let booted = ctx.booted.as_ref()?;
+    let recorded = state
+        .slots
+        .get(&booted.name)
+        .filter(|s| s.status == "ok" && !s.version.is_empty());
+    if let Some(r) = recorded {
+        return Some((r.version.clone(), "recorded"));
+    }
+    let file = ctx.config.system.version_file.as_deref()?;
+    match read_version_file(file) {
+        Ok(v) => Some((v, "version-file")),
+        Err(e) => {
+            log::warn!("version-file {}: {e}", file.display());
+            None
+        }
+    }
+}
+
+/// Largest version file read (an os-release file is well under 1 KiB).
+const MAX_VERSION_FILE: u64 = 64 << 10;
+
+/// The version in an os-release file (`VERSION_ID=`, quotes removed), or the first line of
+/// a file that holds only a version.
+pub fn read_version_file(path: &std::path::Path) -> Result<String, String> {
+    let text =
+        crate::fsutil::read_regular_text(path, MAX_VERSION_FILE).map_err(|e| e.to_string())?;
+    let version = if text.lines().any(|l| l.contains('=')) {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("VERSION_ID="))
+            .map(|v| v.trim().trim_matches(|c| c == '"' || c == '\'').to_owned())
+            .ok_or("no VERSION_ID= line")?
+    } else {
+        text.lines().next().unwrap_or("").trim().to_owned()
+    };
+    if version.is_empty() {
+        return Err("no version in it".into());
+    }
+    Ok(version)
+}
+
+/// Refuses a bundle older than the running system. Fails closed when rota lost its state
+/// and cannot learn the running version otherwise: a torn `status.json` must not open the
+/// door to an old, signed but vulnerable release.
+fn check_downgrade(
+    ctx: &Context<'_>,
+    state: &State,
+    new_version: &semver::Version,
+) -> Result<(), InstallError> {
+    let refuse = |m: String| Err(InstallError::Refused(m));
+    match running_version(ctx, state) {
+        Some((running, from)) => match semver::Version::parse(&running) {
+            Ok(v) if *new_version < v => refuse(format!(
+                "bundle version {new_version} is lower than the booted slot's {v} (use --force-version to downgrade)"
+            )),
+            Ok(_) => Ok(()),
+            Err(e) if state.lost.is_some() => refuse(format!(
+                "the running version {running:?} ({from}) is not semver ({e}) and rota's state was lost, so the downgrade check cannot be made (use --force-version if {new_version} is meant)"
+            )),
+            Err(e) => {
+                log::warn!("booted slot's version {running:?} ({from}) is not semver ({e}); not comparing");
+                Ok(())
+            }
+        },
+        None => match &state.lost {
+            Some(lost) => refuse(format!(
+                "the running version is unknown, so the downgrade check cannot be made: {lost} (set [system] version-file, or use --force-version if {new_version} is meant)"
+            )),
+            None => Ok(()),
+        },
+    }
 }

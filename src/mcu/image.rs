@@ -180,7 +180,7 @@ pub fn load(path: &Path, key: Option<&VerifyingKey>) -> Result<McuImage, McuErro
             ),
         });
     }
-    let data = std::fs::read(path)
+    let data = crate::fsutil::read_regular(path, MAX_IMAGE_SIZE)
         .map_err(|e| McuError::io(format!("cannot read image {}", path.display()), e))?;
     parse(path, data, key)
 }

@@ -121,7 +121,7 @@ pub fn load(data_dir: &Path, node: &str) -> Result<Option<NodeRecord>, McuError>
             meta.len()
         )));
     }
-    let text = std::fs::read(&p).map_err(|e| err(e.to_string()))?;
+    let text = crate::fsutil::read_regular(&p, MAX_RECORD_SIZE).map_err(|e| err(e.to_string()))?;
     serde_json::from_slice(&text)
         .map(Some)
         .map_err(|e| err(format!("not a valid record: {e}")))

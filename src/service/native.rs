@@ -159,11 +159,52 @@ pub(crate) async fn check_source(
     // Fail closed: a caller the bus cannot name may not make root open files.
     let caller = access::caller(conn, header).await?;
     let checked = path.to_owned();
-    tokio::task::spawn_blocking(move || access::may_read(&caller, std::path::Path::new(&checked)))
-        .await
-        .map_err(|e| format!("the access check failed: {e}"))?
-        .map_err(|e| format!("the caller cannot read the bundle: {e}"))?;
+    tokio::task::spawn_blocking(move || {
+        let path = std::path::Path::new(&checked);
+        access::may_read(&caller, path)
+            .map_err(|e| format!("the caller cannot read the bundle: {e}"))?;
+        // Checked here too, so the caller hears it at once: a FIFO or a device as a
+        // bundle would block or never end (the install refuses it again on the opened file).
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if !meta.is_file() {
+            return Err(format!(
+                "{} is not a regular file (it is {}); a bundle must be a regular file or an http(s) URL",
+                path.display(),
+                crate::fsutil::file_kind(&meta)
+            ));
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| format!("the access check failed: {e}"))??;
     Ok(path.to_owned())
+}
+
+/// The other files an install or inspection request names (`tls-ca`, `tls-cert`,
+/// `tls-key`) are read by root as well: a caller other than root must be able to read each
+/// of them itself, or it could make the service present the device's own client key.
+pub(crate) async fn check_request_files(
+    conn: &Connection,
+    header: &zbus::message::Header<'_>,
+    req: &InstallRequest,
+) -> Result<(), String> {
+    let files: Vec<String> = [&req.tls_ca, &req.tls_cert, &req.tls_key]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    if files.is_empty() {
+        return Ok(());
+    }
+    let caller = access::caller(conn, header).await?;
+    tokio::task::spawn_blocking(move || {
+        files.iter().try_for_each(|f| {
+            access::may_read(&caller, std::path::Path::new(f))
+                .map_err(|e| format!("the caller cannot read {f}: {e}"))
+        })
+    })
+    .await
+    .map_err(|e| format!("the access check failed: {e}"))?
 }
 
 /// Slot status as `a(sa{sv})`, RAUC's key names.
@@ -269,6 +310,9 @@ impl Agent1 {
             ..Default::default()
         };
         apply_options(&mut req, &options, false).map_err(RotaError::InvalidArgument)?;
+        check_request_files(conn, &header, &req)
+            .await
+            .map_err(RotaError::InvalidArgument)?;
         Ok(self.agent.install(req).await?)
     }
 

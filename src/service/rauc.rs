@@ -14,11 +14,16 @@
 //! `GetArtifactStatus` is always empty (no artifact repositories).
 
 use super::native::{
-    apply_options, authorize, check_slot_id, check_source, slot_status, RotaError,
+    apply_options, authorize, check_request_files, check_slot_id, check_source, slot_status,
+    RotaError,
 };
 use crate::agent::{AgentHandle, InstallRequest, MarkState};
 use crate::config::Config;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedValue;
 use zbus::{interface, Connection};
@@ -26,7 +31,18 @@ use zbus::{interface, Connection};
 pub struct Installer {
     agent: AgentHandle,
     config: Config,
+    /// Inspections running now; each holds one blocking thread (see [`MAX_INSPECTIONS`]).
+    inspections: Arc<Semaphore>,
 }
+
+/// Most bundle inspections at once. They are open to every user on the bus and each
+/// holds a thread while it reads: more are refused at once ("try again"), so no caller
+/// can starve the service of threads.
+pub const MAX_INSPECTIONS: usize = 4;
+
+/// Longest an inspection may take, whatever the server or file does; then it is
+/// cancelled and its thread freed.
+pub const INSPECT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The keys RAUC's `InspectBundle` accepts: how to reach the bundle, nothing else.
 const INSPECT_KEYS: [&str; 5] = [
@@ -39,7 +55,11 @@ const INSPECT_KEYS: [&str; 5] = [
 
 impl Installer {
     pub fn new(agent: AgentHandle, config: Config) -> Self {
-        Self { agent, config }
+        Self {
+            agent,
+            config,
+            inspections: Arc::new(Semaphore::new(MAX_INSPECTIONS)),
+        }
     }
 
     fn group(&self) -> String {
@@ -50,9 +70,14 @@ impl Installer {
             .unwrap_or_else(|| super::access::DEFAULT_GROUP.to_owned())
     }
 
-    /// Reads and verifies a bundle's manifest for a caller. A local path is opened only
-    /// if the caller could read it itself (these methods are open to every user on the
-    /// bus); a URL is read with HTTP Range requests (manifest and tar headers only).
+    /// Reads and verifies a bundle's manifest for a caller. These methods are open to
+    /// every user on the bus, so: a local path is opened only if the caller could read it
+    /// itself and only if it is a regular file; a URL is read with HTTP Range requests
+    /// (manifest and tar headers only) and, unless the caller may control the service,
+    /// **without the device's credentials** (`[http] headers`, client certificate and
+    /// key), so a fleet token never reaches a server the caller chose; every file named in
+    /// the request must be readable by the caller; at most [`MAX_INSPECTIONS`] run at once
+    /// and each ends within [`INSPECT_TIMEOUT`].
     async fn inspect(
         &self,
         source: &str,
@@ -63,6 +88,11 @@ impl Installer {
         if let Some(k) = args.keys().find(|k| !INSPECT_KEYS.contains(&k.as_str())) {
             return Err(RotaError::InvalidArgument(format!("Unsupported key: {k}")));
         }
+        let permit = self.inspections.clone().try_acquire_owned().map_err(|_| {
+            RotaError::Busy(format!(
+                "{MAX_INSPECTIONS} bundle inspections are running already; try again later"
+            ))
+        })?;
         let source = check_source(conn, header, source)
             .await
             .map_err(RotaError::InvalidArgument)?;
@@ -71,19 +101,40 @@ impl Installer {
             ..Default::default()
         };
         apply_options(&mut req, args, true).map_err(RotaError::InvalidArgument)?;
+        check_request_files(conn, header, &req)
+            .await
+            .map_err(RotaError::InvalidArgument)?;
+        let privileged = authorize(conn, header, &self.group()).await.is_ok();
+        let mut http = self.config.http.clone();
+        if !privileged {
+            // The device's identity is for the device's servers, not the caller's.
+            http.headers.clear();
+            http.cert = None;
+            http.key = None;
+        }
         let keys = self.config.keyring.paths.clone();
-        let http = self.config.http.clone();
-        tokio::task::spawn_blocking(move || {
+        let cancel = Arc::new(AtomicBool::new(false));
+        let flag = cancel.clone();
+        let work = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let ring = crate::bundle::Keyring::load(&keys)
                 .map_err(|e| RotaError::Failed(e.to_string()))?;
             let open = crate::agent::default_source_opener(http);
-            let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let mut src = open(&req, cancel).map_err(|e| RotaError::Failed(e.to_string()))?;
+            let mut src = open(&req, flag).map_err(|e| RotaError::Failed(e.to_string()))?;
             crate::bundle::reader::open(src.as_mut(), &ring)
                 .map_err(|e| RotaError::Failed(format!("{}: {e}", req.source)))
-        })
-        .await
-        .map_err(|e| RotaError::Failed(e.to_string()))?
+        });
+        match tokio::time::timeout(INSPECT_TIMEOUT, work).await {
+            Ok(done) => done.map_err(|e| RotaError::Failed(e.to_string()))?,
+            Err(_) => {
+                // The reader sees the flag at its next wait or read and frees the thread
+                // (and the permit with it).
+                cancel.store(true, Ordering::Relaxed);
+                Err(RotaError::Failed(format!(
+                    "inspecting the bundle took longer than {INSPECT_TIMEOUT:?}; gave up"
+                )))
+            }
+        }
     }
 }
 
@@ -147,6 +198,9 @@ impl Installer {
             ..Default::default()
         };
         apply_options(&mut req, &args, true).map_err(RotaError::InvalidArgument)?;
+        check_request_files(conn, &header, &req)
+            .await
+            .map_err(RotaError::InvalidArgument)?;
         self.agent.install(req).await?;
         Ok(())
     }

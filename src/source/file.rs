@@ -1,4 +1,6 @@
 //! A bundle in a local file.
+//!
+//! Only regular files: anything else could block an install (and each resume of it) or never end.
 
 use super::{ByteSource, SourceError};
 use std::fs::File;
@@ -14,19 +16,16 @@ pub struct FileSource {
 }
 
 impl FileSource {
+    /// Opens a bundle file. It must be a regular file: a FIFO, a terminal or a device
+    /// would block the install (and every resume of it) or never end, so it is refused at
+    /// once, without blocking on the open (see [`crate::fsutil::open_regular`]).
     pub fn open(path: &Path) -> Result<Self, SourceError> {
-        let file = File::open(path).map_err(|e| {
+        let file = crate::fsutil::open_regular(path).map_err(|e| {
             SourceError::Fatal(format!("cannot open bundle {}: {e}", path.display()))
         })?;
         let meta = file.metadata().map_err(|e| {
             SourceError::Fatal(format!("cannot stat bundle {}: {e}", path.display()))
         })?;
-        if !meta.is_file() {
-            return Err(SourceError::Fatal(format!(
-                "bundle {} is not a regular file",
-                path.display()
-            )));
-        }
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -84,5 +83,32 @@ impl ByteSource for FileSource {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A FIFO nobody writes to would block a plain open forever; a character device never
+    /// ends. Both are refused at once, naming what they are.
+    #[test]
+    fn only_regular_files_are_bundles() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("b.rota");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let e = FileSource::open(&fifo).err().unwrap().to_string();
+        assert!(
+            e.contains("b.rota") && e.contains("not a regular file (it is a FIFO)"),
+            "{e}"
+        );
+        let e = FileSource::open(Path::new("/dev/zero"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("character device"), "{e}");
+        let ok = dir.path().join("ok.rota");
+        std::fs::write(&ok, b"bundle").unwrap();
+        assert_eq!(FileSource::open(&ok).unwrap().len().unwrap(), 6);
     }
 }

@@ -29,17 +29,11 @@ fn fatal(m: impl Into<String>) -> SourceError {
     SourceError::Fatal(m.into())
 }
 
+/// Reads a PEM file: a regular file of at most [`MAX_PEM_FILE`] bytes, never blocking
+/// (these paths may come from an install request, see [`crate::fsutil::read_regular`]).
 fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, SourceError> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| fatal(format!("{what} {}: {e}", path.display())))?;
-    if meta.len() > MAX_PEM_FILE {
-        return Err(fatal(format!(
-            "{what} {}: {} bytes is more than the {MAX_PEM_FILE} bytes a PEM file may have",
-            path.display(),
-            meta.len()
-        )));
-    }
-    std::fs::read(path).map_err(|e| fatal(format!("{what} {}: {e}", path.display())))
+    crate::fsutil::read_regular(path, MAX_PEM_FILE)
+        .map_err(|e| fatal(format!("{what} {}: {e}", path.display())))
 }
 
 /// Accepts any server certificate (`tls-no-verify`); handshake signatures are still checked.

@@ -151,7 +151,8 @@ impl Store {
                     meta.len()
                 ));
             }
-            let bytes = std::fs::read(&self.path).map_err(|e| e.to_string())?;
+            let bytes =
+                crate::fsutil::read_regular(&self.path, MAX_FILE).map_err(|e| e.to_string())?;
             serde_json::from_slice(&bytes)
                 .map(Some)
                 .map_err(|e| e.to_string())
