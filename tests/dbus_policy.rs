@@ -97,8 +97,13 @@ fn accounts() -> (Caller, Caller) {
 
 /// A gateway with rauc-compat on, a bus with the shipped policies, the service on it.
 fn setup() -> (Gateway, Bus, Service) {
+    setup_with("", &[])
+}
+
+/// [`setup`] with more config (whole tables, after `[dbus]`) and service environment.
+fn setup_with(extra: &str, env: &[(&str, Option<&str>)]) -> (Gateway, Bus, Service) {
     let gw = Gateway::new(&format!(
-        "rauc-compat = true\ngroup = \"{}\"",
+        "rauc-compat = true\ngroup = \"{}\"\n{extra}",
         policy_group()
     ));
     let policies = format!(
@@ -108,7 +113,7 @@ fn setup() -> (Gateway, Bus, Service) {
         policy_path("de.pengutronix.rauc.conf")
     );
     let bus = Bus::start(gw.dir.path(), &policies);
-    let svc = Service::start(&gw, &bus, &[]);
+    let svc = Service::start(&gw, &bus, env);
     (gw, bus, svc)
 }
 
@@ -458,5 +463,331 @@ fn service_refuses_a_bundle_the_caller_cannot_read() {
         ),
         "rauc InspectBundle of a root-only bundle by an unprivileged user",
         "cannot read",
+    );
+}
+
+/// The inspection calls are open to everyone, so they must not lend the device's
+/// credentials to a caller's server, must not read without bound or block on special
+/// files, and must not let a caller tie up the service's threads.
+#[test]
+fn inspection_by_anyone_uses_no_device_credentials_and_cannot_stall_the_service() {
+    let (reader, operator) = accounts();
+    let served = tempfile::tempdir().unwrap();
+    let http = pkg_support::http::FileServer::start(served.path(), true);
+    let (gw, bus, mut svc) = setup_with(
+        "[http]\nheaders = [\"X-Fleet-Token: fleet-secret-42\"]\nstall-timeout = \"30s\"\n",
+        &[],
+    );
+    let bundle = gw.bundle("update", "1.1.0", &pkg_support::pattern(100_000, 7));
+    std::fs::copy(&bundle, served.path().join("update.rota")).unwrap();
+    let url = http.url("update.rota");
+
+    // A device operator inspects with the device's identity; anyone else without it.
+    assert_ok(
+        &call(
+            &bus,
+            Some(operator),
+            RAUC,
+            &["InspectBundle", "sa{sv}", &url, "0"],
+        ),
+        "InspectBundle by a member",
+    );
+    let with_token = http
+        .heads()
+        .iter()
+        .filter(|h| h.contains("fleet-secret-42"))
+        .count();
+    assert!(
+        with_token > 0,
+        "the member's inspection carries the configured header"
+    );
+    let before = http.heads().len();
+    let out = call(
+        &bus,
+        Some(reader),
+        RAUC,
+        &["InspectBundle", "sa{sv}", &url, "0"],
+    );
+    assert_ok(&out, "InspectBundle by an unprivileged user");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1.1.0"));
+    let heads = http.heads();
+    assert!(
+        heads.len() > before,
+        "the reader's inspection reached the server"
+    );
+    assert!(
+        heads[before..].iter().all(|h| !h.contains("x-fleet-token")),
+        "the fleet token went to a server an unprivileged caller chose: {:?}",
+        &heads[before..]
+    );
+
+    // Special files: a CA "file" that never ends, a FIFO nobody writes to. Both answer at
+    // once (busctl would time out after 30 s otherwise).
+    let https = format!("https://127.0.0.1:{}/update.rota", http.port);
+    let out = call(
+        &bus,
+        Some(reader),
+        RAUC,
+        &[
+            "InspectBundle",
+            "sa{sv}",
+            &https,
+            "1",
+            "tls-ca",
+            "s",
+            "/dev/zero",
+        ],
+    );
+    assert_refused_by_service(&out, "tls-ca /dev/zero", "not a regular file");
+    let fifo = gw.path("trap.rota");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o666)).unwrap();
+    let fifo = fifo.to_str().unwrap();
+    assert_refused_by_service(
+        &call(&bus, Some(reader), RAUC, &["Info", "s", fifo]),
+        "Info of a FIFO",
+        "not a regular file (it is a FIFO)",
+    );
+    // A client key the caller cannot read is not presented for it.
+    assert_refused_by_service(
+        &call(
+            &bus,
+            Some(reader),
+            RAUC,
+            &[
+                "InspectBundle",
+                "sa{sv}",
+                &url,
+                "2",
+                "tls-cert",
+                "s",
+                "/etc/shadow",
+                "tls-key",
+                "s",
+                "/etc/shadow",
+            ],
+        ),
+        "tls-key the caller cannot read",
+        "cannot read /etc/shadow",
+    );
+
+    // Thread exhaustion: a server that accepts and never answers holds inspections; past
+    // the limit more are refused at once, and root is still served.
+    let held = tempfile::tempdir().unwrap();
+    let tarpit = pkg_support::http::FileServer::start(held.path(), false);
+    std::fs::copy(&bundle, held.path().join("slow.rota")).unwrap();
+    let slow = tarpit.url("slow.rota");
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.arg(format!("--reuid={}", reader.uid))
+            .arg(format!("--regid={}", reader.gid))
+            .arg("--clear-groups")
+            .args([
+                "busctl",
+                &format!("--address={}", bus.address),
+                "--timeout=120",
+                "call",
+            ])
+            .args(RAUC)
+            .args(["InspectBundle", "sa{sv}", &slow, "0"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        waiting.push(cmd.spawn().unwrap());
+    }
+    tarpit.wait_requests(4, 60);
+    let out = call(
+        &bus,
+        Some(reader),
+        RAUC,
+        &["InspectBundle", "sa{sv}", &slow, "0"],
+    );
+    let err = pkg_support::reply_error(&out);
+    assert!(
+        err.as_ref().is_some_and(|(_, name, msg)| name == "io.rota.Error.Busy" && msg.contains("try again")),
+        "a fifth inspection should be refused at once: {err:?}"
+    );
+    assert_eq!(status(&bus)["operation"], "idle");
+    // SIGTERM stops the service although inspections are still blocked in reads.
+    let st = svc.stop();
+    assert!(st.success(), "{st}: {}", svc.log_text());
+    for mut w in waiting {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+    drop(tarpit);
+}
+
+/// `rota install` believes only the service: a `Completed` sent by anyone else — even
+/// straight to the client's connection — is ignored, and success is checked with a call.
+#[test]
+fn rota_install_ignores_a_forged_completed_signal() {
+    let (reader, _) = accounts();
+    let (gw, bus, _svc) = setup();
+    let served = tempfile::tempdir().unwrap();
+    let http = pkg_support::http::FileServer::start(served.path(), false);
+    let image = pkg_support::pattern(300_000, 11);
+    let bundle = gw.bundle("update", "1.1.0", &image);
+    std::fs::copy(&bundle, served.path().join("update.rota")).unwrap();
+
+    let mut cli = pkg_support::rota_command();
+    cli.args(["install", &http.url("update.rota")])
+        .env("ROTA_CONFIG", gw.path("system.toml"))
+        .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.address)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut cli = cli.spawn().unwrap();
+    // The install is running (held by the server) once the service asked for the bundle.
+    http.wait_requests(1, 60);
+    let txn = loop {
+        let out = busctl(
+            &bus,
+            Some(reader),
+            &[
+                "get-property",
+                NATIVE[0],
+                NATIVE[1],
+                NATIVE[2],
+                "Transaction",
+            ],
+        );
+        let t = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .trim_start_matches("s ")
+            .trim_matches('"')
+            .to_owned();
+        if !t.is_empty() {
+            break t;
+        }
+    };
+    // The attacker signals every connection on the bus, broadcast and unicast.
+    let names = busctl(&bus, Some(reader), &["list", "--unique"]);
+    let names: Vec<String> = String::from_utf8_lossy(&names.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .filter(|n| n.starts_with(':'))
+        .collect();
+    assert!(!names.is_empty());
+    let forge = |dest: Option<&str>| {
+        let mut args = vec!["emit".to_owned()];
+        if let Some(d) = dest {
+            args.push(format!("--destination={d}"));
+        }
+        args.extend(
+            [
+                NATIVE[1],
+                NATIVE[2],
+                "Completed",
+                "sis",
+                &txn,
+                "0",
+                "FORGED success",
+            ]
+            .map(str::to_owned),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        busctl(&bus, Some(reader), &args)
+    };
+    forge(None);
+    for n in &names {
+        forge(Some(n));
+    }
+    // Give a fooled client the chance to exit (a correct one keeps waiting).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && cli.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        cli.try_wait().unwrap().is_none(),
+        "rota install exited on a forged signal while the install was held: {:?}",
+        cli.wait_with_output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    );
+    http.open();
+    let out = cli.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(!text.contains("FORGED"), "{text}");
+    assert_eq!(status(&bus)["last_install"]["result"], "activated");
+    assert_eq!(
+        &std::fs::read(gw.path("b.img")).unwrap()[..image.len()],
+        &image[..]
+    );
+}
+
+/// The watchdog is pinged only while the service really answers: with the bus daemon
+/// frozen, its own D-Bus interface cannot answer and the pings stop; they resume after.
+#[test]
+fn the_watchdog_stops_when_the_service_cannot_answer_on_the_bus() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let (_gw, bus, svc) = setup_with(
+        "",
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str()),
+            ("WATCHDOG_USEC", Some("1000000")),
+        ],
+    );
+    let next = |secs: u64| -> Option<String> {
+        sock.set_read_timeout(Some(Duration::from_secs(secs)))
+            .unwrap();
+        let mut buf = [0u8; 4096];
+        sock.recv(&mut buf)
+            .ok()
+            .map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let wait_ping = |secs: u64| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if next(1).is_some_and(|m| m.contains("WATCHDOG=1")) {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(wait_ping(30), "no watchdog ping from a healthy service");
+    let daemon = nix::unistd::Pid::from_raw(bus.pid() as i32);
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let misses = |log: &str| log.matches("not pinging").count();
+    // Two missed pings in the log: everything sent before the first is drained.
+    let start = Instant::now();
+    while misses(&svc.log_text()) < 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            svc.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    while sock.recv(&mut buf).is_ok() {}
+    let mut got = Vec::new();
+    while misses(&svc.log_text()) < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "{}",
+            svc.log_text()
+        );
+        while let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGCONT).unwrap();
+    sock.set_nonblocking(false).unwrap();
+    assert!(
+        got.iter().all(|m| !m.contains("WATCHDOG=1")),
+        "pinged while the service could not answer: {got:?}"
+    );
+    assert!(
+        wait_ping(30),
+        "pings resume once the bus answers: {}",
+        svc.log_text()
     );
 }

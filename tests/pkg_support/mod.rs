@@ -7,6 +7,8 @@
 //! binary started here, so the same tests run for ARM targets under qemu-user.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -230,6 +232,13 @@ impl Bus {
             child,
             address: line.trim().to_owned(),
         }
+    }
+}
+
+impl Bus {
+    /// The daemon's process (a test may stop it to play a bus that no longer answers).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
