@@ -3,8 +3,14 @@
 //! the n-th time (default the first) it reaches the point `name` — no destructor, no
 //! flush, as close to pulling the plug as a process can get. Without the variable every
 //! point is one relaxed atomic load. The names are listed in [`POINTS`].
+//!
+//! Only with the cargo feature `failpoints` (the tests turn it on): in any other build
+//! [`hit`] is an empty inline function and the variable is never read, so nobody can
+//! arm a crash point on a device.
 
+#[cfg(feature = "failpoints")]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(feature = "failpoints")]
 use std::sync::OnceLock;
 
 /// Every crash point, in the order an install reaches them.
@@ -21,12 +27,14 @@ pub const POINTS: &[&str] = &[
     "state.before-rename",
 ];
 
+#[cfg(feature = "failpoints")]
 struct Armed {
     name: String,
     nth: u64,
     seen: AtomicU64,
 }
 
+#[cfg(feature = "failpoints")]
 fn armed() -> Option<&'static Armed> {
     static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
     ARMED
@@ -46,9 +54,15 @@ fn armed() -> Option<&'static Armed> {
 }
 
 /// Dies here if this point is armed and its count is reached.
+#[cfg(feature = "failpoints")]
 pub fn hit(name: &str) {
     let Some(a) = armed() else { return };
     if a.name == name && a.seen.fetch_add(1, Ordering::SeqCst) + 1 == a.nth {
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }
+
+/// Without the `failpoints` feature there is nothing to arm.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn hit(_name: &str) {}

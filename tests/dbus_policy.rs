@@ -751,8 +751,16 @@ fn the_watchdog_stops_when_the_service_cannot_answer_on_the_bus() {
         false
     };
     assert!(wait_ping(30), "no watchdog ping from a healthy service");
+    /// Thaws the bus daemon however the test ends, so the service can be stopped.
+    struct Frozen(nix::unistd::Pid);
+    impl Drop for Frozen {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
     let daemon = nix::unistd::Pid::from_raw(bus.pid() as i32);
     nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let frozen = Frozen(daemon);
     let misses = |log: &str| log.matches("not pinging").count();
     // Two missed pings in the log: everything sent before the first is drained.
     let start = Instant::now();
@@ -779,7 +787,7 @@ fn the_watchdog_stops_when_the_service_cannot_answer_on_the_bus() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGCONT).unwrap();
+    drop(frozen);
     sock.set_nonblocking(false).unwrap();
     assert!(
         got.iter().all(|m| !m.contains("WATCHDOG=1")),
