@@ -161,6 +161,22 @@ pub struct HttpSection {
     /// Consecutive failed attempts of one range before the install fails.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// What a redirect to another origin (scheme, host or port) gets: the request without
+    /// the extra headers and tokens, or an error.
+    #[serde(default)]
+    pub cross_origin_redirects: CrossOriginRedirects,
+}
+
+/// `[http] cross-origin-redirects`: how a redirect to another origin is handled.
+/// Same-origin redirects always keep the headers; https → http is always refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrossOriginRedirects {
+    /// Follow it, without `[http] headers`, install `http-headers` or the hawkBit token.
+    #[default]
+    StripHeaders,
+    /// Do not follow it: the request fails.
+    Refuse,
 }
 
 impl Default for HttpSection {
@@ -173,6 +189,7 @@ impl Default for HttpSection {
             connect_timeout: default_connect_timeout(),
             stall_timeout: default_stall_timeout(),
             retries: default_retries(),
+            cross_origin_redirects: CrossOriginRedirects::default(),
         }
     }
 }
@@ -353,7 +370,11 @@ impl Config {
         }
         for h in &self.http.headers {
             if !h.contains(':') {
-                return Err(self.invalid(format!("[http] header {h:?} must be \"Name: value\"")));
+                // The text is not quoted: a header missing its colon may be a bare secret.
+                return Err(self.invalid(format!(
+                    "[http] headers: an entry ({} bytes) is not \"Name: value\"",
+                    h.len()
+                )));
             }
         }
         Ok(())

@@ -7,6 +7,8 @@
 pub mod file;
 pub mod http;
 pub mod memory;
+pub mod redact;
+pub mod redirect;
 pub mod tls;
 
 use std::io::Read;
