@@ -247,7 +247,10 @@ fn failed_installs_do_not_reveal_secrets() {
     };
     let check_everywhere = |expect: &str| {
         let last = gw.property("LastError");
-        assert!(last.contains(expect), "LastError {last:?} should mention {expect:?}");
+        assert!(
+            last.contains(expect),
+            "LastError {last:?} should mention {expect:?}"
+        );
         secret_free("LastError", &last);
         let st = gw.status_json();
         secret_free("rota status --json", &st.to_string());
@@ -261,13 +264,23 @@ fn failed_installs_do_not_reveal_secrets() {
             "/missing.rota?<redacted> not found (404",
         ),
         (
-            format!("http://device:SECRET123@127.0.0.1:{}/missing.rota#SECRET123", ng.http),
-            &format!("http://127.0.0.1:{}/missing.rota#<redacted> not found (404", ng.http),
+            format!(
+                "http://device:SECRET123@127.0.0.1:{}/missing.rota#SECRET123",
+                ng.http
+            ),
+            &format!(
+                "http://127.0.0.1:{}/missing.rota#<redacted> not found (404",
+                ng.http
+            ),
         ),
     ] {
         let r = gw.rota(&["install", &url]);
         assert_eq!(r.code(), 1, "{url}");
-        assert!(r.stderr().contains(expect), "{:?} should mention {expect:?}", r.stderr());
+        assert!(
+            r.stderr().contains(expect),
+            "{:?} should mention {expect:?}",
+            r.stderr()
+        );
         secret_free("rota install", &r.stderr());
         secret_free("rota install", &r.stdout());
         check_everywhere(expect);

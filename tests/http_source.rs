@@ -567,8 +567,12 @@ fn cross_origin_redirects_can_be_refused() {
     );
     assert_eq!(site.ng.requests_to(site.ng.alt), Vec::<String>::new());
     // The config key parses as documented.
-    let c: rota::config::HttpSection = toml::from_str("cross-origin-redirects = \"refuse\"").unwrap();
-    assert_eq!(c.cross_origin_redirects, rota::config::CrossOriginRedirects::Refuse);
+    let c: rota::config::HttpSection =
+        toml::from_str("cross-origin-redirects = \"refuse\"").unwrap();
+    assert_eq!(
+        c.cross_origin_redirects,
+        rota::config::CrossOriginRedirects::Refuse
+    );
     let c: rota::config::HttpSection = toml::from_str("").unwrap();
     assert_eq!(
         c.cross_origin_redirects,
@@ -663,11 +667,14 @@ fn messages_do_not_echo_secrets() {
             "/private/b.rota?<redacted> denied (403",
         ),
         (
-            format!("http://user:SECRET123@127.0.0.1:{}/missing.rota", site.ng.http),
+            format!(
+                "http://user:SECRET123@127.0.0.1:{}/missing.rota",
+                site.ng.http
+            ),
             "/missing.rota not found",
         ),
         (
-            format!("http://127.0.0.1:1/b.rota?token=SECRET123#SECRET123"),
+            "http://127.0.0.1:1/b.rota?token=SECRET123#SECRET123".to_string(),
             "",
         ),
     ];
@@ -676,8 +683,7 @@ fn messages_do_not_echo_secrets() {
             retries: 0,
             ..opts()
         };
-        let msg = match HttpSource::new(&url, &o, Default::default()).and_then(|mut s| s.len())
-        {
+        let msg = match HttpSource::new(&url, &o, Default::default()).and_then(|mut s| s.len()) {
             Ok(_) => panic!("{url} was read"),
             Err(e) => e.to_string(),
         };

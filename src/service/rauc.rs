@@ -79,11 +79,10 @@ impl Installer {
             let open = crate::agent::default_source_opener(http);
             let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut src = open(&req, cancel).map_err(|e| RotaError::Failed(e.to_string()))?;
-            crate::bundle::reader::open(src.as_mut(), &ring)
-                .map_err(|e| {
-                    let at = crate::source::redact::url(&req.source);
-                    RotaError::Failed(format!("{at}: {e}"))
-                })
+            crate::bundle::reader::open(src.as_mut(), &ring).map_err(|e| {
+                let at = crate::source::redact::url(&req.source);
+                RotaError::Failed(format!("{at}: {e}"))
+            })
         })
         .await
         .map_err(|e| RotaError::Failed(e.to_string()))?

@@ -66,7 +66,7 @@ pub struct HttpOptions {
 
 /// A client's TLS configuration, see [`HttpOptions::client_tls`].
 pub(crate) enum ClientTls {
-    Ready(rustls::ClientConfig),
+    Ready(Box<rustls::ClientConfig>),
     /// Could not be built (the reason); fatal only if a redirect leads to https.
     Unavailable(String),
 }
@@ -143,7 +143,7 @@ impl HttpOptions {
     /// lead to https, and then it must be this one, so the `ca` pinning still holds.
     pub(crate) fn client_tls(&self, https: bool) -> Result<ClientTls, SourceError> {
         match tls::client_config(&self.tls()) {
-            Ok(c) => Ok(ClientTls::Ready(c)),
+            Ok(c) => Ok(ClientTls::Ready(Box::new(c))),
             Err(e) if !https => Ok(ClientTls::Unavailable(e.to_string())),
             Err(e) => Err(e),
         }
@@ -285,7 +285,7 @@ impl HttpSource {
             .timeout(opts.stall_timeout);
         let mut tls_error = None;
         match opts.client_tls(https)? {
-            ClientTls::Ready(c) => b = b.tls_backend_preconfigured(c),
+            ClientTls::Ready(c) => b = b.tls_backend_preconfigured(*c),
             ClientTls::Unavailable(e) => tls_error = Some(e),
         }
         let client = b

@@ -112,7 +112,10 @@ mod tests {
             url("https://host/b.rota?token=SECRET123"),
             "https://host/b.rota?<redacted>"
         );
-        assert_eq!(url("https://host/b.rota#SECRET"), "https://host/b.rota#<redacted>");
+        assert_eq!(
+            url("https://host/b.rota#SECRET"),
+            "https://host/b.rota#<redacted>"
+        );
         assert_eq!(
             url("https://u:p@host/b.rota?token=S#frag"),
             "https://host/b.rota?<redacted>#<redacted>"

@@ -89,9 +89,9 @@ impl Hops {
             return Ok(false);
         };
         let from = redact::url(self.url.as_str());
-        let location = location.to_str().map_err(|_| {
-            format!("{from} answered {status} with a Location that is not text")
-        })?;
+        let location = location
+            .to_str()
+            .map_err(|_| format!("{from} answered {status} with a Location that is not text"))?;
         let next = self.url.join(location.trim()).map_err(|e| {
             format!(
                 "{from} answered {status} with an unusable Location {:?}: {e}",
@@ -167,7 +167,9 @@ mod tests {
     fn only_redirect_statuses_with_a_location_are_followed() {
         let mut h = hops("http://a/x");
         assert!(!h.follow(StatusCode::OK, Some(&loc("/y"))).unwrap());
-        assert!(!h.follow(StatusCode::NOT_MODIFIED, Some(&loc("/y"))).unwrap());
+        assert!(!h
+            .follow(StatusCode::NOT_MODIFIED, Some(&loc("/y")))
+            .unwrap());
         assert!(!h.follow(StatusCode::FOUND, None).unwrap());
         assert_eq!(h.url.as_str(), "http://a/x");
         assert_eq!(h.note(), "");
@@ -180,7 +182,10 @@ mod tests {
         assert_eq!(h.url.as_str(), "https://a:8443/dir/y.rota");
         assert!(h.extra_headers());
         assert!(h
-            .follow(StatusCode::MOVED_PERMANENTLY, Some(&loc("https://a:8443/z")))
+            .follow(
+                StatusCode::MOVED_PERMANENTLY,
+                Some(&loc("https://a:8443/z"))
+            )
             .unwrap());
         assert!(h.extra_headers());
         assert_eq!(h.note(), " (redirected to https://a:8443/z)");
@@ -197,12 +202,18 @@ mod tests {
         }
         // Coming back to the first origin does not bring them back.
         let mut h = hops("http://a/x");
-        assert!(h.follow(StatusCode::FOUND, Some(&loc("http://b/x"))).unwrap());
-        assert!(h.follow(StatusCode::FOUND, Some(&loc("http://a/y"))).unwrap());
+        assert!(h
+            .follow(StatusCode::FOUND, Some(&loc("http://b/x")))
+            .unwrap());
+        assert!(h
+            .follow(StatusCode::FOUND, Some(&loc("http://a/y")))
+            .unwrap());
         assert!(!h.extra_headers());
         // The default port written out is the same origin.
         let mut h = hops("https://a/x");
-        assert!(h.follow(StatusCode::FOUND, Some(&loc("https://a:443/y"))).unwrap());
+        assert!(h
+            .follow(StatusCode::FOUND, Some(&loc("https://a:443/y")))
+            .unwrap());
         assert!(h.extra_headers());
     }
 

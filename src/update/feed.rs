@@ -77,12 +77,9 @@ pub fn check(
     if feed.url.trim().is_empty() {
         return Err(format!("feed {shown}: \"url\" is empty"));
     }
-    let url = feed_url.join(feed.url.trim()).map_err(|e| {
-        format!(
-            "feed {shown}: url {:?}: {e}",
-            redact::url(feed.url.trim())
-        )
-    })?;
+    let url = feed_url
+        .join(feed.url.trim())
+        .map_err(|e| format!("feed {shown}: url {:?}: {e}", redact::url(feed.url.trim())))?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(format!(
             "feed {shown}: bundle url {} is not http(s)",

@@ -274,13 +274,12 @@ fn machine_id() -> Result<String, String> {
 
 impl HawkbitPoller {
     pub fn new(up: &UpdateSection, ctx: &Ctx) -> Result<HawkbitPoller, String> {
-        let mut base = reqwest::Url::parse(up.poll.trim())
-            .map_err(|e| {
-                format!(
-                    "[update] poll {:?} is not a URL: {e}",
-                    redact::url(&up.poll)
-                )
-            })?;
+        let mut base = reqwest::Url::parse(up.poll.trim()).map_err(|e| {
+            format!(
+                "[update] poll {:?} is not a URL: {e}",
+                redact::url(&up.poll)
+            )
+        })?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(format!(
                 "[update] poll {:?} must be an http(s) URL",
@@ -610,14 +609,13 @@ impl HawkbitPoller {
             .find_map(|k| a.links.get(*k))
             .map(|l| l.href.clone())
             .ok_or_else(|| format!("artifact {} has no download link", a.filename))?;
-        reqwest::Url::parse(&href)
-            .map_err(|e| {
-                format!(
-                    "artifact {}: bad download link {:?}: {e}",
-                    a.filename,
-                    redact::url(&href)
-                )
-            })
+        reqwest::Url::parse(&href).map_err(|e| {
+            format!(
+                "artifact {}: bad download link {:?}: {e}",
+                a.filename,
+                redact::url(&href)
+            )
+        })
     }
 
     /// Fetches and checks the bundle's manifest and signature (no payload).

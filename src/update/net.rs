@@ -76,7 +76,7 @@ impl Api {
             .timeout(REQUEST_TIMEOUT);
         let mut tls_error = None;
         match opts.client_tls(https).map_err(|e| e.to_string())? {
-            ClientTls::Ready(c) => builder = builder.tls_backend_preconfigured(c),
+            ClientTls::Ready(c) => builder = builder.tls_backend_preconfigured(*c),
             ClientTls::Unavailable(e) => tls_error = Some(e),
         }
         let client = builder
@@ -181,13 +181,12 @@ impl Api {
                 redact::url(url)
             )));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| {
-                NetError::Invalid(format!(
-                    "GET {}: not the expected JSON: {e}",
-                    redact::url(url)
-                ))
-            })
+        serde_json::from_slice(&body).map_err(|e| {
+            NetError::Invalid(format!(
+                "GET {}: not the expected JSON: {e}",
+                redact::url(url)
+            ))
+        })
     }
 
     /// POST or PUT a JSON body; the answer's body is not needed.
