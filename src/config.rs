@@ -538,4 +538,25 @@ interval = "1h"
             .to_string();
         assert!(err.contains("needs address"), "{err}");
     }
+
+    #[test]
+    fn http_redirect_policy_and_headers() {
+        let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        assert_eq!(
+            c.http.cross_origin_redirects,
+            CrossOriginRedirects::StripHeaders
+        );
+        let text = format!("{GOOD}\n[http]\ncross-origin-redirects = \"refuse\"\n");
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.http.cross_origin_redirects, CrossOriginRedirects::Refuse);
+        let text = format!("{GOOD}\n[http]\ncross-origin-redirects = \"follow\"\n");
+        assert!(Config::parse(&text, Path::new("x.toml")).is_err());
+        // A header missing its colon may be a bare token: not quoted in the error.
+        let text = format!("{GOOD}\n[http]\nheaders = [\"Bearer SECRET123\"]\n");
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not \"Name: value\""), "{err}");
+        assert!(!err.contains("SECRET123"), "{err}");
+    }
 }
