@@ -453,7 +453,7 @@ pub async fn start_with(
         log::info!(
             "resuming interrupted install {} of {}",
             journal.transaction,
-            journal.source
+            crate::source::redact::url(&journal.source)
         );
         agent.begin_install(journal.to_request(), true);
     }
@@ -764,10 +764,10 @@ impl Agent {
                 ..Default::default()
             };
         });
+        let shown = crate::source::redact::url(&req.source);
         log::info!(
-            TRANSACTION = transaction.as_str(), SOURCE = req.source.as_str();
-            "install {transaction} of {} started{}",
-            req.source,
+            TRANSACTION = transaction.as_str(), SOURCE = shown.as_str();
+            "install {transaction} of {shown} started{}",
             if resuming { " (resumed)" } else { "" }
         );
         let worker_tx = self.worker_tx.clone();
@@ -848,7 +848,12 @@ impl Agent {
                     Err(InstallError::Cancelled) => {
                         (InstallResult::Cancelled, "install cancelled".to_owned())
                     }
-                    Err(e) => (InstallResult::Failed, e.to_string()),
+                    // Messages name the source; no secret in a URL may reach LastError,
+                    // status.json or the log.
+                    Err(e) => (
+                        InstallResult::Failed,
+                        crate::source::redact::text(&e.to_string()),
+                    ),
                 };
                 if outcome != InstallResult::Success {
                     self.record_failure(&transaction, outcome, &message);

@@ -166,6 +166,22 @@ pub struct HttpSection {
     /// Consecutive failed attempts of one range before the install fails.
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// What a redirect to another origin (scheme, host or port) gets: the request without
+    /// the extra headers and tokens, or an error.
+    #[serde(default)]
+    pub cross_origin_redirects: CrossOriginRedirects,
+}
+
+/// `[http] cross-origin-redirects`: how a redirect to another origin is handled.
+/// Same-origin redirects always keep the headers; https → http is always refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CrossOriginRedirects {
+    /// Follow it, without `[http] headers`, install `http-headers` or the hawkBit token.
+    #[default]
+    StripHeaders,
+    /// Do not follow it: the request fails.
+    Refuse,
 }
 
 impl Default for HttpSection {
@@ -178,6 +194,7 @@ impl Default for HttpSection {
             connect_timeout: default_connect_timeout(),
             stall_timeout: default_stall_timeout(),
             retries: default_retries(),
+            cross_origin_redirects: CrossOriginRedirects::default(),
         }
     }
 }
@@ -358,7 +375,11 @@ impl Config {
         }
         for h in &self.http.headers {
             if !h.contains(':') {
-                return Err(self.invalid(format!("[http] header {h:?} must be \"Name: value\"")));
+                // The text is not quoted: a header missing its colon may be a bare secret.
+                return Err(self.invalid(format!(
+                    "[http] headers: an entry ({} bytes) is not \"Name: value\"",
+                    h.len()
+                )));
             }
         }
         Ok(())
@@ -521,5 +542,26 @@ interval = "1h"
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs address"), "{err}");
+    }
+
+    #[test]
+    fn http_redirect_policy_and_headers() {
+        let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        assert_eq!(
+            c.http.cross_origin_redirects,
+            CrossOriginRedirects::StripHeaders
+        );
+        let text = format!("{GOOD}\n[http]\ncross-origin-redirects = \"refuse\"\n");
+        let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+        assert_eq!(c.http.cross_origin_redirects, CrossOriginRedirects::Refuse);
+        let text = format!("{GOOD}\n[http]\ncross-origin-redirects = \"follow\"\n");
+        assert!(Config::parse(&text, Path::new("x.toml")).is_err());
+        // A header missing its colon may be a bare token: not quoted in the error.
+        let text = format!("{GOOD}\n[http]\nheaders = [\"Bearer SECRET123\"]\n");
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("is not \"Name: value\""), "{err}");
+        assert!(!err.contains("SECRET123"), "{err}");
     }
 }

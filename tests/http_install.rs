@@ -232,3 +232,76 @@ fn killed_service_resumes_a_download_refetching_only_a_few_chunks() {
         "{downloaded} bytes downloaded for the {missing} that were missing"
     );
 }
+
+/// A token in the URL's query, credentials in its userinfo, or a malformed header never
+/// show up in what the service tells others: the CLI's error, `LastError`, `rota status`
+/// and `status.json`. The path still does, so the message stays useful.
+#[test]
+fn failed_installs_do_not_reveal_secrets() {
+    let (gw, ng) = setup("");
+    let secret_free = |what: &str, text: &str| {
+        assert!(
+            !text.contains("SECRET123") && !text.contains("SECRET456"),
+            "{what} reveals a secret: {text}"
+        );
+    };
+    let check_everywhere = |expect: &str| {
+        let last = gw.property("LastError");
+        assert!(
+            last.contains(expect),
+            "LastError {last:?} should mention {expect:?}"
+        );
+        secret_free("LastError", &last);
+        let st = gw.status_json();
+        secret_free("rota status --json", &st.to_string());
+        assert!(st["last_error"].as_str().unwrap().contains(expect), "{st}");
+        let file = std::fs::read_to_string(gw.path("data/status.json")).unwrap();
+        secret_free("status.json", &file);
+    };
+    for (url, expect) in [
+        (
+            format!("{}?token=SECRET123", ng.url(ng.http, false, "missing.rota")),
+            "/missing.rota?<redacted> not found (404",
+        ),
+        (
+            format!(
+                "http://device:SECRET123@127.0.0.1:{}/missing.rota#SECRET123",
+                ng.http
+            ),
+            &format!(
+                "http://127.0.0.1:{}/missing.rota#<redacted> not found (404",
+                ng.http
+            ),
+        ),
+    ] {
+        let r = gw.rota(&["install", &url]);
+        assert_eq!(r.code(), 1, "{url}");
+        assert!(
+            r.stderr().contains(expect),
+            "{:?} should mention {expect:?}",
+            r.stderr()
+        );
+        secret_free("rota install", &r.stderr());
+        secret_free("rota install", &r.stdout());
+        check_everywhere(expect);
+    }
+    // A header without its colon (a bare token) given with the D-Bus install request.
+    gw.call(
+        "Install",
+        &[
+            "sa{sv}",
+            &ng.url(ng.http, false, "missing.rota"),
+            "1",
+            "http-headers",
+            "as",
+            "1",
+            "Bearer SECRET456",
+        ],
+    )
+    .success();
+    let expect = "extra HTTP header 1 of 1 (16 bytes, not shown)";
+    support::gateway::wait_for("the install to fail", 20, || {
+        gw.property("LastError").contains(expect)
+    });
+    check_everywhere(expect);
+}

@@ -320,7 +320,7 @@ fn unfixable_answers_fail_fast_with_a_clear_message() {
                 headers: vec!["Broken header".into()],
                 ..opts()
             },
-            "\"Broken header\" is not \"Name: value\"",
+            "header 1 of 1 (13 bytes, not shown) is not \"Name: value\"",
         ),
         (
             "http://127.0.0.1/b.rota",
@@ -456,4 +456,256 @@ impl Drop for PyServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---- Redirects -------------------------------------------------------------------------
+
+/// Options with a configured secret header (and the hawkBit-style token), pinned to the CA.
+fn with_token(site: &Site) -> HttpOptions {
+    HttpOptions {
+        ca: Some(site.pki("ca.pem")),
+        headers: vec![
+            "X-Fleet-Token: fleet-secret".into(),
+            "Authorization: TargetToken target-secret".into(),
+        ],
+        ..opts()
+    }
+}
+
+/// Reads all of `url` in a few separate ranges (each one a new request through the chain).
+fn read_in_ranges(url: &str, o: &HttpOptions, data: &[u8]) {
+    let mut src = source(url, o);
+    assert_eq!(src.len().unwrap(), data.len() as u64, "{url}");
+    let step = data.len() as u64 / 3;
+    for off in [0, step, 2 * step] {
+        let len = step.min(data.len() as u64 - off);
+        let got = read_all(&mut src, off, len).unwrap();
+        assert!(got == data[off as usize..(off + len) as usize], "{url}");
+    }
+}
+
+#[test]
+fn https_to_http_redirects_are_refused() {
+    let site = Site::new();
+    site.publish("b.rota", &pattern(64 << 10, 21));
+    let url = format!(
+        "https://127.0.0.1:{}/to-http/b.rota?token=SECRET123",
+        site.ng.https
+    );
+    let (msg, took) = failure(&url, &with_token(&site));
+    assert!(took < FAST, "took {took:?}");
+    let expect = format!(
+        "refusing redirect from https://127.0.0.1:{}/to-http/b.rota?<redacted> to http://127.0.0.1:{}/b.rota?<redacted> (would send the request in clear)",
+        site.ng.https, site.ng.http
+    );
+    assert!(msg.contains(&expect), "{msg}");
+    assert!(!msg.contains("SECRET123"), "{msg}");
+    // The redirect was asked for, but nothing ever reached the plain-HTTP server.
+    assert!(!site.ng.requests_to(site.ng.https).is_empty());
+    assert_eq!(site.ng.requests_to(site.ng.http), Vec::<String>::new());
+}
+
+#[test]
+fn cross_origin_redirects_drop_the_extra_headers() {
+    let site = Site::new();
+    let data = pattern(300 << 10, 22);
+    site.publish("b.rota", &data);
+    let o = with_token(&site);
+    // Same origin (a relative Location): the headers follow.
+    read_in_ranges(&site.http("same/b.rota"), &o, &data);
+    let same = site.ng.requests_to(site.ng.http);
+    let served: Vec<_> = same.iter().filter(|l| l.contains(" /b.rota ")).collect();
+    assert_eq!(served.len(), 4, "{same:#?}");
+    for l in &served {
+        assert!(
+            l.ends_with("token=fleet-secret auth=TargetToken target-secret"),
+            "{l}"
+        );
+    }
+    // Another port is another origin: neither header reaches it, every range still works
+    // (and the ETag check holds across the chain).
+    read_in_ranges(&site.http("cross/b.rota"), &o, &data);
+    let alt = site.ng.requests_to(site.ng.alt);
+    assert_eq!(alt.len(), 4, "{alt:#?}");
+    for l in &alt {
+        assert!(l.ends_with("/b.rota token=- auth=-"), "{l}");
+    }
+    // http → https is followed (with the pinned CA), without the headers either.
+    read_in_ranges(&site.http("up/b.rota"), &o, &data);
+    let tls = site.ng.requests_to(site.ng.https);
+    assert_eq!(tls.len(), 4, "{tls:#?}");
+    for l in &tls {
+        assert!(l.ends_with("token=- auth=-"), "{l}");
+    }
+    // The redirecting server itself got them each time.
+    for l in site.ng.requests_to(site.ng.http) {
+        assert!(l.contains("token=fleet-secret"), "{l}");
+    }
+}
+
+#[test]
+fn cross_origin_redirects_can_be_refused() {
+    let site = Site::new();
+    let data = pattern(64 << 10, 23);
+    site.publish("b.rota", &data);
+    let o = HttpOptions {
+        cross_origin_redirects: rota::config::CrossOriginRedirects::Refuse,
+        ..with_token(&site)
+    };
+    read_in_ranges(&site.http("same/b.rota"), &o, &data);
+    let url = format!("{}?sig=SECRET", site.http("cross/b.rota"));
+    assert_fails_fast(
+        &url,
+        &o,
+        &[
+            &format!(
+                "refusing cross-origin redirect from http://127.0.0.1:{}/cross/b.rota?<redacted> to http://127.0.0.1:{}/b.rota?<redacted>",
+                site.ng.http, site.ng.alt
+            ),
+            "cross-origin-redirects = \"refuse\"",
+        ],
+    );
+    assert_eq!(site.ng.requests_to(site.ng.alt), Vec::<String>::new());
+    // The config key parses as documented.
+    let c: rota::config::HttpSection =
+        toml::from_str("cross-origin-redirects = \"refuse\"").unwrap();
+    assert_eq!(
+        c.cross_origin_redirects,
+        rota::config::CrossOriginRedirects::Refuse
+    );
+    let c: rota::config::HttpSection = toml::from_str("").unwrap();
+    assert_eq!(
+        c.cross_origin_redirects,
+        rota::config::CrossOriginRedirects::StripHeaders
+    );
+}
+
+#[test]
+fn redirect_loops_end() {
+    let site = Site::new();
+    assert_fails_fast(
+        &site.http("loop/b.rota"),
+        &opts(),
+        &["redirected more than 10 times"],
+    );
+    assert_eq!(site.ng.requests_to(site.ng.http).len(), 11);
+}
+
+/// The pollers' client (hawkBit DDI, JSON feed) goes through the same redirect rules.
+#[test]
+fn the_poller_client_follows_the_same_rules() {
+    use rota::update::net::Api;
+    let site = Site::new();
+    let data = pattern(10_000, 24);
+    site.publish("b.rota", &data);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let o = with_token(&site);
+    let api = Api::new(&o, false).unwrap();
+    let size = |url: String| rt.block_on(api.size_of(&url, Default::default()));
+    assert_eq!(size(site.http("same/b.rota")).unwrap(), 10_000);
+    assert_eq!(size(site.http("cross/b.rota")).unwrap(), 10_000);
+    assert_eq!(size(site.http("up/b.rota")).unwrap(), 10_000);
+    let http: Vec<_> = site
+        .ng
+        .requests_to(site.ng.http)
+        .into_iter()
+        .filter(|l| l.contains(" /b.rota "))
+        .collect();
+    assert_eq!(http.len(), 1, "{http:#?}");
+    assert!(http[0].ends_with("token=fleet-secret auth=TargetToken target-secret"));
+    for port in [site.ng.alt, site.ng.https] {
+        let lines = site.ng.requests_to(port);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(lines[0].ends_with("token=- auth=-"), "{lines:#?}");
+    }
+    // https → http: refused, nothing reaches the plain server.
+    let api = Api::new(&o, true).unwrap();
+    let before = site.ng.requests_to(site.ng.http).len();
+    let url = format!(
+        "https://127.0.0.1:{}/to-http/b.rota?token=SECRET123",
+        site.ng.https
+    );
+    let e = rt
+        .block_on(api.size_of(&url, Default::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("would send the request in clear"), "{e}");
+    assert!(!e.contains("SECRET123"), "{e}");
+    assert_eq!(site.ng.requests_to(site.ng.http).len(), before);
+    // Refused cross-origin hop.
+    let api = Api::new(
+        &HttpOptions {
+            cross_origin_redirects: rota::config::CrossOriginRedirects::Refuse,
+            ..o.clone()
+        },
+        false,
+    )
+    .unwrap();
+    let e = rt
+        .block_on(api.size_of(&site.http("cross/b.rota"), Default::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("refusing cross-origin redirect"), "{e}");
+}
+
+// ---- Secrets in messages ---------------------------------------------------------------
+
+#[test]
+fn messages_do_not_echo_secrets() {
+    let site = Site::new();
+    site.publish("private/b.rota", b"x");
+    let cases = [
+        (
+            format!("{}?token=SECRET123", site.http("missing.rota")),
+            "/missing.rota?<redacted> not found (404",
+        ),
+        (
+            format!("{}?token=SECRET123", site.http("private/b.rota")),
+            "/private/b.rota?<redacted> denied (403",
+        ),
+        (
+            format!(
+                "http://user:SECRET123@127.0.0.1:{}/missing.rota",
+                site.ng.http
+            ),
+            "/missing.rota not found",
+        ),
+        (
+            "http://127.0.0.1:1/b.rota?token=SECRET123#SECRET123".to_string(),
+            "",
+        ),
+    ];
+    for (url, expect) in cases {
+        let o = HttpOptions {
+            retries: 0,
+            ..opts()
+        };
+        let msg = match HttpSource::new(&url, &o, Default::default()).and_then(|mut s| s.len()) {
+            Ok(_) => panic!("{url} was read"),
+            Err(e) => e.to_string(),
+        };
+        assert!(msg.contains(expect), "{msg:?} should mention {expect:?}");
+        assert!(!msg.contains("SECRET123"), "{msg}");
+        assert!(msg.contains("127.0.0.1:"), "{msg}");
+    }
+    // A malformed header is refused without quoting it.
+    for h in ["Bearer SECRET123", "X-Token: SECRET123\u{1}"] {
+        let o = HttpOptions {
+            headers: vec![h.into()],
+            ..opts()
+        };
+        let e = HttpSource::new(&site.http("b.rota"), &o, Default::default())
+            .err()
+            .expect(h)
+            .to_string();
+        assert!(!e.contains("SECRET123"), "{e}");
+    }
+    let src = source(&format!("{}?token=SECRET123", site.http("b.rota")), &opts());
+    assert_eq!(
+        src.describe(),
+        format!("{}?<redacted>", site.http("b.rota"))
+    );
 }

@@ -121,8 +121,10 @@ impl Installer {
                 .map_err(|e| RotaError::Failed(e.to_string()))?;
             let open = crate::agent::default_source_opener(http);
             let mut src = open(&req, flag).map_err(|e| RotaError::Failed(e.to_string()))?;
-            crate::bundle::reader::open(src.as_mut(), &ring)
-                .map_err(|e| RotaError::Failed(format!("{}: {e}", req.source)))
+            crate::bundle::reader::open(src.as_mut(), &ring).map_err(|e| {
+                let at = crate::source::redact::url(&req.source);
+                RotaError::Failed(format!("{at}: {e}"))
+            })
         });
         match tokio::time::timeout(INSPECT_TIMEOUT, work).await {
             Ok(done) => done.map_err(|e| RotaError::Failed(e.to_string()))?,

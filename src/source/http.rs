@@ -12,14 +12,21 @@
 //!
 //! TLS is built in [`super::tls`]: the built-in web roots or, with `ca`, only the CAs in
 //! that file (pinning), and an optional client certificate (mutual TLS).
+//!
+//! Redirects are followed by [`super::redirect`] (never https → http; the extra headers
+//! only to the first origin). Each Range request starts at the configured URL again, so a
+//! server that hands out short-lived signed links keeps working; the validator check
+//! applies to whatever answers at the end of the chain. Messages show URLs and headers
+//! through [`super::redact`], never whole.
 
-use super::{tls, ByteSource, SourceError};
-use crate::config::HttpSection;
+use super::redirect::Hops;
+use super::{redact, tls, ByteSource, SourceError};
+use crate::config::{CrossOriginRedirects, HttpSection};
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{
-    HeaderMap, HeaderName, HeaderValue, CONTENT_RANGE, ETAG, LAST_MODIFIED, RANGE,
+    HeaderMap, HeaderName, HeaderValue, CONTENT_RANGE, ETAG, LAST_MODIFIED, LOCATION, RANGE,
 };
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode, Url};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -53,6 +60,15 @@ pub struct HttpOptions {
     pub retries: u32,
     /// Accept any server certificate (RAUC's `tls-no-verify`).
     pub no_verify: bool,
+    /// A redirect to another origin: follow it without the extra headers, or refuse it.
+    pub cross_origin_redirects: CrossOriginRedirects,
+}
+
+/// A client's TLS configuration, see [`HttpOptions::client_tls`].
+pub(crate) enum ClientTls {
+    Ready(Box<rustls::ClientConfig>),
+    /// Could not be built (the reason); fatal only if a redirect leads to https.
+    Unavailable(String),
 }
 
 impl Default for HttpOptions {
@@ -72,6 +88,7 @@ impl HttpOptions {
             stall_timeout: c.stall_timeout,
             retries: c.retries,
             no_verify: false,
+            cross_origin_redirects: c.cross_origin_redirects,
         }
     }
 
@@ -121,7 +138,19 @@ impl HttpOptions {
         }
     }
 
-    /// The extra headers as a header map; a malformed one is an error naming it.
+    /// The TLS configuration for a client whose first URL is `https` or not. An https
+    /// client needs it (an error otherwise); an http client needs it only should a redirect
+    /// lead to https, and then it must be this one, so the `ca` pinning still holds.
+    pub(crate) fn client_tls(&self, https: bool) -> Result<ClientTls, SourceError> {
+        match tls::client_config(&self.tls()) {
+            Ok(c) => Ok(ClientTls::Ready(Box::new(c))),
+            Err(e) if !https => Ok(ClientTls::Unavailable(e.to_string())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The extra headers as a header map; a malformed one is an error naming it (never
+    /// quoting its value).
     pub fn header_map(&self) -> Result<HeaderMap, SourceError> {
         if self.headers.len() > MAX_HEADERS {
             return Err(fatal(format!(
@@ -130,10 +159,15 @@ impl HttpOptions {
             )));
         }
         let mut headers = HeaderMap::new();
-        for h in &self.headers {
-            let (name, value) = h
-                .split_once(':')
-                .ok_or_else(|| fatal(format!("HTTP header {h:?} is not \"Name: value\"")))?;
+        for (i, h) in self.headers.iter().enumerate() {
+            let (name, value) = h.split_once(':').ok_or_else(|| {
+                fatal(format!(
+                    "extra HTTP header {} of {} ({} bytes, not shown) is not \"Name: value\"",
+                    i + 1,
+                    self.headers.len(),
+                    h.len()
+                ))
+            })?;
             let name = HeaderName::from_bytes(name.trim().as_bytes())
                 .map_err(|e| fatal(format!("HTTP header {:?}: {e}", name.trim())))?;
             let mut value = HeaderValue::from_str(value.trim())
@@ -152,7 +186,14 @@ fn fatal(m: impl Into<String>) -> SourceError {
 /// A bundle at an http(s) URL.
 pub struct HttpSource {
     client: Client,
-    url: String,
+    url: Url,
+    /// The URL as messages show it ([`redact::url`]).
+    shown: String,
+    /// Extra headers, sent until a redirect leaves the first origin.
+    headers: HeaderMap,
+    cross_origin: CrossOriginRedirects,
+    /// Why no TLS client could be set up (an http URL with a bad `ca`): refuses https hops.
+    tls_error: Option<String>,
     retries: u32,
     len: Option<u64>,
     validator: Option<String>,
@@ -183,7 +224,7 @@ fn parse_content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
 fn error_body(resp: Response) -> String {
     let mut raw = Vec::with_capacity(MAX_ERROR_BODY);
     let _ = resp.take(MAX_ERROR_BODY as u64).read_to_end(&mut raw);
-    one_line(&raw)
+    redact::text(&one_line(&raw))
 }
 
 /// Text with HTML tags and control characters dropped and whitespace collapsed.
@@ -205,7 +246,7 @@ fn one_line(raw: &[u8]) -> String {
     out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// Every message in an error chain, joined.
+/// Every message in an error chain, joined, with any URL in it redacted.
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
@@ -217,7 +258,7 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         cur = c.source();
     }
-    s
+    redact::text(&s)
 }
 
 impl HttpSource {
@@ -227,29 +268,36 @@ impl HttpSource {
         cancel: Arc<AtomicBool>,
     ) -> Result<Self, SourceError> {
         tls::install_ring_provider();
-        let parsed =
-            reqwest::Url::parse(url).map_err(|e| fatal(format!("bad URL {url:?}: {e}")))?;
+        let shown = redact::url(url);
+        let parsed = Url::parse(url).map_err(|e| fatal(format!("bad URL {shown:?}: {e}")))?;
         let https = match parsed.scheme() {
             "https" => true,
             "http" => false,
-            other => return Err(fatal(format!("{url}: unsupported URL scheme {other:?}"))),
+            other => return Err(fatal(format!("{shown}: unsupported URL scheme {other:?}"))),
         };
+        let headers = opts.header_map()?;
         let mut b = Client::builder()
             .user_agent(concat!("rota/", env!("CARGO_PKG_VERSION")))
-            .default_headers(opts.header_map()?)
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(opts.connect_timeout)
             // The blocking client applies this to sending the request and to each read of
             // the body: a stall detector, not a limit on the whole transfer.
             .timeout(opts.stall_timeout);
-        if https {
-            b = b.tls_backend_preconfigured(tls::client_config(&opts.tls())?);
+        let mut tls_error = None;
+        match opts.client_tls(https)? {
+            ClientTls::Ready(c) => b = b.tls_backend_preconfigured(*c),
+            ClientTls::Unavailable(e) => tls_error = Some(e),
         }
         let client = b
             .build()
             .map_err(|e| fatal(format!("HTTP client: {}", error_chain(&e))))?;
         Ok(HttpSource {
             client,
-            url: url.to_owned(),
+            url: parsed,
+            shown,
+            headers,
+            cross_origin: opts.cross_origin_redirects,
+            tls_error,
             retries: opts.retries,
             len: None,
             validator: None,
@@ -266,27 +314,45 @@ impl HttpSource {
         }
     }
 
-    /// One `Range: bytes=first-last` request; classifies the answer.
+    /// One `Range: bytes=first-last` request, following redirects; classifies the answer.
     fn request(&self, first: u64, last: u64) -> Result<Attempt, SourceError> {
-        let resp = match self
-            .client
-            .get(&self.url)
-            .header(RANGE, format!("bytes={first}-{last}"))
-            .send()
-        {
-            Ok(r) => r,
-            Err(e) => {
-                if let Some(why) = tls::tls_failure(&e) {
-                    return Err(fatal(format!("TLS failure talking to {}: {why}", self.url)));
+        let mut hops = Hops::new(self.url.clone(), Method::GET, self.cross_origin);
+        let resp = loop {
+            let mut req = self.client.get(hops.url.clone());
+            if hops.extra_headers() {
+                req = req.headers(self.headers.clone());
+            }
+            let sent = req.header(RANGE, format!("bytes={first}-{last}")).send();
+            let resp = match sent {
+                Ok(r) => r,
+                Err(e) => {
+                    let e = e.without_url();
+                    let at = format!("{}{}", self.shown, hops.note());
+                    if let Some(why) = tls::tls_failure(&e) {
+                        return Err(fatal(format!("TLS failure talking to {at}: {why}")));
+                    }
+                    if e.is_builder() {
+                        return Err(fatal(format!("{at}: {}", error_chain(&e))));
+                    }
+                    return Ok(Attempt::Retry(error_chain(&e)));
                 }
-                if e.is_builder() || e.is_redirect() {
-                    return Err(fatal(format!("{}: {}", self.url, error_chain(&e))));
-                }
-                return Ok(Attempt::Retry(error_chain(&e)));
+            };
+            if !hops
+                .follow(resp.status(), resp.headers().get(LOCATION))
+                .map_err(fatal)?
+            {
+                break resp;
+            }
+            if let (Some(why), "https") = (&self.tls_error, hops.url.scheme()) {
+                return Err(fatal(format!(
+                    "cannot follow the redirect from {} to {}: TLS setup failed: {why}",
+                    self.shown,
+                    redact::url(hops.url.as_str())
+                )));
             }
         };
         let status = resp.status();
-        let url = &self.url;
+        let url = &format!("{}{}", self.shown, hops.note());
         match status {
             StatusCode::PARTIAL_CONTENT => {}
             StatusCode::OK => {
@@ -381,12 +447,12 @@ impl HttpSource {
         if *failures > self.retries {
             return Err(SourceError::Io(format!(
                 "{}: giving up at byte {at} after {} failed attempts in a row: {why}",
-                self.url, *failures
+                self.shown, *failures
             )));
         }
         log::warn!(
             "{}: at byte {at}: {why}; retry {}/{}",
-            self.url,
+            self.shown,
             *failures,
             self.retries
         );
@@ -413,7 +479,7 @@ impl HttpSource {
             .ok_or_else(|| {
                 fatal(format!(
                     "{} sent no usable Content-Range ({cr:?}); cannot learn the bundle size",
-                    self.url
+                    self.shown
                 ))
             })?;
         self.validator = resp
@@ -484,7 +550,7 @@ impl ByteSource for HttpSource {
     }
 
     fn describe(&self) -> String {
-        self.url.clone()
+        self.shown.clone()
     }
 }
 
@@ -561,7 +627,7 @@ impl Read for RangeReader<'_> {
                     if let Some(why) = tls::tls_failure(&e) {
                         return Err(io_error(fatal(format!(
                             "TLS failure talking to {}: {why}",
-                            self.src.url
+                            self.src.shown
                         ))));
                     }
                     let why = error_chain(&e);
@@ -604,7 +670,11 @@ mod tests {
         assert_eq!(m.get("authorization").unwrap(), "TargetToken x");
         let bad = HttpOptions::default().merge(None, None, None, false, &["no colon".into()]);
         let e = bad.header_map().unwrap_err().to_string();
-        assert!(e.contains("no colon"), "{e}");
+        assert!(e.contains("header 1 of 1 (8 bytes, not shown)"), "{e}");
+        assert!(!e.contains("no colon"), "{e}");
+        let bad = HttpOptions::default().merge(None, None, None, false, &["X-T: a\nSECRET".into()]);
+        let e = bad.header_map().unwrap_err().to_string();
+        assert!(e.contains("x-t") && !e.contains("SECRET"), "{e}");
     }
 
     #[test]

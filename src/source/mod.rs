@@ -7,6 +7,8 @@
 pub mod file;
 pub mod http;
 pub mod memory;
+pub mod redact;
+pub mod redirect;
 pub mod tls;
 
 use std::io::Read;
@@ -71,7 +73,8 @@ pub fn open(
             let path = rest.strip_prefix("localhost").unwrap_or(rest);
             if !path.starts_with('/') {
                 return Err(SourceError::Fatal(format!(
-                    "{source}: a file URL must name an absolute path on this machine (file:///path)"
+                    "{}: a file URL must name an absolute path on this machine (file:///path)",
+                    redact::url(source)
                 )));
             }
             Ok(Box::new(file::FileSource::open(std::path::Path::new(
@@ -79,7 +82,8 @@ pub fn open(
             ))?))
         }
         Some(other) => Err(SourceError::Fatal(format!(
-            "{source}: unsupported URL scheme {other:?}; use a path, file://, http:// or https://"
+            "{}: unsupported URL scheme {other:?}; use a path, file://, http:// or https://",
+            redact::url(source)
         ))),
         None => Ok(Box::new(file::FileSource::open(std::path::Path::new(
             source,
@@ -123,6 +127,10 @@ mod tests {
         let h = open("https://127.0.0.1:1/x.rota", &opts, cancel).unwrap();
         assert_eq!(h.describe(), "https://127.0.0.1:1/x.rota");
         assert!(open_err("ftp://host/x.rota").contains("unsupported URL scheme \"ftp\""));
+        assert_eq!(
+            open_err("ftp://u:pw@host/x.rota?t=SECRET"),
+            "ftp://host/x.rota?<redacted>: unsupported URL scheme \"ftp\"; use a path, file://, http:// or https://"
+        );
         assert!(open_err("file://host/x.rota").contains("absolute path"));
         assert!(open_err("/nonexistent/x.rota").contains("/nonexistent/x.rota"));
     }

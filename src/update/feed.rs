@@ -32,6 +32,7 @@
 use super::{booted_version, verdict, Ctx, PollError, Verdict};
 use crate::agent::{AgentError, InstallRequest, InstallResult};
 use crate::config::UpdateSection;
+use crate::source::redact;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -66,20 +67,24 @@ pub fn check(
     feed: &Feed,
     feed_url: &reqwest::Url,
 ) -> Result<(semver::Version, reqwest::Url), String> {
+    let shown = redact::url(feed_url.as_str());
     let version = semver::Version::parse(feed.version.trim()).map_err(|e| {
         format!(
-            "feed {feed_url}: version {:?} is not semver: {e}",
+            "feed {shown}: version {:?} is not semver: {e}",
             feed.version
         )
     })?;
     if feed.url.trim().is_empty() {
-        return Err(format!("feed {feed_url}: \"url\" is empty"));
+        return Err(format!("feed {shown}: \"url\" is empty"));
     }
     let url = feed_url
         .join(feed.url.trim())
-        .map_err(|e| format!("feed {feed_url}: url {:?}: {e}", feed.url))?;
+        .map_err(|e| format!("feed {shown}: url {:?}: {e}", redact::url(feed.url.trim())))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("feed {feed_url}: bundle url {url} is not http(s)"));
+        return Err(format!(
+            "feed {shown}: bundle url {} is not http(s)",
+            redact::url(url.as_str())
+        ));
     }
     Ok((version, url))
 }
@@ -143,14 +148,17 @@ pub struct FeedPoller {
 impl FeedPoller {
     pub fn new(poll: &str, ctx: &Ctx) -> Result<FeedPoller, String> {
         let url = reqwest::Url::parse(poll.trim())
-            .map_err(|e| format!("[update] poll {poll:?} is not a URL: {e}"))?;
+            .map_err(|e| format!("[update] poll {:?} is not a URL: {e}", redact::url(poll)))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("[update] poll {poll:?} must be an http(s) URL"));
+            return Err(format!(
+                "[update] poll {:?} must be an http(s) URL",
+                redact::url(poll)
+            ));
         }
         let api = super::net::Api::new(&ctx.http, url.scheme() == "https")?;
         ctx.publish(|s| {
             s.kind = "feed".into();
-            s.server = url.to_string();
+            s.server = redact::url(url.as_str());
         });
         Ok(FeedPoller { url, api })
     }
@@ -212,7 +220,8 @@ impl FeedPoller {
                         .await?;
                     if have != want {
                         return Err(PollError(format!(
-                            "the feed says {bundle} has {want} bytes, the server has {have}: not installing {version} until they agree"
+                            "the feed says {} has {want} bytes, the server has {have}: not installing {version} until they agree",
+                            redact::url(bundle.as_str())
                         )));
                     }
                 }
@@ -244,7 +253,8 @@ impl FeedPoller {
         match ctx.agent.install(req).await {
             Ok(_) => {
                 ctx.result(format!(
-                    "installing {version} from {url} (transaction {transaction})"
+                    "installing {version} from {} (transaction {transaction})",
+                    redact::url(url)
                 ));
                 Ok(())
             }

@@ -35,6 +35,7 @@ use super::store::{Phase, Tracked};
 use super::{booted_version, verdict, Ctx, PollError, Verdict, ACTIVE_INTERVAL};
 use crate::agent::{AgentError, InstallRequest, InstallResult};
 use crate::config::UpdateSection;
+use crate::source::redact;
 use reqwest::Method;
 use serde::{Deserialize, Deserializer};
 use serde_json::json;
@@ -273,12 +274,16 @@ fn machine_id() -> Result<String, String> {
 
 impl HawkbitPoller {
     pub fn new(up: &UpdateSection, ctx: &Ctx) -> Result<HawkbitPoller, String> {
-        let mut base = reqwest::Url::parse(up.poll.trim())
-            .map_err(|e| format!("[update] poll {:?} is not a URL: {e}", up.poll))?;
+        let mut base = reqwest::Url::parse(up.poll.trim()).map_err(|e| {
+            format!(
+                "[update] poll {:?} is not a URL: {e}",
+                redact::url(&up.poll)
+            )
+        })?;
         if !matches!(base.scheme(), "http" | "https") {
             return Err(format!(
                 "[update] poll {:?} must be an http(s) URL",
-                up.poll
+                redact::url(&up.poll)
             ));
         }
         let controller = match up.controller_id.as_deref().map(str::trim) {
@@ -292,7 +297,12 @@ impl HawkbitPoller {
             .filter(|t| !t.is_empty())
             .unwrap_or(DEFAULT_TENANT);
         base.path_segments_mut()
-            .map_err(|_| format!("[update] poll {:?} cannot be a base URL", up.poll))?
+            .map_err(|_| {
+                format!(
+                    "[update] poll {:?} cannot be a base URL",
+                    redact::url(&up.poll)
+                )
+            })?
             .pop_if_empty()
             .extend([tenant, "controller", "v1", controller.as_str()]);
         let auth = match (&up.target_token, &up.gateway_token) {
@@ -311,7 +321,7 @@ impl HawkbitPoller {
         let api = Api::new(&opts, base.scheme() == "https")?;
         ctx.publish(|s| {
             s.kind = "hawkbit".into();
-            s.server = base.to_string();
+            s.server = redact::url(base.as_str());
         });
         Ok(HawkbitPoller { base, api, auth })
     }
@@ -599,8 +609,13 @@ impl HawkbitPoller {
             .find_map(|k| a.links.get(*k))
             .map(|l| l.href.clone())
             .ok_or_else(|| format!("artifact {} has no download link", a.filename))?;
-        reqwest::Url::parse(&href)
-            .map_err(|e| format!("artifact {}: bad download link {href:?}: {e}", a.filename))
+        reqwest::Url::parse(&href).map_err(|e| {
+            format!(
+                "artifact {}: bad download link {:?}: {e}",
+                a.filename,
+                redact::url(&href)
+            )
+        })
     }
 
     /// Fetches and checks the bundle's manifest and signature (no payload).
@@ -615,14 +630,15 @@ impl HawkbitPoller {
         let keyring = ctx.keyring.clone();
         let compatible = ctx.compatible.clone();
         let url = url.to_owned();
+        let shown = redact::url(&url);
         tokio::task::spawn_blocking(move || -> Result<String, String> {
             let keyring = crate::bundle::Keyring::load(&keyring).map_err(|e| e.to_string())?;
             let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
             let mut src = crate::source::http::HttpSource::new(&url, &opts, cancel).map_err(|e| e.to_string())?;
-            let b = crate::bundle::reader::open(&mut src, &keyring).map_err(|e| format!("bundle {url}: {e}"))?;
+            let b = crate::bundle::reader::open(&mut src, &keyring).map_err(|e| format!("bundle {shown}: {e}"))?;
             if b.manifest.update.compatible != compatible {
                 return Err(format!(
-                    "bundle {url} is for {:?}, this device is {compatible:?}",
+                    "bundle {shown} is for {:?}, this device is {compatible:?}",
                     b.manifest.update.compatible
                 ));
             }

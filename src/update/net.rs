@@ -1,10 +1,16 @@
 //! The pollers' HTTP client: small JSON requests with the `[http]` TLS settings, bounded
 //! answer sizes and time, and errors sorted into "try again later" and "will not heal".
+//! Redirects go through [`crate::source::redirect`] like the bundle reader's; messages
+//! show URLs through [`crate::source::redact`].
 
-use crate::source::http::{error_chain, HttpOptions};
-use crate::source::tls;
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_RANGE, CONTENT_TYPE, RANGE};
-use reqwest::{Method, StatusCode};
+use crate::config::CrossOriginRedirects;
+use crate::source::http::{error_chain, ClientTls, HttpOptions};
+use crate::source::redirect::Hops;
+use crate::source::{redact, tls};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ACCEPT, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
+};
+use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -42,6 +48,12 @@ impl NetError {
 #[derive(Clone)]
 pub struct Api {
     client: reqwest::Client,
+    /// Extra headers (`[http] headers`, the hawkBit token): sent until a redirect leaves
+    /// the first origin.
+    headers: HeaderMap,
+    cross_origin: CrossOriginRedirects,
+    /// Why no TLS client could be set up (an http server with a bad `ca`): refuses https hops.
+    tls_error: Option<String>,
 }
 
 impl Api {
@@ -49,26 +61,33 @@ impl Api {
     /// the server is reached over TLS (a plain-HTTP server needs no trust anchors).
     pub fn new(opts: &HttpOptions, https: bool) -> Result<Api, String> {
         tls::install_ring_provider();
-        let mut headers = opts.header_map().map_err(|e| e.to_string())?;
-        headers.insert(
+        let headers = opts.header_map().map_err(|e| e.to_string())?;
+        let mut defaults = HeaderMap::new();
+        defaults.insert(
             ACCEPT,
             HeaderValue::from_static("application/hal+json, application/json"),
         );
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("rota/", env!("CARGO_PKG_VERSION")))
-            .default_headers(headers)
+            .default_headers(defaults)
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(opts.connect_timeout)
             .read_timeout(opts.stall_timeout)
             .timeout(REQUEST_TIMEOUT);
-        if https {
-            builder = builder.tls_backend_preconfigured(
-                tls::client_config(&opts.tls()).map_err(|e| e.to_string())?,
-            );
+        let mut tls_error = None;
+        match opts.client_tls(https).map_err(|e| e.to_string())? {
+            ClientTls::Ready(c) => builder = builder.tls_backend_preconfigured(*c),
+            ClientTls::Unavailable(e) => tls_error = Some(e),
         }
         let client = builder
             .build()
             .map_err(|e| format!("HTTP client: {}", error_chain(&e)))?;
-        Ok(Api { client })
+        Ok(Api {
+            client,
+            headers,
+            cross_origin: opts.cross_origin_redirects,
+            tls_error,
+        })
     }
 
     async fn send(
@@ -78,28 +97,58 @@ impl Api {
         headers: HeaderMap,
         body: Option<&serde_json::Value>,
     ) -> Result<reqwest::Response, NetError> {
-        let mut req = self.client.request(method.clone(), url).headers(headers);
-        if let Some(b) = body {
-            req = req
-                .header(CONTENT_TYPE, "application/json")
-                .body(serde_json::to_vec(b).unwrap_or_default());
-        }
-        let resp = req.send().await.map_err(|e| {
-            if let Some(why) = tls::tls_failure(&e) {
-                NetError::Tls(format!("TLS failure talking to {url}: {why}"))
-            } else {
-                NetError::Transient(format!("{method} {url}: {}", error_chain(&e)))
+        let shown = redact::url(url);
+        let first = Url::parse(url)
+            .map_err(|e| NetError::Invalid(format!("{method} {shown}: bad URL: {e}")))?;
+        let mut hops = Hops::new(first, method.clone(), self.cross_origin);
+        let resp = loop {
+            let mut req = self.client.request(hops.method.clone(), hops.url.clone());
+            if hops.extra_headers() {
+                req = req.headers(self.headers.clone());
             }
-        })?;
+            req = req.headers(headers.clone());
+            if let (Some(b), true) = (body, hops.body()) {
+                req = req
+                    .header(CONTENT_TYPE, "application/json")
+                    .body(serde_json::to_vec(b).unwrap_or_default());
+            }
+            let resp = req.send().await.map_err(|e| {
+                let e = e.without_url();
+                let at = format!("{shown}{}", hops.note());
+                if let Some(why) = tls::tls_failure(&e) {
+                    NetError::Tls(format!("TLS failure talking to {at}: {why}"))
+                } else {
+                    NetError::Transient(format!("{method} {at}: {}", error_chain(&e)))
+                }
+            })?;
+            let redirected = hops
+                .follow(resp.status(), resp.headers().get(LOCATION))
+                .map_err(|m| NetError::Refused {
+                    status: resp.status().as_u16(),
+                    message: format!("{method} {m}"),
+                })?;
+            if !redirected {
+                break resp;
+            }
+            if let (Some(why), "https") = (&self.tls_error, hops.url.scheme()) {
+                return Err(NetError::Tls(format!(
+                    "{method} {shown}: cannot follow the redirect to {}: TLS setup failed: {why}",
+                    redact::url(hops.url.as_str())
+                )));
+            }
+        };
+        let url = format!("{shown}{}", hops.note());
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
         }
         let body = read_limited(resp, 512).await.unwrap_or_default();
-        let said = String::from_utf8_lossy(&body)
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ");
+        let said = redact::text(
+            &String::from_utf8_lossy(&body)
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         let said = if said.is_empty() {
             String::new()
         } else {
@@ -125,14 +174,19 @@ impl Api {
         let resp = self.send(Method::GET, url, HeaderMap::new(), None).await?;
         let body = read_limited(resp, MAX_JSON)
             .await
-            .map_err(|e| NetError::Transient(format!("GET {url}: {e}")))?;
+            .map_err(|e| NetError::Transient(format!("GET {}: {e}", redact::url(url))))?;
         if body.len() >= MAX_JSON {
             return Err(NetError::Invalid(format!(
-                "GET {url}: the answer is larger than {MAX_JSON} bytes"
+                "GET {}: the answer is larger than {MAX_JSON} bytes",
+                redact::url(url)
             )));
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| NetError::Invalid(format!("GET {url}: not the expected JSON: {e}")))
+        serde_json::from_slice(&body).map_err(|e| {
+            NetError::Invalid(format!(
+                "GET {}: not the expected JSON: {e}",
+                redact::url(url)
+            ))
+        })
     }
 
     /// POST or PUT a JSON body; the answer's body is not needed.
@@ -162,14 +216,18 @@ impl Api {
         let _ = read_limited(resp, 16).await;
         if status != StatusCode::PARTIAL_CONTENT {
             return Err(NetError::Invalid(format!(
-                "{url} answered a Range request with {status}: the server does not support Range requests"
+                "{} answered a Range request with {status}: the server does not support Range requests",
+                redact::url(url)
             )));
         }
         cr.rsplit('/')
             .next()
             .and_then(|t| t.trim().parse().ok())
             .ok_or_else(|| {
-                NetError::Invalid(format!("{url} sent no usable Content-Range ({cr:?})"))
+                NetError::Invalid(format!(
+                    "{} sent no usable Content-Range ({cr:?})",
+                    redact::url(url)
+                ))
             })
     }
 }

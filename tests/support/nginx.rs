@@ -1,6 +1,12 @@
 //! A real nginx on 127.0.0.1 serving a directory, over HTTP, HTTPS (private CA) and
 //! HTTPS that requires a client certificate; plus the PKI made with openssl. On the HTTP
 //! port `/private/` answers 403 and `/auth/` needs basic auth ([`BASIC_AUTH`]).
+//!
+//! Redirects (the query string is kept): on the HTTP port `/same/X` → `/X` (a relative
+//! `Location`), `/cross/X` → the `alt` port's `/X` (another origin: a second plain HTTP
+//! server on the same directory), `/up/X` → the HTTPS port's `/X`, `/loop/X` → itself;
+//! on the HTTPS port `/to-http/X` → the HTTP port's `/X`. Every request is also logged to
+//! [`Nginx::header_log`] with its port and the `X-Fleet-Token` and `Authorization` it carried.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -110,26 +116,37 @@ pub const BASIC_AUTH: &str = "Authorization: Basic ZGV2aWNlOnMzY3JldA==";
 
 pub struct Nginx {
     child: Child,
+    work: PathBuf,
     pub http: u16,
     pub https: u16,
     pub mtls: u16,
+    /// A second plain HTTP server on the same root: another origin for `/cross/`.
+    pub alt: u16,
 }
 
 impl Nginx {
     /// Serves `root`; `pki` must hold what [`make_pki`] makes.
     pub fn start(root: &Path, pki: &Path, work: &Path) -> Nginx {
         std::fs::create_dir_all(work.join("logs")).unwrap();
-        let (http, https, mtls) = (free_port(), free_port(), free_port());
+        let (http, https, mtls, alt) = (free_port(), free_port(), free_port(), free_port());
         let p = |n: &str| pki.join(n).display().to_string();
         let conf = format!(
             "user root; worker_processes 1; daemon off; pid {w}/nginx.pid; error_log {w}/logs/error.log warn;\n\
              events {{ worker_connections 64; }}\n\
              http {{ access_log {w}/logs/access.log; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
+               log_format hdrs '$server_port $request_method $request_uri token=$http_x_fleet_token auth=$http_authorization';\n\
+               access_log {w}/logs/headers.log hdrs;\n\
                fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi; default_type application/octet-stream;\n\
                server {{ listen 127.0.0.1:{http}; root {r};\n\
                  location /private/ {{ deny all; }}\n\
-                 location /auth/ {{ auth_basic \"rota\"; auth_basic_user_file {w}/htpasswd; }} }}\n\
-               server {{ listen 127.0.0.1:{https} ssl; ssl_certificate {sc}; ssl_certificate_key {sk}; root {r}; }}\n\
+                 location /auth/ {{ auth_basic \"rota\"; auth_basic_user_file {w}/htpasswd; }}\n\
+                 location /same/ {{ absolute_redirect off; rewrite ^/same/(.*)$ /$1 redirect; }}\n\
+                 location /cross/ {{ rewrite ^/cross/(.*)$ http://127.0.0.1:{alt}/$1 redirect; }}\n\
+                 location /up/ {{ rewrite ^/up/(.*)$ https://127.0.0.1:{https}/$1 redirect; }}\n\
+                 location /loop/ {{ rewrite ^(.*)$ $1 redirect; }} }}\n\
+               server {{ listen 127.0.0.1:{alt}; root {r}; }}\n\
+               server {{ listen 127.0.0.1:{https} ssl; ssl_certificate {sc}; ssl_certificate_key {sk}; root {r};\n\
+                 location /to-http/ {{ rewrite ^/to-http/(.*)$ http://127.0.0.1:{http}/$1 redirect; }} }}\n\
                server {{ listen 127.0.0.1:{mtls} ssl; ssl_certificate {sc}; ssl_certificate_key {sk};\n\
                  ssl_client_certificate {ca}; ssl_verify_client on; root {r}; }}\n\
              }}\n",
@@ -161,7 +178,7 @@ impl Nginx {
             .spawn()
             .expect("nginx must be installed");
         let deadline = Instant::now() + Duration::from_secs(10);
-        for port in [http, https, mtls] {
+        for port in [http, https, mtls, alt] {
             while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
                 assert!(
                     Instant::now() < deadline,
@@ -173,10 +190,31 @@ impl Nginx {
         }
         Nginx {
             child,
+            work: work.to_owned(),
             http,
             https,
             mtls,
+            alt,
         }
+    }
+
+    /// The requests served so far: `PORT METHOD URI token=X-Fleet-Token auth=Authorization`
+    /// (`-` for a header that was not sent).
+    pub fn header_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.work.join("logs/headers.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The lines of [`header_log`](Self::header_log) for requests to `port`.
+    pub fn requests_to(&self, port: u16) -> Vec<String> {
+        let prefix = format!("{port} ");
+        self.header_log()
+            .into_iter()
+            .filter(|l| l.starts_with(&prefix))
+            .collect()
     }
 
     pub fn url(&self, port: u16, tls: bool, name: &str) -> String {
