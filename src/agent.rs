@@ -8,92 +8,13 @@
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-/// What an install call asks for (the union of rota's and RAUC's install options).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct InstallRequest {
-    /// Local path or http(s) URL.
-    pub source: String,
-    pub force_version: bool,
-    pub ignore_compatible: bool,
-    /// `Some(true)` reboots after activation, `None` follows `[system] reboot-after-install`.
-    pub reboot: Option<bool>,
-    /// Caller-chosen transaction id (RAUC `transaction-id`); a UUID is made otherwise.
-    pub transaction_id: Option<String>,
-    /// Abort unless the bundle's manifest hash is this (RAUC `require-manifest-hash`).
-    pub require_manifest_hash: Option<String>,
-    /// Extra HTTP headers, `"Name: value"` (RAUC `http-headers`).
-    pub http_headers: Vec<String>,
-    pub tls_ca: Option<String>,
-    pub tls_cert: Option<String>,
-    pub tls_key: Option<String>,
-    pub tls_no_verify: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MarkState {
-    Good,
-    Bad,
-    Active,
-}
-
-impl std::str::FromStr for MarkState {
-    type Err = AgentError;
-    fn from_str(s: &str) -> Result<Self, AgentError> {
-        match s {
-            "good" => Ok(MarkState::Good),
-            "bad" => Ok(MarkState::Bad),
-            "active" => Ok(MarkState::Active),
-            // Not echoed back when absurdly long (it comes from any caller on the bus).
-            other if other.len() > 32 => Err(AgentError::InvalidArgument(format!(
-                "unknown mark state ({} bytes): use good, bad or active",
-                other.len()
-            ))),
-            other => Err(AgentError::InvalidArgument(format!(
-                "unknown mark state {other:?}: use good, bad or active"
-            ))),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Operation {
-    #[default]
-    Idle,
-    Installing,
-}
-
-impl Operation {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Operation::Idle => "idle",
-            Operation::Installing => "installing",
-        }
-    }
-}
-
-/// Progress of the running install.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Progress {
-    /// 0..=100
-    pub percent: u8,
-    /// What is happening, in English ("Writing rootfs.1", "Verifying signature").
-    pub message: String,
-    /// Nesting depth as RAUC reports it (1 = whole install, 2 = a step).
-    pub depth: i32,
-    /// Image bytes placed in the target slot so far (downloaded or reused).
-    pub bytes_done: u64,
-    pub bytes_total: u64,
-    /// Bytes fetched from the bundle source (network traffic for URLs).
-    pub bytes_downloaded: u64,
-    /// Bytes taken from what the device already had (adaptive update, resume).
-    pub bytes_reused: u64,
-    /// Current fetch rate in bytes per second.
-    pub rate: u64,
-    /// Estimated seconds left, 0 when unknown.
-    pub eta_secs: u64,
-}
+// The request and report vocabulary lives in the bottom layer; re-exported here so a
+// front end finds it next to the handle it uses.
+pub use crate::model::{
+    AgentError, BootHealth, InstallRequest, InstallResult, LastInstall, Location, MarkState,
+    McuReport, McuState, Operation, Progress, SlotContent, SlotReport, SlotRole, StatusReport,
+    UpdateResult,
+};
 
 /// The state every front end can read at any time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -127,92 +48,6 @@ pub enum AgentEvent {
         result: InstallResult,
         message: String,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InstallResult {
-    Success,
-    Failed,
-    Cancelled,
-}
-
-impl InstallResult {
-    /// RAUC's `Completed` code: 0 success, 1 failure.
-    pub fn code(self) -> i32 {
-        match self {
-            InstallResult::Success => 0,
-            InstallResult::Failed | InstallResult::Cancelled => 1,
-        }
-    }
-}
-
-/// `rota status --json` (SPEC §5), also behind `GetStatus` on D-Bus.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct StatusReport {
-    pub compatible: String,
-    pub booted: String,
-    pub primary: String,
-    pub operation: String,
-    pub last_error: String,
-    pub slots: Vec<SlotReport>,
-    pub last_install: Option<LastInstall>,
-    pub mcu: Vec<McuReport>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct SlotReport {
-    pub name: String,
-    pub class: String,
-    pub bootname: Option<String>,
-    pub device: String,
-    /// `booted`, `active` (the bootloader's first choice, not booted) or `inactive`.
-    pub state: String,
-    /// `good` (in BOOT_ORDER with attempts left), `bad`, or `unknown` (not bootable).
-    pub boot_status: String,
-    /// Attempts left in the bootloader, when bootable.
-    pub boot_attempts_left: Option<u32>,
-    pub version: Option<String>,
-    pub sha256: Option<String>,
-    pub size: Option<u64>,
-    pub installed_at: Option<String>,
-    pub transaction: Option<String>,
-    pub bundle_hash: Option<String>,
-    /// Install status of the slot content: `ok`, `failed`, `installing`.
-    pub status: Option<String>,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct LastInstall {
-    pub version: String,
-    pub slot: String,
-    pub transaction: String,
-    /// installing | failed | cancelled | activated | booted | good | rolled-back
-    pub result: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub error: String,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct McuReport {
-    pub name: String,
-    pub version: String,
-    pub state: String,
-    #[serde(skip_serializing_if = "String::is_empty")]
-    pub last_error: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum AgentError {
-    /// Another operation is running (one install at a time).
-    #[error("busy: {0}")]
-    Busy(String),
-    #[error("invalid argument: {0}")]
-    InvalidArgument(String),
-    #[error("{0}")]
-    Failed(String),
-    #[error("the agent has stopped")]
-    Stopped,
 }
 
 /// Messages to the agent task.
@@ -309,7 +144,7 @@ impl AgentHandle {
 use crate::boot::{BootState, Bootloader, UbootBackend};
 use crate::bundle::Keyring;
 use crate::config::{Config, SlotConfig};
-use crate::install::{self, InstallError, SourceOpener};
+use crate::install::{self, InstallError};
 use crate::state::{InstallRecord, Journal, State, StateStore};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -321,7 +156,6 @@ struct Device {
     bootloader: Box<dyn Bootloader>,
     store: StateStore,
     booted: Option<SlotConfig>,
-    open_source: Box<SourceOpener>,
 }
 
 enum WorkerMsg {
@@ -346,37 +180,9 @@ struct Agent {
     running: Option<Running>,
 }
 
-/// Opens bundles from local paths and http(s) URLs (with `[http]` and the request's
-/// TLS and header overrides).
-pub fn default_source_opener(http: crate::config::HttpSection) -> Box<SourceOpener> {
-    Box::new(move |req: &InstallRequest, cancel: Arc<AtomicBool>| {
-        let src = req.source.as_str();
-        if src.starts_with("http://") || src.starts_with("https://") {
-            let opts = crate::source::http::HttpOptions::from_config(&http).with_request(req);
-            return Ok(
-                Box::new(crate::source::http::HttpSource::new(src, &opts, cancel)?)
-                    as Box<dyn crate::source::ByteSource>,
-            );
-        }
-        let path = src.strip_prefix("file://").unwrap_or(src);
-        Ok(Box::new(crate::source::file::FileSource::open(
-            std::path::Path::new(path),
-        )?) as Box<dyn crate::source::ByteSource>)
-    })
-}
-
 /// Loads keys, state and the bootloader backend, follows up the last install, resumes an
 /// interrupted one, and starts the agent task on the current tokio runtime.
 pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
-    let opener = default_source_opener(config.http.clone());
-    start_with(config, opener).await
-}
-
-/// [`start`] with a chosen way of opening bundle sources.
-pub async fn start_with(
-    config: Config,
-    open_source: Box<SourceOpener>,
-) -> Result<AgentHandle, AgentError> {
     let failed = |e: &dyn std::fmt::Display| AgentError::Failed(e.to_string());
     let keyring = Keyring::load(&config.keyring.paths).map_err(|e| failed(&e))?;
     let store = StateStore::open(&config.system.data_dir).map_err(|e| failed(&e))?;
@@ -404,7 +210,6 @@ pub async fn start_with(
         bootloader: Box::new(bootloader),
         store,
         booted,
-        open_source,
     });
 
     let mut state = device.store.load_or_recover().map_err(|e| failed(&e))?;
@@ -453,7 +258,7 @@ pub async fn start_with(
         log::info!(
             "resuming interrupted install {} of {}",
             journal.transaction,
-            crate::source::redact::url(&journal.source)
+            crate::source::redact::url(&journal.request.source.as_string())
         );
         agent.begin_install(journal.to_request(), true);
     }
@@ -497,7 +302,7 @@ fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) 
         && state
             .slots
             .get(&j.target)
-            .is_some_and(|s| s.status == "ok" && s.transaction == j.transaction);
+            .is_some_and(|s| s.status == SlotContent::Ok && s.transaction == j.transaction);
     // Activated (back in BOOT_ORDER: disabling takes a slot out) and then spent by the
     // bootloader: it fell back from the new slot.
     let target_boot = crate::slot::find_slot(&device.config, &j.target).and_then(|s| s.bootname);
@@ -511,10 +316,10 @@ fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) 
                 "install {} was interrupted after activating slot {booted}, which is now running; not resuming it",
                 j.transaction
             );
-            ("activated", None)
+            (UpdateResult::Activated, None)
         } else {
             (
-                "failed",
+                UpdateResult::Failed,
                 Some(format!(
                     "install {} was interrupted: it started on slot {} and the device now runs {}",
                     j.transaction,
@@ -535,10 +340,10 @@ fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) 
             j.transaction,
             j.target
         );
-        ("activated", None)
+        (UpdateResult::Activated, None)
     } else if j.resumed >= MAX_RESUMES {
         (
-            "failed",
+            UpdateResult::Failed,
             Some(format!(
                 "install {} was interrupted {} times in a row and is given up; its target slot stays out of the boot selection",
                 j.transaction,
@@ -555,7 +360,7 @@ fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) 
         .filter(|l| l.transaction == j.transaction)
     {
         Some(li) => {
-            li.result = result.into();
+            li.result = result;
             if let Some(m) = &msg {
                 li.error = m.clone();
             }
@@ -564,7 +369,7 @@ fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) 
             if let Some(m) = &msg {
                 state.last_install = Some(InstallRecord {
                     transaction: j.transaction.clone(),
-                    result: result.into(),
+                    result,
                     error: m.clone(),
                     ..Default::default()
                 });
@@ -572,8 +377,8 @@ fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) 
         }
     }
     for s in state.slots.values_mut() {
-        if s.transaction == j.transaction && s.status == "installing" {
-            s.status = "failed".into();
+        if s.transaction == j.transaction && s.status == SlotContent::Installing {
+            s.status = SlotContent::Failed;
         }
     }
     if let Some(m) = &msg {
@@ -586,7 +391,7 @@ fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) 
 fn follow_up(device: &Device, state: &mut State, boot: &BootState) -> Option<String> {
     let booted = device.booted.as_ref()?;
     let li = state.last_install.as_mut()?;
-    if li.result == "rolled-back" && booted.name == li.slot {
+    if li.result == UpdateResult::RolledBack && booted.name == li.slot {
         // The bootloader fell back, then tried the new slot again (its counters all ran
         // out and were reset, or someone made it first again) and now it runs.
         log::info!(
@@ -595,22 +400,22 @@ fn follow_up(device: &Device, state: &mut State, boot: &BootState) -> Option<Str
             li.bootname,
             li.version
         );
-        li.result = "booted".into();
+        li.result = UpdateResult::Booted;
         li.error.clear();
         return None;
     }
-    if li.result != "activated" && li.result != "booted" {
+    if li.result != UpdateResult::Activated && li.result != UpdateResult::Booted {
         return None;
     }
     if booted.name == li.slot {
-        if li.result == "activated" {
+        if li.result == UpdateResult::Activated {
             log::info!(
                 "running the new slot {} ({}) with version {}; not yet marked good",
                 li.slot,
                 li.bootname,
                 li.version
             );
-            li.result = "booted".into();
+            li.result = UpdateResult::Booted;
         }
         return None;
     }
@@ -618,10 +423,10 @@ fn follow_up(device: &Device, state: &mut State, boot: &BootState) -> Option<Str
     // first in the order with a full counter.
     let untouched = boot.primary() == Some(li.bootname.as_str())
         && boot.attempts_left(&li.bootname) >= device.config.system.boot_attempts;
-    if li.result == "activated" && untouched {
+    if li.result == UpdateResult::Activated && untouched {
         return None;
     }
-    li.result = "rolled-back".into();
+    li.result = UpdateResult::RolledBack;
     let msg = format!(
         "update to {} in slot {} was rolled back: the bootloader booted {} ({} attempts left on {})",
         li.version,
@@ -708,11 +513,6 @@ impl Agent {
 
     fn install(&mut self, req: InstallRequest) -> Result<String, AgentError> {
         self.busy()?;
-        if req.source.trim().is_empty() {
-            return Err(AgentError::InvalidArgument(
-                "the install source is empty".into(),
-            ));
-        }
         Ok(self.begin_install(req, false))
     }
 
@@ -764,7 +564,7 @@ impl Agent {
                 ..Default::default()
             };
         });
-        let shown = crate::source::redact::url(&req.source);
+        let shown = crate::source::redact::url(&req.source.as_string());
         log::info!(
             TRANSACTION = transaction.as_str(), SOURCE = shown.as_str();
             "install {transaction} of {shown} started{}",
@@ -782,7 +582,6 @@ impl Agent {
                 bootloader: device.bootloader.as_ref(),
                 store: &device.store,
                 booted: device.booted.clone(),
-                open_source: device.open_source.as_ref(),
             };
             let progress_tx = worker_tx.clone();
             let mut emit = |p: Progress| {
@@ -860,11 +659,7 @@ impl Agent {
                     log::error!(
                         TRANSACTION = transaction.as_str();
                         "install {transaction} {}: {message}",
-                        if outcome == InstallResult::Cancelled {
-                            "cancelled"
-                        } else {
-                            "failed"
-                        }
+                        UpdateResult::after(outcome)
                     );
                 } else if let Ok(s) = &result {
                     log::info!(
@@ -916,11 +711,7 @@ impl Agent {
             Ok(s) => s,
             Err(e) => return log::error!("cannot record install result: {e}"),
         };
-        let result = if outcome == InstallResult::Cancelled {
-            "cancelled"
-        } else {
-            "failed"
-        };
+
         let mut li = state
             .last_install
             .clone()
@@ -929,11 +720,11 @@ impl Agent {
                 transaction: transaction.to_owned(),
                 ..Default::default()
             });
-        li.result = result.into();
+        li.result = UpdateResult::after(outcome);
         li.error = message.to_owned();
         for s in state.slots.values_mut() {
-            if s.transaction == transaction && s.status == "installing" {
-                s.status = result.into();
+            if s.transaction == transaction && s.status == SlotContent::Installing {
+                s.status = SlotContent::after(outcome);
             }
         }
         state.last_install = Some(li);
@@ -1091,9 +882,11 @@ impl Agent {
                 (self.device.store.load(), self.device.booted.as_ref())
             {
                 if let Some(li) = state.last_install.as_mut().filter(|l| {
-                    l.slot == booted.name && slots[0].name == booted.name && l.result == "booted"
+                    l.slot == booted.name
+                        && slots[0].name == booted.name
+                        && l.result == UpdateResult::Booted
                 }) {
-                    li.result = "good".into();
+                    li.result = UpdateResult::Good;
                     log::info!("update to {} in slot {} marked good", li.version, li.slot);
                     if let Err(e) = self.device.store.save(&state) {
                         log::error!("cannot record mark good: {e}");
@@ -1151,24 +944,28 @@ impl Agent {
                 let is_booted = booted.is_some_and(|b| b.name == s.name);
                 let (boot_status, left) = match (&s.bootname, &boot) {
                     (Some(b), Ok(bs)) => (
-                        (if bs.is_good(b) { "good" } else { "bad" }).to_owned(),
+                        if bs.is_good(b) {
+                            BootHealth::Good
+                        } else {
+                            BootHealth::Bad
+                        },
                         Some(bs.attempts_left(b)),
                     ),
-                    _ => ("unknown".to_owned(), None),
+                    _ => (BootHealth::Unknown, None),
                 };
-                let state_word = if is_booted {
-                    "booted"
+                let role = if is_booted {
+                    SlotRole::Booted
                 } else if s.bootname.is_some() && s.bootname == primary_boot {
-                    "active"
+                    SlotRole::Active
                 } else {
-                    "inactive"
+                    SlotRole::Inactive
                 };
                 SlotReport {
                     name: s.name.clone(),
                     class: s.class.clone(),
                     bootname: s.bootname.clone(),
                     device: s.device.display().to_string(),
-                    state: state_word.into(),
+                    state: role,
                     boot_status,
                     boot_attempts_left: left,
                     version: st.map(|x| x.version.clone()).filter(|v| !v.is_empty()),
@@ -1177,7 +974,7 @@ impl Agent {
                     installed_at: st.map(|x| x.installed_at.clone()).filter(|v| !v.is_empty()),
                     transaction: st.map(|x| x.transaction.clone()).filter(|v| !v.is_empty()),
                     bundle_hash: st.map(|x| x.bundle_hash.clone()).filter(|v| !v.is_empty()),
-                    status: st.map(|x| x.status.clone()),
+                    status: st.map(|x| x.status),
                 }
             })
             .collect();
@@ -1190,7 +987,7 @@ impl Agent {
                 .ok()
                 .map(|b| primary_slot_name(device, b))
                 .unwrap_or_default(),
-            operation: snap.operation.as_str().into(),
+            operation: snap.operation,
             last_error,
             slots,
             last_install: state.last_install.map(|l| LastInstall {
@@ -1214,12 +1011,8 @@ impl Agent {
                     let staged = crate::mcu::staging::path(&device.config.system.data_dir, name);
                     // An image waits in the data dir for the update to be marked good
                     // (or for a relay that failed to be retried).
-                    let settled = matches!(
-                        r.state.as_str(),
-                        "unknown" | "confirmed" | "reverted" | "failed" | "unreachable"
-                    );
-                    if settled && staged.exists() {
-                        r.state = "staged".into();
+                    if r.state.is_settled() && staged.exists() {
+                        r.state = McuState::Staged;
                     }
                     r
                 })

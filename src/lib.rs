@@ -28,6 +28,7 @@ pub mod failpoint;
 pub mod fsutil;
 pub mod install;
 pub mod mcu;
+pub mod model;
 pub mod service;
 pub mod slot;
 pub mod source;

@@ -3,7 +3,7 @@
 //! reboot, and the journal of an install in progress (so a killed service resumes it).
 //! Written only through [`crate::fsutil::write_atomic`].
 
-use crate::agent::InstallRequest;
+use crate::model::{InstallRequest, SlotContent, UpdateResult};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,8 +33,7 @@ pub struct State {
 /// What is in a slot, as far as rota wrote it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotStatus {
-    /// `ok`, `installing`, `failed` or `cancelled`.
-    pub status: String,
+    pub status: SlotContent,
     pub version: String,
     pub compatible: String,
     pub sha256: String,
@@ -53,30 +52,19 @@ pub struct InstallRecord {
     pub slot: String,
     pub bootname: String,
     pub transaction: String,
-    /// installing | failed | cancelled | activated | booted | good | rolled-back
-    pub result: String,
+    pub result: UpdateResult,
     #[serde(default)]
     pub error: String,
 }
 
-/// A running install, enough to start it again after a crash.
+/// A running install, enough to start it again after a crash: the request itself (its
+/// fields sit at the top level of the JSON object, as earlier releases wrote them) and
+/// how far the install got.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Journal {
     pub transaction: String,
-    pub source: String,
-    pub force_version: bool,
-    pub ignore_compatible: bool,
-    pub reboot: Option<bool>,
-    #[serde(default)]
-    pub http_headers: Vec<String>,
-    #[serde(default)]
-    pub tls_ca: Option<String>,
-    #[serde(default)]
-    pub tls_cert: Option<String>,
-    #[serde(default)]
-    pub tls_key: Option<String>,
-    #[serde(default)]
-    pub tls_no_verify: bool,
+    #[serde(flatten)]
+    pub request: InstallRequest,
     /// Manifest hash of the bundle being installed; empty until it is known.
     #[serde(default)]
     pub manifest_hash: String,
@@ -96,35 +84,16 @@ impl Journal {
     pub fn from_request(transaction: &str, req: &InstallRequest) -> Self {
         Journal {
             transaction: transaction.to_owned(),
-            source: req.source.clone(),
-            force_version: req.force_version,
-            ignore_compatible: req.ignore_compatible,
-            reboot: req.reboot,
-            http_headers: req.http_headers.clone(),
-            tls_ca: req.tls_ca.clone(),
-            tls_cert: req.tls_cert.clone(),
-            tls_key: req.tls_key.clone(),
-            tls_no_verify: req.tls_no_verify,
-            manifest_hash: String::new(),
-            resumed: 0,
-            booted: String::new(),
-            target: String::new(),
+            request: req.clone(),
+            ..Default::default()
         }
     }
 
+    /// The request to run again on resume, under the same transaction id.
     pub fn to_request(&self) -> InstallRequest {
         InstallRequest {
-            source: self.source.clone(),
-            force_version: self.force_version,
-            ignore_compatible: self.ignore_compatible,
-            reboot: self.reboot,
             transaction_id: Some(self.transaction.clone()),
-            require_manifest_hash: None,
-            http_headers: self.http_headers.clone(),
-            tls_ca: self.tls_ca.clone(),
-            tls_cert: self.tls_cert.clone(),
-            tls_key: self.tls_key.clone(),
-            tls_no_verify: self.tls_no_verify,
+            ..self.request.clone()
         }
     }
 }

@@ -182,7 +182,7 @@ async fn wait_completed(
 
 fn req(source: &Path) -> InstallRequest {
     InstallRequest {
-        source: source.display().to_string(),
+        source: agent::Location::File(source.to_owned()),
         ..Default::default()
     }
 }
@@ -221,7 +221,7 @@ async fn install_activates_new_slot_then_boot_and_mark_good() {
     );
     let b = st.slots.iter().find(|s| s.name == "rootfs.1").unwrap();
     assert_eq!(b.version.as_deref(), Some("1.1.0"));
-    assert_eq!(b.state, "active");
+    assert_eq!(b.state.as_str(), "active");
     drop(h);
 
     // U-Boot boots B (decrementing its counter); the service starts on B.
@@ -230,12 +230,18 @@ async fn install_activates_new_slot_then_boot_and_mark_good() {
     let h = start(&dev).await;
     let st = h.status().await.unwrap();
     assert_eq!(st.booted, "B");
-    assert_eq!(st.last_install.as_ref().unwrap().result, "booted");
+    assert_eq!(st.last_install.as_ref().unwrap().result.as_str(), "booted");
     let (slot, _) = h.mark(MarkState::Good, "booted").await.unwrap();
     assert_eq!(slot, "rootfs.1");
     assert_eq!(dev.env()["BOOT_B_LEFT"], "3");
     assert_eq!(
-        h.status().await.unwrap().last_install.unwrap().result,
+        h.status()
+            .await
+            .unwrap()
+            .last_install
+            .unwrap()
+            .result
+            .as_str(),
         "good"
     );
 
@@ -277,7 +283,13 @@ async fn rollback_is_reported_after_the_bootloader_falls_back() {
     // Restart without reboot: still waiting.
     let h = start(&dev).await;
     assert_eq!(
-        h.status().await.unwrap().last_install.unwrap().result,
+        h.status()
+            .await
+            .unwrap()
+            .last_install
+            .unwrap()
+            .result
+            .as_str(),
         "activated"
     );
     drop(h);
@@ -286,7 +298,7 @@ async fn rollback_is_reported_after_the_bootloader_falls_back() {
     let h = start(&dev).await;
     let st = h.status().await.unwrap();
     let li = st.last_install.unwrap();
-    assert_eq!(li.result, "rolled-back");
+    assert_eq!(li.result.as_str(), "rolled-back");
     assert!(li.error.contains("rolled back"), "{}", li.error);
     assert!(h.snapshot().last_error.contains("rolled back"));
     assert_eq!(st.primary, "rootfs.0");
@@ -373,7 +385,7 @@ async fn tampered_payload_is_never_activated() {
     );
     assert_eq!(env["BOOT_B_LEFT"], "0");
     let st = h.status().await.unwrap();
-    assert_eq!(st.last_install.unwrap().result, "failed");
+    assert_eq!(st.last_install.unwrap().result.as_str(), "failed");
     assert_eq!(st.primary, "rootfs.0");
 }
 
@@ -406,9 +418,9 @@ async fn second_install_is_busy_and_cancel_leaves_slot_inactive() {
     let (res, _) = wait_completed(&mut events, &tr).await;
     assert_eq!(res, InstallResult::Cancelled);
     let st = h.status().await.unwrap();
-    assert_eq!(st.last_install.unwrap().result, "cancelled");
+    assert_eq!(st.last_install.unwrap().result.as_str(), "cancelled");
     let b = st.slots.iter().find(|s| s.name == "rootfs.1").unwrap();
-    assert_eq!(b.boot_status, "bad");
+    assert_eq!(b.boot_status.as_str(), "bad");
     assert_eq!(dev.env()["BOOT_ORDER"], "A");
 }
 
@@ -439,11 +451,11 @@ async fn journaled_install_resumes_at_start_reusing_written_chunks() {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let st = h.status().await.unwrap();
-        let done = st.operation == "idle"
+        let done = st.operation.as_str() == "idle"
             && st
                 .last_install
                 .as_ref()
-                .is_some_and(|l| l.result != "installing");
+                .is_some_and(|l| l.result.as_str() != "installing");
         if done {
             let li = st.last_install.unwrap();
             assert_eq!(

@@ -6,9 +6,9 @@
 mod mcu_sim;
 
 use mcu_sim::{tools, Sim, SimConfig};
-use rota::mcu::dbus::{object_path, register};
 use rota::mcu::relay::RelayOutcome;
 use rota::mcu::staging;
+use rota::service::mcu::{object_path, register};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;

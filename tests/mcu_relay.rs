@@ -132,7 +132,7 @@ fn happy_path(sim: &Sim, cfg: McuSection, fx: &Fixture) {
     assert_running(sim, &image);
     assert_eq!(sim.dev().stats.swaps, 1);
     let rec = record::load(&fx.data_dir(), "sensor").unwrap().unwrap();
-    assert_eq!(rec.state, "confirmed");
+    assert_eq!(rec.state.as_str(), "confirmed");
     assert_eq!(rec.version, "1.4.2");
     assert_eq!(rec.relay.unwrap().phase, RelayPhase::Confirmed);
 
@@ -301,7 +301,7 @@ fn unconfirmed_test_image_reverts_and_rota_reports_it() {
     assert_eq!(sim.dev().primary, factory);
     assert_eq!(sim.dev().stats.reverts, 1);
     let rep = relay::node_report("sensor", &cfg, &fx.data_dir(), true);
-    assert_eq!(rep.state, "reverted");
+    assert_eq!(rep.state.as_str(), "reverted");
     assert_eq!(rep.version, "1.0.0");
     assert!(
         rep.last_error.contains("reverted version 2.0.0"),
@@ -353,7 +353,11 @@ fn test_image_left_unconfirmed_reverts_on_the_next_reset_and_a_restarted_relay_s
     let out = relay("n", &cfg, &image, &fx.data_dir()).unwrap();
     assert!(matches!(out, RelayOutcome::Reverted { .. }), "{out:?}");
     assert_eq!(
-        record::load(&fx.data_dir(), "n").unwrap().unwrap().state,
+        record::load(&fx.data_dir(), "n")
+            .unwrap()
+            .unwrap()
+            .state
+            .as_str(),
         "reverted"
     );
 }
@@ -571,7 +575,7 @@ fn device_refusals_and_silence_are_clear_errors() {
         "{e}"
     );
     let rep = relay::node_report("n", &cfg, &fx.data_dir(), false);
-    assert_eq!(rep.state, "failed");
+    assert_eq!(rep.state.as_str(), "failed");
     assert!(rep.last_error.contains("flash write failed"));
 
     sim.dev().faults.refuse_upload = None;
@@ -598,7 +602,7 @@ fn device_refusals_and_silence_are_clear_errors() {
     );
     assert!(t0.elapsed() < Duration::from_secs(5));
     let rep = relay::node_report("n", &cfg, &fx.data_dir(), true);
-    assert_eq!(rep.state, "unreachable");
+    assert_eq!(rep.state.as_str(), "unreachable");
 }
 
 #[test]

@@ -18,12 +18,11 @@ pub mod mcu;
 pub mod plan;
 pub mod progress;
 
-use crate::agent::{InstallRequest, Progress};
 use crate::boot::{BootError, Bootloader};
 use crate::bundle::{self, Keyring};
 use crate::config::{Config, SlotConfig};
+use crate::model::{InstallRequest, Progress, SlotContent, UpdateResult};
 use crate::slot::SlotWriter;
-use crate::source::{ByteSource, SourceError};
 use crate::state::{InstallRecord, SlotStatus, StateStore};
 use progress::Reporter;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,11 +58,6 @@ impl From<crate::slot::SlotError> for InstallError {
     }
 }
 
-/// Opens the byte source an install request names.
-pub type SourceOpener = dyn Fn(&InstallRequest, Arc<AtomicBool>) -> Result<Box<dyn ByteSource>, SourceError>
-    + Send
-    + Sync;
-
 /// Everything the pipeline needs from the device.
 pub struct Context<'a> {
     pub config: &'a Config,
@@ -71,7 +65,6 @@ pub struct Context<'a> {
     pub bootloader: &'a dyn Bootloader,
     pub store: &'a StateStore,
     pub booted: Option<SlotConfig>,
-    pub open_source: &'a SourceOpener,
 }
 
 /// What a successful install did.
@@ -111,9 +104,10 @@ pub fn run(
 ) -> Result<Summary, InstallError> {
     let mut reporter = Reporter::new(emit);
     reporter.step(1, "Opening bundle");
-    let mut source =
-        (ctx.open_source)(req, cancel.clone()).map_err(|e| InstallError::Refused(e.to_string()))?;
-    let remote = req.source.starts_with("http://") || req.source.starts_with("https://");
+    let http = crate::source::http::HttpOptions::from_config(&ctx.config.http).with_request(req);
+    let mut source = crate::source::open(&req.source, &http, cancel.clone())
+        .map_err(|e| InstallError::Refused(e.to_string()))?;
+    let remote = req.source.is_remote();
 
     reporter.step(2, "Verifying signature");
     if ctx.keyring.is_empty() {
@@ -166,7 +160,7 @@ pub fn run(
         state.slots.insert(
             p.slot.name.clone(),
             SlotStatus {
-                status: "installing".into(),
+                status: SlotContent::Installing,
                 version: version.clone(),
                 compatible: bundle.manifest.update.compatible.clone(),
                 bundle_hash: bundle.manifest_hash.clone(),
@@ -192,7 +186,7 @@ pub fn run(
             .and_then(|s| s.bootname.clone())
             .unwrap_or_default(),
         transaction: transaction.to_owned(),
-        result: "installing".into(),
+        result: UpdateResult::Installing,
         error: String::new(),
     });
     ctx.store.save(&state)?;
@@ -262,7 +256,7 @@ pub fn run(
     let now = crate::state::now_rfc3339();
     for p in &plan.images {
         if let Some(s) = state.slots.get_mut(&p.slot.name) {
-            s.status = "ok".into();
+            s.status = SlotContent::Ok;
             s.sha256 = p.image.sha256.clone();
             s.size = p.image.size;
             s.installed_at = now.clone();
@@ -284,9 +278,9 @@ pub fn run(
     let mut state = ctx.store.load()?;
     if let Some(li) = state.last_install.as_mut() {
         li.result = if activated.is_some() {
-            "activated".into()
+            UpdateResult::Activated
         } else {
-            "good".into()
+            UpdateResult::Good
         };
     }
     state.journal = None;

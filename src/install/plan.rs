@@ -3,9 +3,9 @@
 //! have an inactive target slot large enough to hold it.
 
 use super::{Context, InstallError};
-use crate::agent::InstallRequest;
 use crate::bundle::{Bundle, ImageEntry, ImageTarget};
 use crate::config::{McuSection, SlotConfig};
+use crate::model::{InstallRequest, SlotContent};
 use crate::state::State;
 use std::path::PathBuf;
 
@@ -169,10 +169,10 @@ fn pick_target(
         .collect();
     candidates.sort_by_key(|s| {
         let st = state.slots.get(&s.name);
-        let rank = match st.map(|x| x.status.as_str()) {
-            Some("failed") | Some("cancelled") | Some("installing") => 0,
+        let rank = match st.map(|x| x.status) {
+            Some(SlotContent::Failed | SlotContent::Cancelled | SlotContent::Installing) => 0,
             None => 1,
-            Some(_) => 2,
+            Some(SlotContent::Ok) => 2,
         };
         (
             rank,
@@ -193,7 +193,7 @@ fn running_version(ctx: &Context<'_>, state: &State) -> Option<(String, &'static
     let recorded = state
         .slots
         .get(&booted.name)
-        .filter(|s| s.status == "ok" && !s.version.is_empty());
+        .filter(|s| s.status == SlotContent::Ok && !s.version.is_empty());
     if let Some(r) = recorded {
         return Some((r.version.clone(), "recorded"));
     }

@@ -2,7 +2,7 @@
 //! downloaded vs. reused, rate and ETA, throttled so a fast local copy does not flood
 //! the bus.
 
-use crate::agent::Progress;
+use crate::model::Progress;
 use std::time::{Duration, Instant};
 
 /// At most this many byte-progress events per second.

@@ -9,7 +9,9 @@
 //! | [`record`] | what rota remembers per node in the data dir (relay phase, last state) |
 //! | [`relay`] | the per-node flow: state → upload (resumable) → test → reset → confirm |
 //! | [`staging`] | MCU images of a bundle kept verified in the data dir until relay time |
-//! | [`dbus`] | per-node objects `/io/rota/mcu/<name>` (`io.rota.Mcu1`) |
+//!
+//! The per-node D-Bus objects (`io.rota.Mcu1`) drive this module from above and live
+//! with the rest of the D-Bus face in `crate::service::mcu`.
 //!
 //! # When MCUs are updated (ordering decision)
 //!
@@ -35,7 +37,6 @@
 //! magic), which rota reports as such.
 
 pub mod client;
-pub mod dbus;
 pub mod image;
 pub mod record;
 pub mod relay;

@@ -9,6 +9,7 @@
 
 use super::McuError;
 use crate::fsutil::write_atomic;
+use crate::model::McuState;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -34,6 +35,21 @@ pub enum RelayPhase {
     /// The node came back on its previous image.
     Reverted,
     Failed,
+}
+
+impl From<RelayPhase> for McuState {
+    fn from(p: RelayPhase) -> McuState {
+        match p {
+            RelayPhase::Connecting => McuState::Connecting,
+            RelayPhase::Uploading => McuState::Uploading,
+            RelayPhase::Uploaded => McuState::Uploaded,
+            RelayPhase::Testing => McuState::Testing,
+            RelayPhase::Rebooting => McuState::Rebooting,
+            RelayPhase::Confirmed => McuState::Confirmed,
+            RelayPhase::Reverted => McuState::Reverted,
+            RelayPhase::Failed => McuState::Failed,
+        }
+    }
 }
 
 impl RelayPhase {
@@ -77,7 +93,7 @@ pub struct NodeRecord {
     #[serde(default)]
     pub hash: String,
     #[serde(default)]
-    pub state: String,
+    pub state: McuState,
     #[serde(default)]
     pub last_error: String,
     #[serde(default)]
@@ -199,7 +215,7 @@ mod tests {
         assert_eq!(load(d.path(), "n").unwrap(), None);
         let rec = NodeRecord {
             version: "1.0.0".into(),
-            state: "confirmed".into(),
+            state: McuState::Confirmed,
             ..Default::default()
         };
         save(d.path(), "n", &rec).unwrap();

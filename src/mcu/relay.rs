@@ -23,8 +23,8 @@ use super::record::{self, NodeLock, NodeRecord, RelayRecord};
 use super::smp::{self, SlotState, UploadRequest};
 use super::transport;
 use super::McuError;
-use crate::agent::McuReport;
 use crate::config::McuSection;
+use crate::model::{McuReport, McuState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -186,7 +186,7 @@ fn record_refusal(node: &str, data_dir: &Path, e: &McuError) {
         return;
     };
     let mut rec = record::load_or_default(data_dir, node);
-    rec.state = "failed".into();
+    rec.state = McuState::Failed;
     rec.last_error = e.to_string();
     if let Err(e) = record::save(data_dir, node, &rec) {
         log::warn!("mcu {node}: {e}");
@@ -226,7 +226,7 @@ pub fn relay_image(
             wanted_version,
             ..
         }) => {
-            rec.state = "reverted".into();
+            rec.state = McuState::Reverted;
             rec.last_error = format!(
                 "MCUboot reverted {}: the node runs {} again",
                 ver(wanted_version),
@@ -238,7 +238,7 @@ pub fn relay_image(
             rec.last_error = "relay cancelled; it resumes when started again".into()
         }
         Err(e) => {
-            rec.state = "failed".into();
+            rec.state = McuState::Failed;
             rec.last_error = e.to_string();
         }
     }
@@ -294,7 +294,7 @@ impl Flow<'_> {
         if let Some(r) = self.rec.relay.as_mut() {
             r.phase = phase;
         }
-        self.rec.state = phase.as_str().into();
+        self.rec.state = phase.into();
         self.save()
     }
 
@@ -341,7 +341,7 @@ impl Flow<'_> {
                 )
             });
             if a.confirmed {
-                self.rec.state = "confirmed".into();
+                self.rec.state = McuState::Confirmed;
                 if was_ours
                     && same_relay
                         .as_ref()
@@ -539,7 +539,7 @@ impl Flow<'_> {
     }
 
     fn confirmed(&mut self, sent: u64, resumed_from: u64, took: Duration) -> RelayOutcome {
-        self.rec.state = "confirmed".into();
+        self.rec.state = McuState::Confirmed;
         self.report(
             RelayPhase::Confirmed,
             self.img.data.len() as u64,
@@ -781,10 +781,10 @@ pub fn node_state(node: &str, cfg: &McuSection, data_dir: &Path) -> Result<NodeS
     if let Some(a) = active(&mine) {
         rec.version = a.version.clone();
         rec.hash = hex::encode(&a.hash);
-        let reverted_still =
-            rec.state == "reverted" && rec.relay.as_ref().is_some_and(|r| r.image_hash != rec.hash);
+        let reverted_still = rec.state == McuState::Reverted
+            && rec.relay.as_ref().is_some_and(|r| r.image_hash != rec.hash);
         if !reverted_still {
-            rec.state = live_state(&mine).into();
+            rec.state = live_state(&mine);
         }
     }
     if let Err(e) = record::save(data_dir, node, &rec) {
@@ -794,13 +794,13 @@ pub fn node_state(node: &str, cfg: &McuSection, data_dir: &Path) -> Result<NodeS
 }
 
 /// `confirmed`, `testing` (running unconfirmed) or `pending` (an image waits for reset).
-fn live_state(slots: &[SlotState]) -> &'static str {
+fn live_state(slots: &[SlotState]) -> McuState {
     if slots.iter().any(|s| s.pending) {
-        "pending"
+        McuState::Pending
     } else if active(slots).is_some_and(|a| !a.confirmed) {
-        "testing"
+        McuState::Testing
     } else {
-        "confirmed"
+        McuState::Confirmed
     }
 }
 
@@ -818,17 +818,13 @@ pub fn node_report(node: &str, cfg: &McuSection, data_dir: &Path, live: bool) ->
     let mut report = McuReport {
         name: node.to_owned(),
         version: rec.version.clone(),
-        state: if rec.state.is_empty() {
-            "unknown".into()
-        } else {
-            rec.state.clone()
-        },
+        state: rec.state,
         last_error: rec.last_error.clone(),
     };
     match live_err {
         Some(McuError::Busy(_)) => {} // a relay is running: its record is current
         Some(e) => {
-            report.state = "unreachable".into();
+            report.state = McuState::Unreachable;
             report.last_error = e.to_string();
         }
         None => {}

@@ -7,7 +7,7 @@
 //! message to the [`AgentHandle`](crate::agent::AgentHandle), and agent events become
 //! property changes and signals. [`access`] checks what the caller may read; [`proxy`]
 //! is the client side the `rota` CLI uses. The MCU node objects
-//! ([`crate::mcu::dbus`]) are registered on the same connection.
+//! ([`crate::service::mcu`]) are registered on the same connection.
 //!
 //! Start-up is split in two so that a second `rota service` can never run a second
 //! agent next to the first: [`claim`] connects and takes `io.rota` (failing if another
@@ -15,6 +15,7 @@
 //! forwards agent events.
 
 pub mod access;
+pub mod mcu;
 pub mod native;
 pub mod proxy;
 pub mod rauc;
@@ -46,7 +47,7 @@ pub struct Served {
     /// Transaction of the last install whose `Completed` signal has been sent.
     pub completed: watch::Receiver<Option<String>>,
     /// The MCU node objects (`/io/rota/mcu/<name>`), to mirror relays started elsewhere.
-    pub mcu: crate::mcu::dbus::McuBus,
+    pub mcu: crate::service::mcu::McuBus,
 }
 
 /// Connects to the system bus (honouring `DBUS_SYSTEM_BUS_ADDRESS`) and takes `io.rota`
@@ -113,7 +114,7 @@ pub async fn serve(
             .map_err(export_failed)?;
     }
     // One io.rota.Mcu1 object per [mcu.<name>] under /io/rota/mcu.
-    let mcu = crate::mcu::dbus::register(&conn, &config.mcu, &config.system.data_dir, &group)
+    let mcu = crate::service::mcu::register(&conn, &config.mcu, &config.system.data_dir, &group)
         .await
         .map_err(export_failed)?;
     let (completed_tx, completed) = watch::channel(None);

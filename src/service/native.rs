@@ -11,7 +11,8 @@
 //! agent's message.
 
 use super::access;
-use crate::agent::{AgentError, AgentHandle, InstallRequest, InstallResult, MarkState};
+use crate::agent::AgentHandle;
+use crate::model::{AgentError, InstallRequest, InstallResult, Location, MarkState, SlotContent};
 use std::collections::HashMap;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::OwnedValue;
@@ -137,30 +138,32 @@ pub(crate) fn apply_options(
     Ok(())
 }
 
-/// Checks a source for a caller: URLs pass; a local path must be absolute and readable by
-/// the caller itself (see [`access`]). Returns the path or URL to hand to the agent.
+/// Checks a source for a caller: it is parsed once here (a path, `file://`, `http://` or
+/// `https://`; any other scheme is refused by name); URLs pass; a local path must be
+/// absolute, a regular file, and readable by the caller itself (see [`access`]).
 pub(crate) async fn check_source(
     conn: &Connection,
     header: &zbus::message::Header<'_>,
     source: &str,
-) -> Result<String, String> {
+) -> Result<Location, String> {
     if source.is_empty() || source.len() > MAX_SOURCE_LEN {
         return Err(format!("the source must be 1 to {MAX_SOURCE_LEN} bytes"));
     }
-    if source.starts_with("http://") || source.starts_with("https://") {
-        return Ok(source.to_owned());
-    }
-    let path = source.strip_prefix("file://").unwrap_or(source);
-    if !path.starts_with('/') {
+    let location = Location::parse(source)?;
+    let path = match &location {
+        Location::Http(_) => return Ok(location),
+        Location::File(p) => p.clone(),
+    };
+    if !path.is_absolute() {
         return Err(format!(
-            "{path:?} is not an absolute path (the service cannot know the caller's directory)"
+            "{:?} is not an absolute path (the service cannot know the caller's directory)",
+            path.display().to_string()
         ));
     }
     // Fail closed: a caller the bus cannot name may not make root open files.
     let caller = access::caller(conn, header).await?;
-    let checked = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        let path = std::path::Path::new(&checked);
+        let path = path.as_path();
         access::may_read(&caller, path)
             .map_err(|e| format!("the caller cannot read the bundle: {e}"))?;
         // Checked here too, so the caller hears it at once: a FIFO or a device as a
@@ -177,7 +180,7 @@ pub(crate) async fn check_source(
     })
     .await
     .map_err(|e| format!("the access check failed: {e}"))??;
-    Ok(path.to_owned())
+    Ok(location)
 }
 
 /// The other files an install or inspection request names (`tls-ca`, `tls-cert`,
@@ -220,10 +223,10 @@ pub(crate) async fn slot_status(
             d.insert("class".to_owned(), super::ov(s.class));
             d.insert("device".to_owned(), super::ov(s.device));
             d.insert("type".to_owned(), super::ov("raw"));
-            d.insert("state".to_owned(), super::ov(s.state));
+            d.insert("state".to_owned(), super::ov(s.state.as_str()));
             if let Some(b) = s.bootname {
                 d.insert("bootname".to_owned(), super::ov(b));
-                d.insert("boot-status".to_owned(), super::ov(s.boot_status));
+                d.insert("boot-status".to_owned(), super::ov(s.boot_status.as_str()));
             }
             if let Some(n) = s.boot_attempts_left {
                 d.insert("boot-attempts-left".to_owned(), super::ov(n));
@@ -251,10 +254,10 @@ pub(crate) async fn slot_status(
                 d.insert("installed.transaction".to_owned(), super::ov(v));
             }
             if let Some(v) = s.status {
-                let v = if v == "installing" {
-                    "pending".to_owned()
-                } else {
-                    v
+                // RAUC's word for a slot being written.
+                let v = match v {
+                    SlotContent::Installing => "pending",
+                    other => other.as_str(),
                 };
                 d.insert("status".to_owned(), super::ov(v));
             }

@@ -17,8 +17,9 @@ use super::native::{
     apply_options, authorize, check_request_files, check_slot_id, check_source, slot_status,
     RotaError,
 };
-use crate::agent::{AgentHandle, InstallRequest, MarkState};
+use crate::agent::AgentHandle;
 use crate::config::Config;
+use crate::model::{InstallRequest, MarkState, SlotRole};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -119,10 +120,11 @@ impl Installer {
             let _permit = permit;
             let ring = crate::bundle::Keyring::load(&keys)
                 .map_err(|e| RotaError::Failed(e.to_string()))?;
-            let open = crate::agent::default_source_opener(http);
-            let mut src = open(&req, flag).map_err(|e| RotaError::Failed(e.to_string()))?;
+            let opts = crate::source::http::HttpOptions::from_config(&http).with_request(&req);
+            let mut src = crate::source::open(&req.source, &opts, flag)
+                .map_err(|e| RotaError::Failed(e.to_string()))?;
             crate::bundle::reader::open(src.as_mut(), &ring).map_err(|e| {
-                let at = crate::source::redact::url(&req.source);
+                let at = crate::source::redact::url(&req.source.as_string());
                 RotaError::Failed(format!("{at}: {e}"))
             })
         });
@@ -326,7 +328,7 @@ impl Installer {
             Ok(st) => st
                 .slots
                 .into_iter()
-                .find(|s| s.state == "booted")
+                .find(|s| s.state == SlotRole::Booted)
                 .and_then(|s| s.version)
                 .unwrap_or_default(),
             Err(_) => String::new(),

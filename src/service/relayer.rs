@@ -10,8 +10,8 @@
 //! `/io/rota/mcu/<name>` and a slow node holds up neither the others nor the agent.
 
 use crate::agent::{AgentEvent, AgentHandle};
-use crate::mcu::dbus::McuBus;
 use crate::mcu::staging;
+use crate::service::mcu::McuBus;
 use std::path::PathBuf;
 use tokio::sync::broadcast::error::RecvError;
 

@@ -95,7 +95,7 @@ impl HttpOptions {
     /// Applies an install request's RAUC-style overrides (`tls-ca`, `tls-cert`, `tls-key`,
     /// `tls-no-verify`, `http-headers`): a given path replaces the configured one; headers
     /// are added after the configured ones (a later header of the same name wins).
-    pub fn with_request(self, req: &crate::agent::InstallRequest) -> Self {
+    pub fn with_request(self, req: &crate::model::InstallRequest) -> Self {
         self.merge(
             req.tls_ca.as_deref(),
             req.tls_cert.as_deref(),
@@ -679,7 +679,7 @@ mod tests {
 
     #[test]
     fn install_request_overrides_config() {
-        let req = crate::agent::InstallRequest {
+        let req = crate::model::InstallRequest {
             tls_ca: Some("/ca.pem".into()),
             tls_no_verify: true,
             http_headers: vec!["X-A: 1".into()],

@@ -11,6 +11,7 @@ pub mod redact;
 pub mod redirect;
 pub mod tls;
 
+use crate::model::Location;
 use std::io::Read;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -50,44 +51,17 @@ pub trait ByteSource: Send {
     fn describe(&self) -> String;
 }
 
-/// Opens `source`: an `http://` or `https://` URL becomes an [`http::HttpSource`] using
-/// `http`; a `file://` URL (empty or `localhost` host) or a plain path becomes a
-/// [`file::FileSource`]. Any other URL scheme is refused with a clear error.
+/// Opens a bundle where `location` says: an http(s) URL becomes an [`http::HttpSource`]
+/// using `http`, a file a [`file::FileSource`]. (Schemes were checked when the location
+/// was parsed: [`Location::parse`].)
 pub fn open(
-    source: &str,
+    location: &Location,
     http: &http::HttpOptions,
     cancel: Arc<AtomicBool>,
 ) -> Result<Box<dyn ByteSource>, SourceError> {
-    let scheme = source
-        .split_once("://")
-        .map(|(s, _)| s.to_ascii_lowercase())
-        .filter(|s| {
-            !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        });
-    match scheme.as_deref() {
-        Some("http") | Some("https") => Ok(Box::new(http::HttpSource::new(source, http, cancel)?)),
-        Some("file") => {
-            let rest = &source["file://".len()..];
-            let path = rest.strip_prefix("localhost").unwrap_or(rest);
-            if !path.starts_with('/') {
-                return Err(SourceError::Fatal(format!(
-                    "{}: a file URL must name an absolute path on this machine (file:///path)",
-                    redact::url(source)
-                )));
-            }
-            Ok(Box::new(file::FileSource::open(std::path::Path::new(
-                path,
-            ))?))
-        }
-        Some(other) => Err(SourceError::Fatal(format!(
-            "{}: unsupported URL scheme {other:?}; use a path, file://, http:// or https://",
-            redact::url(source)
-        ))),
-        None => Ok(Box::new(file::FileSource::open(std::path::Path::new(
-            source,
-        ))?)),
+    match location {
+        Location::Http(url) => Ok(Box::new(http::HttpSource::new(url, http, cancel)?)),
+        Location::File(path) => Ok(Box::new(file::FileSource::open(path)?)),
     }
 }
 
@@ -96,8 +70,12 @@ mod tests {
     use super::*;
 
     fn open_err(s: &str) -> String {
+        let loc = match Location::parse(s) {
+            Ok(l) => l,
+            Err(e) => return e,
+        };
         match open(
-            s,
+            &loc,
             &http::HttpOptions::default(),
             Arc::new(AtomicBool::new(false)),
         ) {
@@ -106,30 +84,34 @@ mod tests {
         }
     }
 
+    fn open_ok(s: &str) -> Box<dyn ByteSource> {
+        let loc = Location::parse(s).unwrap();
+        open(
+            &loc,
+            &http::HttpOptions::default(),
+            Arc::new(AtomicBool::new(false)),
+        )
+        .unwrap()
+    }
+
     #[test]
     fn chooses_the_source_by_scheme() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("b.rota");
         std::fs::write(&p, b"0123456789").unwrap();
-        let cancel = Arc::new(AtomicBool::new(false));
-        let opts = http::HttpOptions::default();
-        let mut f = open(p.to_str().unwrap(), &opts, cancel.clone()).unwrap();
+        let mut f = open_ok(p.to_str().unwrap());
         assert_eq!(f.len().unwrap(), 10);
-        let mut f = open(&format!("file://{}", p.display()), &opts, cancel.clone()).unwrap();
+        let mut f = open_ok(&format!("file://{}", p.display()));
         assert_eq!(f.len().unwrap(), 10);
-        let f = open(
-            &format!("FILE://localhost{}", p.display()),
-            &opts,
-            cancel.clone(),
-        )
-        .unwrap();
+        let f = open_ok(&format!("FILE://localhost{}", p.display()));
         assert_eq!(f.describe(), p.display().to_string());
-        let h = open("https://127.0.0.1:1/x.rota", &opts, cancel).unwrap();
+        let h = open_ok("https://127.0.0.1:1/x.rota");
         assert_eq!(h.describe(), "https://127.0.0.1:1/x.rota");
         assert!(open_err("ftp://host/x.rota").contains("unsupported URL scheme \"ftp\""));
+        // The refusal names the scheme only: nothing of the URL (tokens) is echoed.
         assert_eq!(
             open_err("ftp://u:pw@host/x.rota?t=SECRET"),
-            "ftp://host/x.rota?<redacted>: unsupported URL scheme \"ftp\"; use a path, file://, http:// or https://"
+            "unsupported URL scheme \"ftp\"; use a path, file://, http:// or https://"
         );
         assert!(open_err("file://host/x.rota").contains("absolute path"));
         assert!(open_err("/nonexistent/x.rota").contains("/nonexistent/x.rota"));

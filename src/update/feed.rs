@@ -30,8 +30,8 @@
 //! compatible and version are checked by the install itself, like any install.
 
 use super::{booted_version, verdict, Ctx, PollError, Verdict};
-use crate::agent::{AgentError, InstallRequest, InstallResult};
 use crate::config::UpdateSection;
+use crate::model::{AgentError, InstallRequest, InstallResult, Location};
 use crate::source::redact;
 use serde::Deserialize;
 use std::time::Duration;
@@ -94,7 +94,7 @@ pub fn decide(
     feed: &Feed,
     version: &semver::Version,
     compatible: &str,
-    status: &crate::agent::StatusReport,
+    status: &crate::model::StatusReport,
     state: &super::store::PollerState,
 ) -> Decision {
     if let Some(c) = feed.compatible.as_deref() {
@@ -235,7 +235,11 @@ impl FeedPoller {
     async fn install(&mut self, ctx: &mut Ctx, version: &str, url: &str) -> Result<(), PollError> {
         let transaction = uuid::Uuid::new_v4().to_string();
         let req = InstallRequest {
-            source: url.to_owned(),
+            source: Location::parse(url).map_err(|e| {
+                PollError(format!(
+                    "the server offered a bundle rota cannot fetch: {e}"
+                ))
+            })?,
             transaction_id: Some(transaction.clone()),
             ..Default::default()
         };
@@ -277,7 +281,7 @@ impl FeedPoller {
     }
 
     /// Updates the tracked install from the agent's status.
-    fn follow(&mut self, ctx: &mut Ctx, status: &crate::agent::StatusReport) {
+    fn follow(&mut self, ctx: &mut Ctx, status: &crate::model::StatusReport) {
         let Some(t) = ctx.state.tracked.clone() else {
             return;
         };
@@ -370,7 +374,7 @@ impl FeedPoller {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::{LastInstall, SlotReport, StatusReport};
+    use crate::model::{LastInstall, SlotReport, SlotRole, StatusReport, UpdateResult};
     use crate::update::store::PollerState;
 
     fn feed(v: &str) -> Feed {
@@ -383,16 +387,16 @@ mod tests {
         }
     }
 
-    fn status(booted: Option<&str>, last: Option<(&str, &str)>) -> StatusReport {
+    fn status(booted: Option<&str>, last: Option<(&str, UpdateResult)>) -> StatusReport {
         StatusReport {
             slots: vec![SlotReport {
-                state: "booted".into(),
+                state: SlotRole::Booted,
                 version: booted.map(Into::into),
                 ..Default::default()
             }],
             last_install: last.map(|(v, r)| LastInstall {
                 version: v.into(),
-                result: r.into(),
+                result: r,
                 transaction: "t".into(),
                 ..Default::default()
             }),
@@ -474,7 +478,7 @@ mod tests {
         assert!(matches!(
             d(
                 &feed("1.0.0"),
-                &status(None, Some(("1.0.0", "activated"))),
+                &status(None, Some(("1.0.0", UpdateResult::Activated))),
                 &s
             ),
             Decision::Nothing(_)
@@ -482,7 +486,7 @@ mod tests {
         assert!(matches!(
             d(
                 &feed("1.5.0"),
-                &status(Some("1.4.0"), Some(("1.5.0", "booted"))),
+                &status(Some("1.4.0"), Some(("1.5.0", UpdateResult::Booted))),
                 &s
             ),
             Decision::Nothing(_)
@@ -491,7 +495,7 @@ mod tests {
         assert_eq!(
             d(
                 &feed("1.5.0"),
-                &status(Some("1.4.0"), Some(("1.5.0", "failed"))),
+                &status(Some("1.4.0"), Some(("1.5.0", UpdateResult::Failed))),
                 &s
             ),
             Decision::Install

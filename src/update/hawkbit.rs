@@ -33,8 +33,8 @@
 use super::net::{Api, NetError};
 use super::store::{Phase, Tracked};
 use super::{booted_version, verdict, Ctx, PollError, Verdict, ACTIVE_INTERVAL};
-use crate::agent::{AgentError, InstallRequest, InstallResult};
 use crate::config::UpdateSection;
+use crate::model::{AgentError, InstallRequest, InstallResult, Location};
 use crate::source::redact;
 use reqwest::Method;
 use serde::{Deserialize, Deserializer};
@@ -664,6 +664,13 @@ impl HawkbitPoller {
         headers: Vec<String>,
         file: &str,
     ) {
+        let source = match Location::parse(url) {
+            Ok(l) => l,
+            Err(e) => {
+                let why = format!("the server offered a bundle rota cannot fetch: {e}");
+                return self.fail(ctx, action, why).await;
+            }
+        };
         let transaction = uuid::Uuid::new_v4().to_string();
         ctx.state.tracked = Some(Tracked {
             transaction: transaction.clone(),
@@ -675,7 +682,7 @@ impl HawkbitPoller {
         });
         ctx.save();
         let req = InstallRequest {
-            source: url.to_owned(),
+            source,
             transaction_id: Some(transaction.clone()),
             http_headers: headers,
             ..Default::default()
@@ -898,7 +905,7 @@ impl HawkbitPoller {
             }
         };
         let running = ctx.agent.snapshot().transaction == t.transaction
-            && ctx.agent.snapshot().operation == crate::agent::Operation::Installing;
+            && ctx.agent.snapshot().operation == crate::model::Operation::Installing;
         let v = verdict(&status, &t.transaction);
         if v == Verdict::Running || running {
             return;

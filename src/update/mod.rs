@@ -21,8 +21,9 @@ pub mod hawkbit;
 pub mod net;
 pub mod store;
 
-use crate::agent::{AgentEvent, AgentHandle, InstallResult, StatusReport};
+use crate::agent::{AgentEvent, AgentHandle};
 use crate::config::{Config, PollKind};
+use crate::model::{InstallResult, SlotRole, StatusReport, UpdateResult};
 use crate::source::http::HttpOptions;
 use serde::Serialize;
 use std::path::PathBuf;
@@ -93,19 +94,19 @@ pub fn verdict(status: &StatusReport, transaction: &str) -> Verdict {
     else {
         return Verdict::Superseded;
     };
-    match li.result.as_str() {
-        "installing" => Verdict::Running,
-        "cancelled" => Verdict::Cancelled,
-        "activated" => Verdict::Activated,
-        "booted" => Verdict::Booted,
-        "good" => Verdict::Good,
-        "rolled-back" => Verdict::RolledBack(if li.error.is_empty() {
+    match li.result {
+        UpdateResult::Installing => Verdict::Running,
+        UpdateResult::Cancelled => Verdict::Cancelled,
+        UpdateResult::Activated => Verdict::Activated,
+        UpdateResult::Booted => Verdict::Booted,
+        UpdateResult::Good => Verdict::Good,
+        UpdateResult::RolledBack => Verdict::RolledBack(if li.error.is_empty() {
             format!("the bootloader fell back from slot {}", li.slot)
         } else {
             li.error.clone()
         }),
-        other => Verdict::Failed(if li.error.is_empty() {
-            format!("install ended as {other:?}")
+        UpdateResult::Failed => Verdict::Failed(if li.error.is_empty() {
+            "the install failed".to_owned()
         } else {
             li.error.clone()
         }),
@@ -117,7 +118,7 @@ pub fn booted_version(status: &StatusReport) -> Option<String> {
     status
         .slots
         .iter()
-        .find(|s| s.state == "booted")
+        .find(|s| s.state == SlotRole::Booted)
         .and_then(|s| s.version.clone())
         .filter(|v| !v.is_empty())
 }
@@ -359,7 +360,7 @@ async fn run(mut p: Poller, mut ctx: Ctx, mut events: broadcast::Receiver<AgentE
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::{LastInstall, SlotReport};
+    use crate::model::{LastInstall, SlotReport};
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -383,7 +384,7 @@ mod tests {
     fn verdicts_follow_the_last_install() {
         let mut st = StatusReport {
             slots: vec![SlotReport {
-                state: "booted".into(),
+                state: SlotRole::Booted,
                 version: Some("1.2.0".into()),
                 ..Default::default()
             }],
@@ -391,7 +392,7 @@ mod tests {
                 version: "1.3.0".into(),
                 slot: "rootfs.1".into(),
                 transaction: "t1".into(),
-                result: "activated".into(),
+                result: UpdateResult::Activated,
                 error: String::new(),
             }),
             ..Default::default()
@@ -400,22 +401,22 @@ mod tests {
         assert_eq!(verdict(&st, "t1"), Verdict::Activated);
         assert_eq!(verdict(&st, "t0"), Verdict::Superseded);
         for (r, v) in [
-            ("installing", Verdict::Running),
-            ("booted", Verdict::Booted),
-            ("good", Verdict::Good),
-            ("cancelled", Verdict::Cancelled),
+            (UpdateResult::Installing, Verdict::Running),
+            (UpdateResult::Booted, Verdict::Booted),
+            (UpdateResult::Good, Verdict::Good),
+            (UpdateResult::Cancelled, Verdict::Cancelled),
         ] {
-            st.last_install.as_mut().unwrap().result = r.into();
+            st.last_install.as_mut().unwrap().result = r;
             assert_eq!(verdict(&st, "t1"), v);
         }
         let li = st.last_install.as_mut().unwrap();
-        li.result = "rolled-back".into();
+        li.result = UpdateResult::RolledBack;
         li.error = "fell back to A".into();
         assert_eq!(
             verdict(&st, "t1"),
             Verdict::RolledBack("fell back to A".into())
         );
-        st.last_install.as_mut().unwrap().result = "failed".into();
+        st.last_install.as_mut().unwrap().result = UpdateResult::Failed;
         assert_eq!(verdict(&st, "t1"), Verdict::Failed("fell back to A".into()));
     }
 }

@@ -15,11 +15,12 @@
 //! Node names map to path elements by escaping every byte outside `[A-Za-z0-9]` as
 //! `_xx` (hex), so `radio-1` lives at `/io/rota/mcu/radio_2d1`.
 
-use super::relay::{self, RelayOutcome, RelayProgress};
-use super::{record, staging, McuError};
+use super::access;
+use super::native::{RotaError, MAX_SOURCE_LEN};
 use crate::config::{McuSection, McuTransportKind};
-use crate::service::access;
-use crate::service::native::{RotaError, MAX_SOURCE_LEN};
+use crate::mcu::relay::{self, RelayOutcome, RelayProgress};
+use crate::mcu::{record, staging, McuError};
+use crate::model::McuState;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -56,7 +57,7 @@ pub struct McuNode {
     cfg: McuSection,
     data_dir: PathBuf,
     version: String,
-    state: String,
+    state: McuState,
     progress: (u32, String, u64, u64),
     last_error: String,
     busy: Arc<AtomicBool>,
@@ -73,11 +74,7 @@ impl McuNode {
             cfg: cfg.clone(),
             data_dir: data_dir.to_owned(),
             version: rec.version,
-            state: if rec.state.is_empty() {
-                "unknown".into()
-            } else {
-                rec.state
-            },
+            state: rec.state,
             progress: (0, String::new(), 0, 0),
             last_error: rec.last_error,
             busy: Arc::new(AtomicBool::new(false)),
@@ -121,7 +118,7 @@ impl McuNode {
     /// `uploaded`, `rebooting`, `reverted`, `failed`, `unreachable`.
     #[zbus(property)]
     fn state(&self) -> String {
-        self.state.clone()
+        self.state.as_str().to_owned()
     }
 
     /// (percent, message, bytes done, bytes total) of the running or last relay.
@@ -330,7 +327,7 @@ async fn drive(conn: &Connection, node: &str, job: Job) -> Result<RelayOutcome, 
     {
         let mut n = iface.get_mut().await;
         n.last_error.clear();
-        n.state = "connecting".into();
+        n.state = McuState::Connecting;
         n.progress = (0, "starting".into(), 0, 0);
         let e = iface.signal_emitter();
         let _ = n.state_changed(e).await;
@@ -349,9 +346,9 @@ async fn drive(conn: &Connection, node: &str, job: Job) -> Result<RelayOutcome, 
             Job::Staged => staging::relay_staged(&name, &cfg, &data_dir, &mut send, &cancel),
         }
     });
-    let mut last_emit: Option<(Instant, String, u8)> = None;
+    let mut last_emit: Option<(Instant, McuState, u8)> = None;
     while let Some(p) = rx.recv().await {
-        let phase = p.phase.as_str().to_owned();
+        let phase = McuState::from(p.phase);
         let pct = p.percent();
         let due = match &last_emit {
             None => true,
@@ -362,7 +359,7 @@ async fn drive(conn: &Connection, node: &str, job: Job) -> Result<RelayOutcome, 
         }
         let mut n = iface.get_mut().await;
         let state_changed = n.state != phase;
-        n.state = phase.clone();
+        n.state = phase;
         n.progress = (
             u32::from(pct),
             p.message.clone(),
@@ -380,20 +377,28 @@ async fn drive(conn: &Connection, node: &str, job: Job) -> Result<RelayOutcome, 
         .await
         .unwrap_or_else(|e| Err(McuError::Relay(format!("relay task failed: {e}"))));
     let rec = record::load_or_default(&iface.get().await.data_dir, node);
-    let (code, message) = match &result {
-        Ok(RelayOutcome::AlreadyRunning { .. }) => ("already-running", result_message(&result)),
-        Ok(RelayOutcome::Confirmed { .. }) => ("confirmed", result_message(&result)),
-        Ok(RelayOutcome::Reverted { .. }) => ("reverted", result_message(&result)),
-        Err(McuError::Cancelled) => ("cancelled", "cancelled".to_owned()),
-        Err(e) => ("failed", e.to_string()),
+    let (code, ended, message) = match &result {
+        Ok(RelayOutcome::AlreadyRunning { .. }) => (
+            "already-running",
+            McuState::Confirmed,
+            result_message(&result),
+        ),
+        Ok(RelayOutcome::Confirmed { .. }) => {
+            ("confirmed", McuState::Confirmed, result_message(&result))
+        }
+        Ok(RelayOutcome::Reverted { .. }) => {
+            ("reverted", McuState::Reverted, result_message(&result))
+        }
+        Err(McuError::Cancelled) => ("cancelled", McuState::Cancelled, "cancelled".to_owned()),
+        Err(e) => ("failed", McuState::Failed, e.to_string()),
     };
     {
         let mut n = iface.get_mut().await;
         n.version = rec.version.clone();
-        n.state = if rec.state.is_empty() {
-            code.to_owned()
+        n.state = if rec.state == McuState::Unknown {
+            ended
         } else {
-            rec.state.clone()
+            rec.state
         };
         n.last_error = rec.last_error.clone();
         if let Ok(o) = &result {
