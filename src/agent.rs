@@ -212,22 +212,26 @@ pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
         booted,
     });
 
-    let mut state = device.store.load_or_recover().map_err(|e| failed(&e))?;
-    let before = state.clone();
+    // A state file that cannot be used is replaced here, so every later transaction
+    // finds a good one.
+    device.store.load_or_recover().map_err(|e| failed(&e))?;
     let boot = device.bootloader.read();
     if let Err(e) = &boot {
         log::error!("cannot read the boot selection: {e}");
     }
-    let mut last_error =
-        settle_journal(&device, &mut state, boot.as_ref().ok()).unwrap_or_default();
-    if let Ok(boot) = &boot {
-        if let Some(msg) = follow_up(&device, &mut state, boot) {
-            last_error = msg;
-        }
-    }
-    if state != before {
-        device.store.save(&state).map_err(|e| failed(&e))?;
-    }
+    let (last_error, journal) = device
+        .store
+        .update(|state| {
+            let mut last_error =
+                settle_journal(&device, state, boot.as_ref().ok()).unwrap_or_default();
+            if let Ok(boot) = &boot {
+                if let Some(msg) = follow_up(&device, state, boot) {
+                    last_error = msg;
+                }
+            }
+            (last_error, state.journal.clone())
+        })
+        .map_err(|e| failed(&e))?;
     let snapshot = Snapshot {
         compatible: device.config.system.compatible.clone(),
         boot_slot: device
@@ -254,7 +258,7 @@ pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
         worker_tx,
         running: None,
     };
-    if let Some(journal) = state.journal.clone() {
+    if let Some(journal) = journal {
         log::info!(
             "resuming interrupted install {} of {}",
             journal.transaction,
@@ -524,29 +528,26 @@ impl Agent {
         req.transaction_id = Some(transaction.clone());
         let device = self.device.clone();
         // Journal first: a crash from here on resumes this install at the next start.
-        match device.store.load() {
-            Ok(mut state) => {
-                let mut journal = Journal::from_request(&transaction, &req);
-                journal.booted = device
-                    .booted
-                    .as_ref()
-                    .map(|b| b.name.clone())
-                    .unwrap_or_default();
-                if let Some(old) = state
-                    .journal
-                    .take()
-                    .filter(|j| j.transaction == transaction)
-                {
-                    journal.manifest_hash = old.manifest_hash;
-                    journal.resumed = old.resumed + u32::from(resuming);
-                    journal.target = old.target;
-                }
-                state.journal = Some(journal);
-                if let Err(e) = device.store.save(&state) {
-                    log::error!("cannot journal install {transaction}: {e}");
-                }
+        let journaled = device.store.update(|state| {
+            let mut journal = Journal::from_request(&transaction, &req);
+            journal.booted = device
+                .booted
+                .as_ref()
+                .map(|b| b.name.clone())
+                .unwrap_or_default();
+            if let Some(old) = state
+                .journal
+                .take()
+                .filter(|j| j.transaction == transaction)
+            {
+                journal.manifest_hash = old.manifest_hash;
+                journal.resumed = old.resumed + u32::from(resuming);
+                journal.target = old.target;
             }
-            Err(e) => log::error!("cannot journal install {transaction}: {e}"),
+            state.journal = Some(journal);
+        });
+        if let Err(e) = journaled {
+            log::error!("cannot journal install {transaction}: {e}");
         }
         let cancel = Arc::new(AtomicBool::new(false));
         self.running = Some(Running {
@@ -706,30 +707,26 @@ impl Agent {
     }
 
     fn record_failure(&self, transaction: &str, outcome: InstallResult, message: &str) {
-        let store = &self.device.store;
-        let mut state = match store.load() {
-            Ok(s) => s,
-            Err(e) => return log::error!("cannot record install result: {e}"),
-        };
-
-        let mut li = state
-            .last_install
-            .clone()
-            .filter(|l| l.transaction == transaction)
-            .unwrap_or(InstallRecord {
-                transaction: transaction.to_owned(),
-                ..Default::default()
-            });
-        li.result = UpdateResult::after(outcome);
-        li.error = message.to_owned();
-        for s in state.slots.values_mut() {
-            if s.transaction == transaction && s.status == SlotContent::Installing {
-                s.status = SlotContent::after(outcome);
+        let recorded = self.device.store.update(|state| {
+            let mut li = state
+                .last_install
+                .clone()
+                .filter(|l| l.transaction == transaction)
+                .unwrap_or(InstallRecord {
+                    transaction: transaction.to_owned(),
+                    ..Default::default()
+                });
+            li.result = UpdateResult::after(outcome);
+            li.error = message.to_owned();
+            for s in state.slots.values_mut() {
+                if s.transaction == transaction && s.status == SlotContent::Installing {
+                    s.status = SlotContent::after(outcome);
+                }
             }
-        }
-        state.last_install = Some(li);
-        state.journal = None;
-        if let Err(e) = store.save(&state) {
+            state.last_install = Some(li);
+            state.journal = None;
+        });
+        if let Err(e) = recorded {
             log::error!("cannot record install result: {e}");
         }
     }
@@ -877,29 +874,38 @@ impl Agent {
             MarkState::Bad => "bad",
             MarkState::Active => "active",
         };
-        if how == MarkState::Good {
-            if let (Ok(mut state), Some(booted)) =
-                (self.device.store.load(), self.device.booted.as_ref())
-            {
-                if let Some(li) = state.last_install.as_mut().filter(|l| {
+        if let (MarkState::Good, Some(booted)) = (how, self.device.booted.as_ref()) {
+            let marked = self.device.store.update(|state| {
+                let li = state.last_install.as_mut().filter(|l| {
                     l.slot == booted.name
                         && slots[0].name == booted.name
                         && l.result == UpdateResult::Booted
-                }) {
-                    li.result = UpdateResult::Good;
-                    log::info!("update to {} in slot {} marked good", li.version, li.slot);
-                    if let Err(e) = self.device.store.save(&state) {
-                        log::error!("cannot record mark good: {e}");
-                    }
+                })?;
+                li.result = UpdateResult::Good;
+                Some(format!(
+                    "update to {} in slot {} marked good",
+                    li.version, li.slot
+                ))
+            });
+            match marked {
+                Ok(Some(m)) => {
+                    log::info!("{m}");
                     let _ = self.events.send(AgentEvent::McuRelayDue);
                 }
+                Ok(None) => {}
+                Err(e) => log::error!("cannot record mark good: {e}"),
             }
         }
-        let primary = self
-            .device
-            .bootloader
-            .read()
-            .ok()
+        let boot = self.device.bootloader.read().ok();
+        // A mark can decide the last install (marking the new slot bad is a rollback):
+        // recorded now, so status queries only read.
+        if let Some(b) = &boot {
+            let device = &self.device;
+            if let Err(e) = device.store.update(|state| follow_up(device, state, b)) {
+                log::error!("cannot record the follow-up of the mark: {e}");
+            }
+        }
+        let primary = boot
             .map(|b| primary_slot_name(&self.device, &b))
             .unwrap_or_default();
         self.update_snapshot(|s| s.primary = primary);
@@ -917,12 +923,10 @@ impl Agent {
         let boot = device.bootloader.read();
         let mut last_error = self.snapshot.borrow().last_error.clone();
         if let Ok(b) = &boot {
-            let before = state.last_install.clone();
+            // A view only: what the follow-up would record, without writing it (the
+            // start-up and the marks record it).
             if self.running.is_none() {
                 follow_up(device, &mut state, b);
-            }
-            if state.last_install != before {
-                let _ = device.store.save(&state);
             }
         }
         if let Err(e) = &boot {

@@ -114,10 +114,13 @@ pub enum StateError {
     },
 }
 
-/// The state file in the data directory.
+/// The state file in the data directory, and its one way in: [`StateStore::update`], a
+/// transaction (one lock, one load, one atomic write if anything changed) — the same
+/// shape as the bootloader's env update. Clones share the lock.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     path: PathBuf,
+    lock: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl StateStore {
@@ -129,6 +132,7 @@ impl StateStore {
         })?;
         Ok(Self {
             path: data_dir.join(STATE_FILE),
+            lock: Default::default(),
         })
     }
 
@@ -161,6 +165,7 @@ impl StateStore {
     /// writes it again from scratch. The versions are lost too, so the downgrade check
     /// fails closed until a version is known again.
     pub fn load_or_recover(&self) -> Result<State, StateError> {
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
         let why = match self.load() {
             Err(StateError::Corrupt { message, .. }) => format!("corrupt ({message})"),
             Err(StateError::Read { source, .. }) => format!("unreadable ({source})"),
@@ -202,7 +207,20 @@ impl StateStore {
         Ok(state)
     }
 
-    pub fn save(&self, state: &State) -> Result<(), StateError> {
+    /// Runs `f` on the stored state and writes the result back atomically if it changed;
+    /// returns what `f` returns. Transactions never interleave.
+    pub fn update<T>(&self, f: impl FnOnce(&mut State) -> T) -> Result<T, StateError> {
+        let _held = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.load()?;
+        let before = state.clone();
+        let out = f(&mut state);
+        if state != before {
+            self.save(&state)?;
+        }
+        Ok(out)
+    }
+
+    fn save(&self, state: &State) -> Result<(), StateError> {
         let bytes = serde_json::to_vec_pretty(state).map_err(|e| StateError::Write {
             path: self.path.clone(),
             source: std::io::Error::other(e),

@@ -637,7 +637,22 @@ fn rota_install_ignores_a_forged_completed_signal() {
         .stderr(std::process::Stdio::piped());
     let mut cli = cli.spawn().unwrap();
     // The install is running (held by the server) once the service asked for the bundle.
-    http.wait_requests(1, 60);
+    let start = Instant::now();
+    while http.requests() == 0 {
+        if cli.try_wait().unwrap().is_some() {
+            let out = cli.wait_with_output().unwrap();
+            panic!(
+                "rota install ended before the service asked for the bundle: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no request reached the server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let txn = loop {
         let out = busctl(
             &bus,

@@ -145,9 +145,9 @@ async fn responsive(
             .map_err(|e| format!("our own D-Bus interface did not answer: {e}"))?;
         Ok::<(), String>(())
     };
-    tokio::time::timeout(budget, check)
-        .await
-        .map_err(|_| format!("no answer within {budget:?}"))?
+    tokio::time::timeout(budget, check).await.map_err(|_| {
+        format!("the agent, a blocking thread or the bus did not answer within {budget:?}")
+    })?
 }
 
 async fn serve(config: Config) -> CliResult {

@@ -135,61 +135,62 @@ pub fn run(
     check_cancel(&cancel)?;
 
     // From here on slots are touched: remember the bundle, take targets out of selection.
-    let mut state = ctx.store.load()?;
-    let same_bundle = state
-        .journal
-        .as_ref()
-        .is_some_and(|j| j.manifest_hash == bundle.manifest_hash);
-    if let Some(j) = state.journal.as_mut() {
-        if resuming && !j.manifest_hash.is_empty() && !same_bundle {
-            log::warn!(
+    let version = bundle.manifest.update.version.clone();
+    let same_bundle = ctx.store.update(|state| {
+        let same_bundle = state
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.manifest_hash == bundle.manifest_hash);
+        if let Some(j) = state.journal.as_mut() {
+            if resuming && !j.manifest_hash.is_empty() && !same_bundle {
+                log::warn!(
                 "bundle changed since the interrupted attempt (manifest {} -> {}); starting over",
                 j.manifest_hash,
                 bundle.manifest_hash
             );
+            }
+            j.manifest_hash = bundle.manifest_hash.clone();
+            j.target = plan
+                .images
+                .first()
+                .map(|p| p.slot.name.clone())
+                .unwrap_or_default();
         }
-        j.manifest_hash = bundle.manifest_hash.clone();
-        j.target = plan
-            .images
-            .first()
-            .map(|p| p.slot.name.clone())
-            .unwrap_or_default();
-    }
-    let version = bundle.manifest.update.version.clone();
-    for p in &plan.images {
-        state.slots.insert(
-            p.slot.name.clone(),
-            SlotStatus {
-                status: SlotContent::Installing,
-                version: version.clone(),
-                compatible: bundle.manifest.update.compatible.clone(),
-                bundle_hash: bundle.manifest_hash.clone(),
-                transaction: transaction.to_owned(),
-                ..Default::default()
-            },
-        );
-    }
-    let first = plan.images.first().map(|p| p.slot.clone());
-    // A bundle of MCU images only has no slot; its record names the nodes.
-    let first_name = first.as_ref().map(|s| s.name.clone()).unwrap_or_else(|| {
-        plan.mcu
-            .iter()
-            .map(|m| format!("mcu:{}", m.node))
-            .collect::<Vec<_>>()
-            .join(",")
-    });
-    state.last_install = Some(InstallRecord {
-        version: version.clone(),
-        slot: first_name,
-        bootname: first
-            .as_ref()
-            .and_then(|s| s.bootname.clone())
-            .unwrap_or_default(),
-        transaction: transaction.to_owned(),
-        result: UpdateResult::Installing,
-        error: String::new(),
-    });
-    ctx.store.save(&state)?;
+        for p in &plan.images {
+            state.slots.insert(
+                p.slot.name.clone(),
+                SlotStatus {
+                    status: SlotContent::Installing,
+                    version: version.clone(),
+                    compatible: bundle.manifest.update.compatible.clone(),
+                    bundle_hash: bundle.manifest_hash.clone(),
+                    transaction: transaction.to_owned(),
+                    ..Default::default()
+                },
+            );
+        }
+        let first = plan.images.first().map(|p| p.slot.clone());
+        // A bundle of MCU images only has no slot; its record names the nodes.
+        let first_name = first.as_ref().map(|s| s.name.clone()).unwrap_or_else(|| {
+            plan.mcu
+                .iter()
+                .map(|m| format!("mcu:{}", m.node))
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+        state.last_install = Some(InstallRecord {
+            version: version.clone(),
+            slot: first_name,
+            bootname: first
+                .as_ref()
+                .and_then(|s| s.bootname.clone())
+                .unwrap_or_default(),
+            transaction: transaction.to_owned(),
+            result: UpdateResult::Installing,
+            error: String::new(),
+        });
+        same_bundle
+    })?;
     crate::failpoint::hit("install.after-journal");
     for p in &plan.images {
         if let Some(b) = &p.slot.bootname {
@@ -252,17 +253,17 @@ pub fn run(
     }
 
     // Record what is in the slots, then activate: a crash in between resumes and re-activates.
-    let mut state = ctx.store.load()?;
     let now = crate::state::now_rfc3339();
-    for p in &plan.images {
-        if let Some(s) = state.slots.get_mut(&p.slot.name) {
-            s.status = SlotContent::Ok;
-            s.sha256 = p.image.sha256.clone();
-            s.size = p.image.size;
-            s.installed_at = now.clone();
+    ctx.store.update(|state| {
+        for p in &plan.images {
+            if let Some(s) = state.slots.get_mut(&p.slot.name) {
+                s.status = SlotContent::Ok;
+                s.sha256 = p.image.sha256.clone();
+                s.size = p.image.size;
+                s.installed_at = now.clone();
+            }
         }
-    }
-    ctx.store.save(&state)?;
+    })?;
     crate::failpoint::hit("install.after-record");
     reporter.step(2, "Activating");
     let attempts = ctx.config.system.boot_attempts;
@@ -275,16 +276,16 @@ pub fn run(
         log::info!("activated slot {b}: BOOT_ORDER=\"{}\"", sel.order.join(" "));
     }
     crate::failpoint::hit("install.after-activate");
-    let mut state = ctx.store.load()?;
-    if let Some(li) = state.last_install.as_mut() {
-        li.result = if activated.is_some() {
-            UpdateResult::Activated
-        } else {
-            UpdateResult::Good
-        };
-    }
-    state.journal = None;
-    ctx.store.save(&state)?;
+    ctx.store.update(|state| {
+        if let Some(li) = state.last_install.as_mut() {
+            li.result = if activated.is_some() {
+                UpdateResult::Activated
+            } else {
+                UpdateResult::Good
+            };
+        }
+        state.journal = None;
+    })?;
     let reused = reporter.reused_bytes();
     reporter.finish("Installing done.");
     Ok(Summary {

@@ -168,7 +168,10 @@ pub(crate) async fn check_source(
             .map_err(|e| format!("the caller cannot read the bundle: {e}"))?;
         // Checked here too, so the caller hears it at once: a FIFO or a device as a
         // bundle would block or never end (the install refuses it again on the opened file).
-        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        // (A missing file is left to the install, which names it.)
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(());
+        };
         if !meta.is_file() {
             return Err(format!(
                 "{} is not a regular file (it is {}); a bundle must be a regular file or an http(s) URL",

@@ -38,7 +38,7 @@ impl FileServer {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                if s.0.lock().unwrap().stopped {
+                if s.0.lock().unwrap_or_else(|e| e.into_inner()).stopped {
                     return;
                 }
                 let (s, dir) = (s.clone(), dir.clone());
@@ -60,18 +60,33 @@ impl FileServer {
 
     /// Every request head received so far (request line and headers, lower-cased names).
     pub fn heads(&self) -> Vec<String> {
-        self.shared.0.lock().unwrap().heads.clone()
+        self.shared
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .heads
+            .clone()
+    }
+
+    /// How many requests have arrived (held ones count).
+    pub fn requests(&self) -> usize {
+        self.shared
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .heads
+            .len()
     }
 
     /// Waits until at least `n` requests have arrived (held ones count).
     pub fn wait_requests(&self, n: usize, secs: u64) {
         let (lock, cv) = &*self.shared;
-        let guard = lock.lock().unwrap();
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
         let (g, timeout) = cv
             .wait_timeout_while(guard, std::time::Duration::from_secs(secs), |s| {
                 s.heads.len() < n
             })
-            .unwrap();
+            .unwrap_or_else(|e| e.into_inner());
         assert!(
             !timeout.timed_out(),
             "only {} requests reached {} within {secs} s",
@@ -83,7 +98,7 @@ impl FileServer {
     /// Lets held and later requests be answered.
     pub fn open(&self) {
         let (lock, cv) = &*self.shared;
-        lock.lock().unwrap().open = true;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).open = true;
         cv.notify_all();
     }
 }
@@ -92,7 +107,7 @@ impl Drop for FileServer {
     fn drop(&mut self) {
         let (lock, cv) = &*self.shared;
         {
-            let mut s = lock.lock().unwrap();
+            let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
             s.stopped = true;
             s.open = true;
         }
@@ -117,11 +132,11 @@ fn serve(conn: TcpStream, dir: &Path, s: &(Mutex<Shared>, Condvar)) -> std::io::
     }
     {
         let (lock, cv) = s;
-        let mut g = lock.lock().unwrap();
+        let mut g = lock.lock().unwrap_or_else(|e| e.into_inner());
         g.heads.push(head.clone());
         cv.notify_all();
         while !g.open {
-            g = cv.wait(g).unwrap();
+            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
         }
         if g.stopped {
             return Ok(());
