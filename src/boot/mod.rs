@@ -77,6 +77,23 @@ impl BootState {
     }
 }
 
+/// The bootloader backend `[bootloader] type` names, over the configured env and the
+/// bootable slots' bootnames.
+pub fn open(config: &crate::config::Config) -> Result<Box<dyn Bootloader>, BootError> {
+    let bootnames = config
+        .slots()
+        .into_iter()
+        .filter_map(|s| s.bootname)
+        .collect();
+    match config.bootloader.kind {
+        crate::config::BootloaderKind::Uboot => Ok(Box::new(UbootBackend::open(
+            &config.bootloader.fw_env_config,
+            bootnames,
+            config.system.boot_attempts,
+        )?)),
+    }
+}
+
 /// Where the boot selection lives.
 pub trait Bootloader: Send + Sync {
     fn read(&self) -> Result<BootState, BootError>;

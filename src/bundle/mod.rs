@@ -8,6 +8,7 @@
 //! own before it is written.
 
 pub mod chunks;
+pub mod digest;
 pub mod keys;
 pub mod manifest;
 pub mod reader;

@@ -482,8 +482,7 @@ pub fn verify_payload(
         let m = bundle.image_member(img)?.clone();
         let mut reader = source.read_range(m.offset, m.size)?;
         let mut buf = vec![0u8; img.chunk_size as usize];
-        let mut sha = Sha256::new();
-        let mut crc = crc32fast::Hasher::new();
+        let mut hasher = super::digest::ImageHasher::new();
         for c in 0..index.len() {
             let (_, len) = index.chunk_range(c);
             let data = &mut buf[..len as usize];
@@ -501,25 +500,17 @@ pub fn verify_payload(
                     ),
                 });
             }
-            sha.update(&*data);
-            crc.update(data);
+            hasher.update(data);
             done += len;
             progress(done, total);
         }
-        let sha = hex::encode(sha.finalize());
-        if sha != img.sha256 {
-            return Err(BundleError::Payload {
+        hasher
+            .finish()
+            .check(img)
+            .map_err(|message| BundleError::Payload {
                 file: img.file.clone(),
-                message: format!("SHA-256 is {sha}, expected {}", img.sha256),
-            });
-        }
-        let crc = crc.finalize();
-        if crc != img.crc32 {
-            return Err(BundleError::Payload {
-                file: img.file.clone(),
-                message: format!("CRC32 is {crc:08x}, expected {:08x}", img.crc32),
-            });
-        }
+                message,
+            })?;
     }
     Ok(())
 }

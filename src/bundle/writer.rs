@@ -27,8 +27,7 @@ struct Hashed {
 
 fn hash_image(path: &Path, chunk_size: u32) -> Result<Hashed, BundleError> {
     let mut f = File::open(path).map_err(|e| io_err(path, e))?;
-    let mut whole = Sha256::new();
-    let mut crc = crc32fast::Hasher::new();
+    let mut whole = super::digest::ImageHasher::new();
     let mut hashes = Vec::new();
     let mut buf = vec![0u8; chunk_size as usize];
     let mut size = 0u64;
@@ -47,17 +46,17 @@ fn hash_image(path: &Path, chunk_size: u32) -> Result<Hashed, BundleError> {
         }
         let data = &buf[..filled];
         whole.update(data);
-        crc.update(data);
         hashes.push(Sha256::digest(data).into());
         size += filled as u64;
         if filled < buf.len() {
             break;
         }
     }
+    let digest = whole.finish();
     Ok(Hashed {
         size,
-        sha256: hex::encode(whole.finalize()),
-        crc32: crc.finalize(),
+        sha256: digest.sha256,
+        crc32: digest.crc32,
         chunks: ChunkIndex {
             chunk_size,
             image_size: size,

@@ -12,7 +12,6 @@ use super::{check_cancel, InstallError};
 use crate::bundle::{ChunkIndex, ImageEntry, Member};
 use crate::slot::{SlotReader, SlotWriter};
 use crate::source::{ByteSource, SourceError};
-use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -217,36 +216,26 @@ pub fn read_back(
     cancel: &AtomicBool,
 ) -> Result<(), InstallError> {
     writer.sync_and_drop_cache()?;
-    let mut sha = Sha256::new();
-    let mut crc = crc32fast::Hasher::new();
+    let mut hasher = crate::bundle::digest::ImageHasher::new();
     let mut buf = vec![0u8; READ_BACK_BLOCK];
     let mut off = 0u64;
     while off < image.size {
         check_cancel(cancel)?;
         let len = (image.size - off).min(READ_BACK_BLOCK as u64) as usize;
         writer.read_at(off, &mut buf[..len])?;
-        sha.update(&buf[..len]);
-        crc.update(&buf[..len]);
+        hasher.update(&buf[..len]);
         off += len as u64;
     }
-    let sha = hex::encode(sha.finalize());
-    let crc = crc.finalize();
+    let digest = hasher.finish();
     let slot = &writer.slot().name;
-    if sha != image.sha256 {
-        return Err(InstallError::Failed(format!(
-            "read-back of {} from slot {slot}: SHA-256 is {sha}, expected {}",
-            image.file, image.sha256
-        )));
-    }
-    if crc != image.crc32 {
-        return Err(InstallError::Failed(format!(
-            "read-back of {} from slot {slot}: CRC32 is {crc:08x}, expected {:08x}",
-            image.file, image.crc32
-        )));
-    }
+    digest.check(image).map_err(|m| {
+        InstallError::Failed(format!("read-back of {} from slot {slot}: {m}", image.file))
+    })?;
     log::info!(
-        "{} verified in slot {slot}: sha256 {sha}, crc32 {crc:08x}",
-        image.file
+        "{} verified in slot {slot}: sha256 {}, crc32 {:08x}",
+        image.file,
+        digest.sha256,
+        digest.crc32
     );
     Ok(())
 }

@@ -10,7 +10,7 @@ use super::plan::McuPlan;
 use super::InstallError;
 use crate::bundle::Bundle;
 use crate::source::ByteSource;
-use sha2::{Digest, Sha256};
+use crate::bundle::digest::ImageDigest;
 use std::io::Read;
 use std::path::Path;
 
@@ -47,20 +47,12 @@ fn read_verified(
             img.size
         )));
     }
-    let sha = hex::encode(Sha256::digest(&data));
-    if !sha.eq_ignore_ascii_case(&img.sha256) {
-        return Err(InstallError::Refused(format!(
-            "image {} for MCU node {} does not match the signed manifest (SHA-256 {sha}, expected {})",
-            img.file, plan.node, img.sha256
-        )));
-    }
-    let crc = crc32fast::hash(&data);
-    if crc != img.crc32 {
-        return Err(InstallError::Refused(format!(
-            "image {} for MCU node {} has CRC32 {crc:08x}, the manifest says {:08x}",
-            img.file, plan.node, img.crc32
-        )));
-    }
+    ImageDigest::of(&data).check(img).map_err(|m| {
+        InstallError::Refused(format!(
+            "image {} for MCU node {} does not match the signed manifest: {m}",
+            img.file, plan.node
+        ))
+    })?;
     Ok(data)
 }
 

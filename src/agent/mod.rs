@@ -4,6 +4,13 @@
 //! Front ends (D-Bus interfaces, pollers, the MCU relay) hold an [`AgentHandle`] and
 //! talk to it by message; they observe progress through [`AgentEvent`]s and the latest
 //! [`Snapshot`]. No lock is held across an await.
+//!
+//! | file | job |
+//! |---|---|
+//! | `mod.rs` | the handle, the messages, start-up and the message loop (install, cancel, worker results) |
+//! | [`recovery`] | after a restart: settle an interrupted install's journal, follow the last install through reboot |
+//! | `marks.rs` | `mark good/bad/active`, checked against what rota recorded |
+//! | `status.rs` | `rota status` / `GetStatus`, assembled from state, env and config (reads only) |
 
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -141,11 +148,19 @@ impl AgentHandle {
 // ---------------------------------------------------------------------------------
 // The agent task.
 
-use crate::boot::{BootState, Bootloader, UbootBackend};
+use crate::boot::Bootloader;
 use crate::bundle::Keyring;
 use crate::config::{Config, SlotConfig};
 use crate::install::{self, InstallError};
-use crate::state::{InstallRecord, Journal, State, StateStore};
+use crate::state::{InstallRecord, Journal, StateStore};
+use status::primary_slot_name;
+use recovery::{follow_up, settle_journal};
+
+mod marks;
+pub mod recovery;
+mod status;
+
+pub use recovery::MAX_RESUMES;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -193,21 +208,11 @@ pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
             None
         }
     };
-    let bootnames = config
-        .slots()
-        .into_iter()
-        .filter_map(|s| s.bootname)
-        .collect();
-    let bootloader = UbootBackend::open(
-        &config.bootloader.fw_env_config,
-        bootnames,
-        config.system.boot_attempts,
-    )
-    .map_err(|e| failed(&e))?;
+    let bootloader = crate::boot::open(&config).map_err(|e| failed(&e))?;
     let device = Arc::new(Device {
         config,
         keyring,
-        bootloader: Box::new(bootloader),
+        bootloader,
         store,
         booted,
     });
@@ -268,180 +273,6 @@ pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
     }
     tokio::spawn(agent.run(req_rx, worker_rx));
     Ok(AgentHandle::new(req_tx, events, snap_rx))
-}
-
-fn primary_slot_name(device: &Device, boot: &BootState) -> String {
-    boot.primary()
-        .and_then(|b| crate::slot::find_slot(&device.config, b))
-        .map(|s| s.name)
-        .unwrap_or_default()
-}
-
-/// How many times in a row an interrupted install is resumed before it is given up.
-pub const MAX_RESUMES: u32 = 10;
-
-/// Decides at start whether the journal of an interrupted install is resumed. It is not
-/// (and is closed) when
-/// - the device now runs another slot than the install started on: a power cut after
-///   activation rebooted it into the new slot, whose content was verified before it was
-///   activated — the update is then `activated` (and [`follow_up`] sees it booted);
-///   anything else is reported failed. Resuming would write the *other* slot — the old,
-///   known-good fallback — and activate it;
-/// - its target was verified and activated, and the bootloader has since spent its
-///   attempts and fallen back: the update is `activated` and [`follow_up`] reports the
-///   rollback — resuming would activate it again and undo the bootloader's decision;
-/// - it was already resumed [`MAX_RESUMES`] times and died every time: the service would
-///   otherwise crash at every start and the journal would block every other install.
-///
-/// Returns the failure message, if the install is reported failed.
-fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) -> Option<String> {
-    let j = state.journal.clone()?;
-    let booted = device
-        .booted
-        .as_ref()
-        .map(|b| b.name.as_str())
-        .unwrap_or("");
-    // The target holds this install's verified image (recorded before activation).
-    let verified = !j.target.is_empty()
-        && state
-            .slots
-            .get(&j.target)
-            .is_some_and(|s| s.status == SlotContent::Ok && s.transaction == j.transaction);
-    // Activated (back in BOOT_ORDER: disabling takes a slot out) and then spent by the
-    // bootloader: it fell back from the new slot.
-    let target_boot = crate::slot::find_slot(&device.config, &j.target).and_then(|s| s.bootname);
-    let spent = verified
-        && target_boot.as_deref().is_some_and(|b| {
-            boot.is_some_and(|st| st.order.iter().any(|o| o == b) && st.attempts_left(b) == 0)
-        });
-    let (result, msg) = if !j.booted.is_empty() && j.booted != booted {
-        if verified && j.target == booted {
-            log::info!(
-                "install {} was interrupted after activating slot {booted}, which is now running; not resuming it",
-                j.transaction
-            );
-            (UpdateResult::Activated, None)
-        } else {
-            (
-                UpdateResult::Failed,
-                Some(format!(
-                    "install {} was interrupted: it started on slot {} and the device now runs {}",
-                    j.transaction,
-                    j.booted,
-                    if booted.is_empty() {
-                        "an unknown slot"
-                    } else {
-                        booted
-                    }
-                )),
-            )
-        }
-    } else if spent {
-        // Resuming would activate it again with full attempts: the bootloader's fallback
-        // would be undone and the device would spend them all over again.
-        log::warn!(
-            "install {} was interrupted after activating slot {}, which the bootloader has since given up on; not resuming it",
-            j.transaction,
-            j.target
-        );
-        (UpdateResult::Activated, None)
-    } else if j.resumed >= MAX_RESUMES {
-        (
-            UpdateResult::Failed,
-            Some(format!(
-                "install {} was interrupted {} times in a row and is given up; its target slot stays out of the boot selection",
-                j.transaction,
-                j.resumed + 1
-            )),
-        )
-    } else {
-        return None;
-    };
-    state.journal = None;
-    match state
-        .last_install
-        .as_mut()
-        .filter(|l| l.transaction == j.transaction)
-    {
-        Some(li) => {
-            li.result = result;
-            if let Some(m) = &msg {
-                li.error = m.clone();
-            }
-        }
-        None => {
-            if let Some(m) = &msg {
-                state.last_install = Some(InstallRecord {
-                    transaction: j.transaction.clone(),
-                    result,
-                    error: m.clone(),
-                    ..Default::default()
-                });
-            }
-        }
-    }
-    for s in state.slots.values_mut() {
-        if s.transaction == j.transaction && s.status == SlotContent::Installing {
-            s.status = SlotContent::Failed;
-        }
-    }
-    if let Some(m) = &msg {
-        log::error!("{m}");
-    }
-    msg
-}
-
-/// Follows the last install through reboot: returns a message when the bootloader fell back.
-fn follow_up(device: &Device, state: &mut State, boot: &BootState) -> Option<String> {
-    let booted = device.booted.as_ref()?;
-    let li = state.last_install.as_mut()?;
-    if li.result == UpdateResult::RolledBack && booted.name == li.slot {
-        // The bootloader fell back, then tried the new slot again (its counters all ran
-        // out and were reset, or someone made it first again) and now it runs.
-        log::info!(
-            "running the new slot {} ({}) with version {} after an earlier rollback; not yet marked good",
-            li.slot,
-            li.bootname,
-            li.version
-        );
-        li.result = UpdateResult::Booted;
-        li.error.clear();
-        return None;
-    }
-    if li.result != UpdateResult::Activated && li.result != UpdateResult::Booted {
-        return None;
-    }
-    if booted.name == li.slot {
-        if li.result == UpdateResult::Activated {
-            log::info!(
-                "running the new slot {} ({}) with version {}; not yet marked good",
-                li.slot,
-                li.bootname,
-                li.version
-            );
-            li.result = UpdateResult::Booted;
-        }
-        return None;
-    }
-    // Booted the other slot. Still waiting for the reboot if the new slot is untouched:
-    // first in the order with a full counter.
-    let untouched = boot.primary() == Some(li.bootname.as_str())
-        && boot.attempts_left(&li.bootname) >= device.config.system.boot_attempts;
-    if li.result == UpdateResult::Activated && untouched {
-        return None;
-    }
-    li.result = UpdateResult::RolledBack;
-    let msg = format!(
-        "update to {} in slot {} was rolled back: the bootloader booted {} ({} attempts left on {})",
-        li.version,
-        li.slot,
-        booted.name,
-        boot.attempts_left(&li.bootname),
-        li.bootname
-    );
-    li.error = msg.clone();
-    log::warn!("{msg}");
-    Some(msg)
 }
 
 impl Agent {
@@ -744,283 +575,5 @@ impl Agent {
         }
     }
 
-    fn resolve(&self, id: &str) -> Result<Vec<SlotConfig>, AgentError> {
-        let cfg = &self.device.config;
-        let booted = self.device.booted.as_ref();
-        let none_booted = || {
-            AgentError::Failed(
-                "the booted slot is unknown (no rota.slot= on the kernel command line)".into(),
-            )
-        };
-        match id {
-            "booted" => Ok(vec![booted.cloned().ok_or_else(none_booted)?]),
-            "other" => {
-                let b = booted.ok_or_else(none_booted)?;
-                let others: Vec<_> = cfg
-                    .slots()
-                    .into_iter()
-                    .filter(|s| s.class == b.class && s.name != b.name && s.bootname.is_some())
-                    .collect();
-                if others.is_empty() {
-                    return Err(AgentError::Failed(format!(
-                        "slot class {} has no other bootable slot",
-                        b.class
-                    )));
-                }
-                Ok(others)
-            }
-            _ => crate::slot::find_slot(cfg, id)
-                .map(|s| vec![s])
-                .ok_or_else(|| {
-                    AgentError::InvalidArgument(format!(
-                        "no slot named {id:?} (use booted, other, a slot name or a bootname)"
-                    ))
-                }),
-        }
-    }
-
-    /// What rota knows refuses two marks: a slot made active must not hold an install that
-    /// did not finish (it must be the running slot, a slot rota installed and verified, or
-    /// the factory image), and marking bad must leave a slot to boot.
-    fn check_mark(&self, how: MarkState, slots: &[SlotConfig]) -> Result<(), AgentError> {
-        let invalid = |m: String| Err(AgentError::InvalidArgument(m));
-        match how {
-            MarkState::Good => Ok(()),
-            MarkState::Active => {
-                let state = self
-                    .device
-                    .store
-                    .load()
-                    .map_err(|e| AgentError::Failed(e.to_string()))?;
-                for slot in slots {
-                    let booted = self
-                        .device
-                        .booted
-                        .as_ref()
-                        .is_some_and(|b| b.name == slot.name);
-                    let status = state.slots.get(&slot.name).map(|s| s.status.as_str());
-                    // No record is the factory image — unless the records were lost, when
-                    // a half-written slot would look the same.
-                    let known_good = match status {
-                        Some(s) => s == "ok",
-                        None => state.lost.is_none(),
-                    };
-                    if !booted && !known_good {
-                        let what = match status {
-                            Some(s) => format!("its last install is {s}"),
-                            None => "rota's records were lost, so it cannot tell".to_owned(),
-                        };
-                        return invalid(format!(
-                            "slot {} holds no complete, verified image ({what}); refusing to make it active",
-                            slot.name
-                        ));
-                    }
-                }
-                Ok(())
-            }
-            MarkState::Bad => {
-                let mut boot = self
-                    .device
-                    .bootloader
-                    .read()
-                    .map_err(|e| AgentError::Failed(e.to_string()))?;
-                for b in slots.iter().filter_map(|s| s.bootname.as_deref()) {
-                    boot.disable(b);
-                }
-                if boot.order.is_empty() {
-                    let names: Vec<&str> = slots.iter().map(|s| s.name.as_str()).collect();
-                    return invalid(format!(
-                        "marking {} bad would leave no slot to boot (BOOT_ORDER would be empty); refused",
-                        names.join(", ")
-                    ));
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn mark(&mut self, how: MarkState, id: &str) -> Result<(String, String), AgentError> {
-        self.busy()?;
-        let slots = self.resolve(id)?;
-        if slots.len() > 1 && how != MarkState::Bad {
-            return Err(AgentError::InvalidArgument(format!(
-                "{id:?} names {} slots; mark {} takes one",
-                slots.len(),
-                serde_json::to_string(&how).unwrap_or_default()
-            )));
-        }
-        let attempts = self.device.config.system.boot_attempts;
-        self.check_mark(how, &slots)?;
-        let mut names = Vec::new();
-        for slot in &slots {
-            let b = slot.bootname.clone().ok_or_else(|| {
-                AgentError::InvalidArgument(format!(
-                    "slot {} is not bootable (no bootname)",
-                    slot.name
-                ))
-            })?;
-            self.device
-                .bootloader
-                .update(&mut |s| match how {
-                    MarkState::Good => s.mark_good(&b, attempts),
-                    MarkState::Bad => s.disable(&b),
-                    MarkState::Active => s.activate(&b, attempts, None),
-                })
-                .map_err(|e| AgentError::Failed(e.to_string()))?;
-            names.push(slot.name.clone());
-        }
-        let word = match how {
-            MarkState::Good => "good",
-            MarkState::Bad => "bad",
-            MarkState::Active => "active",
-        };
-        if let (MarkState::Good, Some(booted)) = (how, self.device.booted.as_ref()) {
-            let marked = self.device.store.update(|state| {
-                let li = state.last_install.as_mut().filter(|l| {
-                    l.slot == booted.name
-                        && slots[0].name == booted.name
-                        && l.result == UpdateResult::Booted
-                })?;
-                li.result = UpdateResult::Good;
-                Some(format!(
-                    "update to {} in slot {} marked good",
-                    li.version, li.slot
-                ))
-            });
-            match marked {
-                Ok(Some(m)) => {
-                    log::info!("{m}");
-                    let _ = self.events.send(AgentEvent::McuRelayDue);
-                }
-                Ok(None) => {}
-                Err(e) => log::error!("cannot record mark good: {e}"),
-            }
-        }
-        let boot = self.device.bootloader.read().ok();
-        // A mark can decide the last install (marking the new slot bad is a rollback):
-        // recorded now, so status queries only read.
-        if let Some(b) = &boot {
-            let device = &self.device;
-            if let Err(e) = device.store.update(|state| follow_up(device, state, b)) {
-                log::error!("cannot record the follow-up of the mark: {e}");
-            }
-        }
-        let primary = boot
-            .map(|b| primary_slot_name(&self.device, &b))
-            .unwrap_or_default();
-        self.update_snapshot(|s| s.primary = primary);
-        let message = format!("marked slot {} as {word}", names.join(", "));
-        log::info!("{message}");
-        Ok((names.join(","), message))
-    }
-
-    fn status(&self) -> Result<StatusReport, AgentError> {
-        let device = &self.device;
-        let mut state = device
-            .store
-            .load()
-            .map_err(|e| AgentError::Failed(e.to_string()))?;
-        let boot = device.bootloader.read();
-        let mut last_error = self.snapshot.borrow().last_error.clone();
-        if let Ok(b) = &boot {
-            // A view only: what the follow-up would record, without writing it (the
-            // start-up and the marks record it).
-            if self.running.is_none() {
-                follow_up(device, &mut state, b);
-            }
-        }
-        if let Err(e) = &boot {
-            if last_error.is_empty() {
-                last_error = e.to_string();
-            }
-        }
-        let booted = device.booted.as_ref();
-        let primary_boot = boot
-            .as_ref()
-            .ok()
-            .and_then(|b| b.primary().map(str::to_owned));
-        let slots = device
-            .config
-            .slots()
-            .into_iter()
-            .map(|s| {
-                let st = state.slots.get(&s.name);
-                let is_booted = booted.is_some_and(|b| b.name == s.name);
-                let (boot_status, left) = match (&s.bootname, &boot) {
-                    (Some(b), Ok(bs)) => (
-                        if bs.is_good(b) {
-                            BootHealth::Good
-                        } else {
-                            BootHealth::Bad
-                        },
-                        Some(bs.attempts_left(b)),
-                    ),
-                    _ => (BootHealth::Unknown, None),
-                };
-                let role = if is_booted {
-                    SlotRole::Booted
-                } else if s.bootname.is_some() && s.bootname == primary_boot {
-                    SlotRole::Active
-                } else {
-                    SlotRole::Inactive
-                };
-                SlotReport {
-                    name: s.name.clone(),
-                    class: s.class.clone(),
-                    bootname: s.bootname.clone(),
-                    device: s.device.display().to_string(),
-                    state: role,
-                    boot_status,
-                    boot_attempts_left: left,
-                    version: st.map(|x| x.version.clone()).filter(|v| !v.is_empty()),
-                    sha256: st.map(|x| x.sha256.clone()).filter(|v| !v.is_empty()),
-                    size: st.map(|x| x.size).filter(|n| *n > 0),
-                    installed_at: st.map(|x| x.installed_at.clone()).filter(|v| !v.is_empty()),
-                    transaction: st.map(|x| x.transaction.clone()).filter(|v| !v.is_empty()),
-                    bundle_hash: st.map(|x| x.bundle_hash.clone()).filter(|v| !v.is_empty()),
-                    status: st.map(|x| x.status),
-                }
-            })
-            .collect();
-        let snap = self.snapshot.borrow();
-        Ok(StatusReport {
-            compatible: device.config.system.compatible.clone(),
-            booted: booted.and_then(|b| b.bootname.clone()).unwrap_or_default(),
-            primary: boot
-                .as_ref()
-                .ok()
-                .map(|b| primary_slot_name(device, b))
-                .unwrap_or_default(),
-            operation: snap.operation,
-            last_error,
-            slots,
-            last_install: state.last_install.map(|l| LastInstall {
-                version: l.version,
-                slot: l.slot,
-                transaction: l.transaction,
-                result: l.result,
-                error: l.error,
-            }),
-            mcu: device
-                .config
-                .mcu
-                .iter()
-                .map(|(name, cfg)| {
-                    let mut r = crate::mcu::relay::node_report(
-                        name,
-                        cfg,
-                        &device.config.system.data_dir,
-                        false,
-                    );
-                    let staged = crate::mcu::staging::path(&device.config.system.data_dir, name);
-                    // An image waits in the data dir for the update to be marked good
-                    // (or for a relay that failed to be retried).
-                    if r.state.is_settled() && staged.exists() {
-                        r.state = McuState::Staged;
-                    }
-                    r
-                })
-                .collect(),
-        })
-    }
 }
+
