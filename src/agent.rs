@@ -165,8 +165,11 @@ pub struct SlotReport {
     pub name: String,
     pub class: String,
     pub bootname: Option<String>,
+    /// The slot this one boots with (`parent = "rootfs.0"`), if any.
+    pub parent: Option<String>,
     pub device: String,
-    /// `booted`, `active` (the bootloader's first choice, not booted) or `inactive`.
+    /// `booted`, `active` (the bootloader's first choice, not booted) or `inactive`; a
+    /// slot with a parent has its parent's state.
     pub state: String,
     /// `good` (in BOOT_ORDER with attempts left), `bad`, or `unknown` (not bootable).
     pub boot_status: String,
@@ -378,6 +381,12 @@ pub async fn start_with(
     open_source: Box<SourceOpener>,
 ) -> Result<AgentHandle, AgentError> {
     let failed = |e: &dyn std::fmt::Display| AgentError::Failed(e.to_string());
+    // Checked at config load too, but a device may have appeared (or been linked) since.
+    crate::slot::check_aliases(
+        &config.slots(),
+        std::path::Path::new(crate::slot::identity::SYSFS),
+    )
+    .map_err(|m| AgentError::Failed(format!("invalid config {}: {m}", config.path.display())))?;
     let keyring = Keyring::load(&config.keyring.paths).map_err(|e| failed(&e))?;
     let store = StateStore::open(&config.system.data_dir).map_err(|e| failed(&e))?;
     let booted = match crate::slot::booted_slot(&config) {
@@ -1082,7 +1091,11 @@ impl Agent {
             .into_iter()
             .map(|s| {
                 let st = state.slots.get(&s.name);
-                let is_booted = booted.is_some_and(|b| b.name == s.name);
+                // A slot with a parent is booted or active with it (RAUC's slot groups).
+                let leader = s.parent.as_ref().map_or(s.name.as_str(), String::as_str);
+                let leader_bootname =
+                    crate::slot::find_slot(&device.config, leader).and_then(|l| l.bootname);
+                let is_booted = booted.is_some_and(|b| b.name == leader);
                 let (boot_status, left) = match (&s.bootname, &boot) {
                     (Some(b), Ok(bs)) => (
                         (if bs.is_good(b) { "good" } else { "bad" }).to_owned(),
@@ -1092,7 +1105,7 @@ impl Agent {
                 };
                 let state_word = if is_booted {
                     "booted"
-                } else if s.bootname.is_some() && s.bootname == primary_boot {
+                } else if leader_bootname.is_some() && leader_bootname == primary_boot {
                     "active"
                 } else {
                     "inactive"
@@ -1101,6 +1114,7 @@ impl Agent {
                     name: s.name.clone(),
                     class: s.class.clone(),
                     bootname: s.bootname.clone(),
+                    parent: s.parent.clone(),
                     device: s.device.display().to_string(),
                     state: state_word.into(),
                     boot_status,

@@ -348,6 +348,9 @@ fn print_status(st: &serde_json::Value) {
             slot["version"].as_str().unwrap_or("-"),
             s(&slot["device"])
         );
+        if let Some(p) = slot["parent"].as_str() {
+            println!("             parent {p}");
+        }
     }
     if let Some(li) = st["last_install"].as_object() {
         println!(

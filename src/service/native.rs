@@ -180,6 +180,9 @@ pub(crate) async fn slot_status(
             d.insert("device".to_owned(), super::ov(s.device));
             d.insert("type".to_owned(), super::ov("raw"));
             d.insert("state".to_owned(), super::ov(s.state));
+            if let Some(p) = s.parent {
+                d.insert("parent".to_owned(), super::ov(p));
+            }
             if let Some(b) = s.bootname {
                 d.insert("bootname".to_owned(), super::ov(b));
                 d.insert("boot-status".to_owned(), super::ov(s.boot_status));

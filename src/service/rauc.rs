@@ -270,7 +270,7 @@ impl Installer {
             Ok(st) => st
                 .slots
                 .into_iter()
-                .find(|s| s.state == "booted")
+                .find(|s| s.state == "booted" && s.parent.is_none())
                 .and_then(|s| s.version)
                 .unwrap_or_default(),
             Err(_) => String::new(),

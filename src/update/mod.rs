@@ -117,7 +117,7 @@ pub fn booted_version(status: &StatusReport) -> Option<String> {
     status
         .slots
         .iter()
-        .find(|s| s.state == "booted")
+        .find(|s| s.state == "booted" && s.parent.is_none())
         .and_then(|s| s.version.clone())
         .filter(|v| !v.is_empty())
 }
