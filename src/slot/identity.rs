@@ -205,7 +205,7 @@ mod tests {
         let mmc = root.join("devices/platform/mmc/block/mmcblk0");
         let sda = root.join("devices/pci0/ata1/block/sda");
         std::fs::create_dir_all(root.join("dev/block")).unwrap();
-        let mut add = |dir: &Path, dev: &str, part: Option<(u64, u64)>| {
+        let add = |dir: &Path, dev: &str, part: Option<(u64, u64)>| {
             std::fs::create_dir_all(dir).unwrap();
             std::fs::write(dir.join("dev"), format!("{dev}\n")).unwrap();
             if let Some((start, size)) = part {
