@@ -300,7 +300,7 @@ impl Agent1 {
         Ok(self.agent.mark(how, &slot).await?)
     }
 
-    /// Per slot: (name, {class, device, type, bootname, state, boot-status,
+    /// Per slot: (name, {class, device, type, bootname, parent, state, boot-status,
     /// boot-attempts-left, bundle.version, bundle.hash, sha256, size, installed.timestamp,
     /// installed.transaction, status}), RAUC's key names.
     #[zbus(out_args("slot_status_array"))]
