@@ -2,8 +2,9 @@
 //!
 //! Parsing is strict: an unknown key is an error that names the key and its line
 //! (serde's `deny_unknown_fields` plus the TOML parser's spans), and cross-field rules
-//! (unique bootnames, at least two slots per bootable class, a transport's required
-//! keys) are checked once here so the rest of rota can trust the values.
+//! (unique bootnames, at least two slots per bootable class, slot parents, no two slots
+//! on the same storage, a transport's required keys) are checked once here so the rest
+//! of rota can trust the values.
 
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -107,6 +108,9 @@ pub enum BootloaderKind {
 pub struct SlotSection {
     pub device: PathBuf,
     pub bootname: Option<String>,
+    /// RAUC's `parent = "<class>.<index>"`: this slot belongs to that bootable slot's
+    /// group (in use while it is booted, installed when it is the target).
+    pub parent: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +239,8 @@ pub struct SlotConfig {
     pub index: u32,
     pub device: PathBuf,
     pub bootname: Option<String>,
+    /// The slot name (`rootfs.0`) of the bootable slot whose group this slot belongs to.
+    pub parent: Option<String>,
 }
 
 impl Config {
@@ -330,6 +336,11 @@ impl Config {
                         self.invalid(format!("[slot.{class}.{idx}]: the index must be a number"))
                     );
                 }
+                if s.bootname.is_some() && s.parent.is_some() {
+                    return Err(self.invalid(format!(
+                        "[slot.{class}.{idx}] has both bootname and parent; a slot with a parent boots with it and has no bootname"
+                    )));
+                }
                 if let Some(b) = &s.bootname {
                     let ok =
                         !b.is_empty() && b.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
@@ -350,6 +361,11 @@ impl Config {
                 )));
             }
         }
+        self.check_parents()?;
+        // Devices that exist now must not alias each other (the service checks again
+        // when it starts, and the slot writer before every write).
+        crate::slot::check_aliases(&self.slots(), Path::new(crate::slot::identity::SYSFS))
+            .map_err(|m| self.invalid(m))?;
         for (name, m) in &self.mcu {
             if !name
                 .chars()
@@ -385,6 +401,45 @@ impl Config {
         Ok(())
     }
 
+    /// `parent = "<class>.<index>"`: names an existing slot of another class that has a
+    /// bootname (and so no parent itself: no chains); a slot has a bootname or a parent,
+    /// not both; one slot of a class per parent.
+    fn check_parents(&self) -> Result<(), ConfigError> {
+        let slots = self.slots();
+        let mut children = BTreeSet::new();
+        for s in &slots {
+            let Some(p) = &s.parent else { continue };
+            let at = format!("[slot.{}]", s.name);
+            let Some(ps) = slots.iter().find(|x| &x.name == p) else {
+                return Err(self.invalid(format!(
+                    "{at} parent = {p:?} names no configured slot (write it as <class>.<index>, e.g. \"rootfs.0\")"
+                )));
+            };
+            if ps.class == s.class {
+                return Err(self.invalid(format!(
+                    "{at} parent = {p:?} is of the same class; a parent is a slot of another (bootable) class"
+                )));
+            }
+            if ps.parent.is_some() {
+                return Err(self.invalid(format!(
+                    "{at} parent = {p:?} has a parent itself; chains of parents are not supported"
+                )));
+            }
+            if ps.bootname.is_none() {
+                return Err(self.invalid(format!(
+                    "{at} parent = {p:?} has no bootname; a parent must be a bootable slot"
+                )));
+            }
+            if !children.insert((s.class.clone(), p.clone())) {
+                return Err(self.invalid(format!(
+                    "two slots of class {:?} have parent {p:?}; each parent has at most one child per class",
+                    s.class
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// All slots, ordered by class then index.
     pub fn slots(&self) -> Vec<SlotConfig> {
         let mut out = Vec::new();
@@ -397,6 +452,7 @@ impl Config {
                     index: idx.parse().unwrap_or(u32::MAX),
                     device: s.device.clone(),
                     bootname: s.bootname.clone(),
+                    parent: s.parent.clone(),
                 })
                 .collect();
             v.sort_by_key(|s| s.index);
@@ -563,5 +619,89 @@ interval = "1h"
             .to_string();
         assert!(err.contains("is not \"Name: value\""), "{err}");
         assert!(!err.contains("SECRET123"), "{err}");
+    }
+
+    const APPFS: &str = "\n[slot.appfs.0]\ndevice = \"slots/app-a.img\"\nparent = \"rootfs.0\"\n\n[slot.appfs.1]\ndevice = \"slots/app-b.img\"\nparent = \"rootfs.1\"\n";
+
+    #[test]
+    fn parents_are_parsed() {
+        let text = format!("{GOOD}{APPFS}");
+        let c = Config::parse(&text, Path::new("/etc/rota/system.toml")).unwrap();
+        let slots = c.slots();
+        let app1 = slots.iter().find(|s| s.name == "appfs.1").unwrap();
+        assert_eq!(app1.parent.as_deref(), Some("rootfs.1"));
+        assert_eq!(app1.bootname, None);
+        assert_eq!(
+            slots.iter().find(|s| s.name == "rootfs.1").unwrap().parent,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_parents_are_rejected() {
+        let cases = [
+            (
+                APPFS.replace("parent = \"rootfs.0\"", "parent = \"rootfs.0\"\nbootname = \"X\""),
+                "[slot.appfs.0] has both bootname and parent",
+            ),
+            (
+                APPFS.replace("rootfs.1", "rootfs.7"),
+                "[slot.appfs.1] parent = \"rootfs.7\" names no configured slot",
+            ),
+            (
+                APPFS.replace("rootfs.1", "B"),
+                "[slot.appfs.1] parent = \"B\" names no configured slot",
+            ),
+            (
+                APPFS.replace("parent = \"rootfs.1\"", "parent = \"appfs.0\""),
+                "[slot.appfs.1] parent = \"appfs.0\" is of the same class",
+            ),
+            (
+                format!("{APPFS}\n[slot.data.0]\ndevice = \"d\"\nparent = \"appfs.0\"\n"),
+                "[slot.data.0] parent = \"appfs.0\" has a parent itself; chains of parents are not supported",
+            ),
+            (
+                format!("{APPFS}\n[slot.boot.0]\ndevice = \"e\"\n[slot.data.0]\ndevice = \"d\"\nparent = \"boot.0\"\n"),
+                "[slot.data.0] parent = \"boot.0\" has no bootname",
+            ),
+            (
+                APPFS.replace("rootfs.1", "rootfs.0"),
+                "two slots of class \"appfs\" have parent \"rootfs.0\"",
+            ),
+        ];
+        for (extra, want) in cases {
+            let err = Config::parse(&format!("{GOOD}{extra}"), Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{err}\nshould contain {want}");
+        }
+    }
+
+    #[test]
+    fn slots_on_the_same_storage_are_rejected_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("slots")).unwrap();
+        std::fs::write(d.join("slots/a.img"), [0u8; 512]).unwrap();
+        std::fs::hard_link(d.join("slots/a.img"), d.join("slots/b.img")).unwrap();
+        let err = Config::parse(GOOD, &d.join("system.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("slots rootfs.0 and rootfs.1 are the same file ("),
+            "{err}"
+        );
+        // The same path twice, spelled differently.
+        std::fs::remove_file(d.join("slots/b.img")).unwrap();
+        let text = GOOD.replace("slots/b.img", "slots/../slots/a.img");
+        let err = Config::parse(&text, &d.join("system.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("slots rootfs.0 and rootfs.1 are the same file"),
+            "{err}"
+        );
+        // A device that does not exist yet aliases nothing.
+        assert!(Config::parse(GOOD, &d.join("system.toml")).is_ok());
     }
 }

@@ -418,7 +418,10 @@ pub struct SlotReport {
     pub name: String,
     pub class: String,
     pub bootname: Option<String>,
+    /// The slot this one boots with (`parent = "rootfs.0"`), if any.
+    pub parent: Option<String>,
     pub device: String,
+    /// A slot with a parent has its parent's role.
     pub state: SlotRole,
     pub boot_status: BootHealth,
     /// Attempts left in the bootloader, when bootable.

@@ -398,6 +398,7 @@ fn slot_and_bundle_offsets_past_4_gib() {
         index: 1,
         device: dev.clone(),
         bootname: Some("B".into()),
+        parent: None,
     };
     assert_eq!(rota::slot::device_size(&slot).unwrap(), SPARSE_SIZE);
     let w = rota::slot::SlotWriter::open(&slot, None).unwrap();

@@ -102,7 +102,11 @@ impl Agent {
         }
     }
 
-    pub(super) fn mark(&mut self, how: MarkState, id: &str) -> Result<(String, String), AgentError> {
+    pub(super) fn mark(
+        &mut self,
+        how: MarkState,
+        id: &str,
+    ) -> Result<(String, String), AgentError> {
         self.busy()?;
         let slots = self.resolve(id)?;
         if slots.len() > 1 && how != MarkState::Bad {

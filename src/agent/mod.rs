@@ -153,8 +153,8 @@ use crate::bundle::Keyring;
 use crate::config::{Config, SlotConfig};
 use crate::install::{self, InstallError};
 use crate::state::{InstallRecord, Journal, StateStore};
-use status::primary_slot_name;
 use recovery::{follow_up, settle_journal};
+use status::primary_slot_name;
 
 mod marks;
 pub mod recovery;
@@ -199,6 +199,12 @@ struct Agent {
 /// interrupted one, and starts the agent task on the current tokio runtime.
 pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
     let failed = |e: &dyn std::fmt::Display| AgentError::Failed(e.to_string());
+    // Checked at config load too, but a device may have appeared (or been linked) since.
+    crate::slot::check_aliases(
+        &config.slots(),
+        std::path::Path::new(crate::slot::identity::SYSFS),
+    )
+    .map_err(|m| AgentError::Failed(format!("invalid config {}: {m}", config.path.display())))?;
     let keyring = Keyring::load(&config.keyring.paths).map_err(|e| failed(&e))?;
     let store = StateStore::open(&config.system.data_dir).map_err(|e| failed(&e))?;
     let booted = match crate::slot::booted_slot(&config) {
@@ -574,6 +580,4 @@ impl Agent {
             }
         }
     }
-
 }
-

@@ -25,7 +25,11 @@ pub const MAX_RESUMES: u32 = 10;
 ///   otherwise crash at every start and the journal would block every other install.
 ///
 /// Returns the failure message, if the install is reported failed.
-pub(super) fn settle_journal(device: &Device, state: &mut State, boot: Option<&BootState>) -> Option<String> {
+pub(super) fn settle_journal(
+    device: &Device,
+    state: &mut State,
+    boot: Option<&BootState>,
+) -> Option<String> {
     let j = state.journal.clone()?;
     let booted = device
         .booted
@@ -174,4 +178,3 @@ pub(super) fn follow_up(device: &Device, state: &mut State, boot: &BootState) ->
     log::warn!("{msg}");
     Some(msg)
 }
-

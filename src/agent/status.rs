@@ -48,7 +48,11 @@ impl Agent {
             .into_iter()
             .map(|s| {
                 let st = state.slots.get(&s.name);
-                let is_booted = booted.is_some_and(|b| b.name == s.name);
+                // A slot with a parent is booted or active with it (RAUC's slot groups).
+                let leader = s.parent.as_ref().map_or(s.name.as_str(), String::as_str);
+                let leader_bootname =
+                    crate::slot::find_slot(&device.config, leader).and_then(|l| l.bootname);
+                let is_booted = booted.is_some_and(|b| b.name == leader);
                 let (boot_status, left) = match (&s.bootname, &boot) {
                     (Some(b), Ok(bs)) => (
                         if bs.is_good(b) {
@@ -62,7 +66,7 @@ impl Agent {
                 };
                 let role = if is_booted {
                     SlotRole::Booted
-                } else if s.bootname.is_some() && s.bootname == primary_boot {
+                } else if leader_bootname.is_some() && leader_bootname == primary_boot {
                     SlotRole::Active
                 } else {
                     SlotRole::Inactive
@@ -71,6 +75,7 @@ impl Agent {
                     name: s.name.clone(),
                     class: s.class.clone(),
                     bootname: s.bootname.clone(),
+                    parent: s.parent.clone(),
                     device: s.device.display().to_string(),
                     state: role,
                     boot_status,

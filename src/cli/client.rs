@@ -196,15 +196,24 @@ async fn confirm(proxy: &Agent1Proxy<'_>, transaction: &str, result: i32) -> Res
         return Ok(());
     }
     let text = proxy.get_status().await.map_err(call_failed)?;
-    let status: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| Failure::Failed(format!("the service's status is not JSON: {e}")))?;
-    let last = &status["last_install"];
-    let recorded = last["result"].as_str().unwrap_or("");
-    let failed = matches!(recorded, "failed" | "cancelled");
-    if last["transaction"].as_str() != Some(transaction) || recorded == "installing" || failed {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        last_install: Option<crate::model::LastInstall>,
+    }
+    let status: Status = serde_json::from_str(&text)
+        .map_err(|e| Failure::Failed(format!("the service's status is not readable: {e}")))?;
+    let confirmed = status.last_install.as_ref().is_some_and(|li| {
+        li.transaction == transaction
+            && li.result != crate::model::UpdateResult::Installing
+            && !li.result.is_failure()
+    });
+    if !confirmed {
+        let seen = status
+            .last_install
+            .map(|li| format!("{} {}", li.transaction, li.result))
+            .unwrap_or_else(|| "none".into());
         return Err(Failure::Failed(format!(
-            "install {transaction}: the completion signal (result {result}) does not match the service's record ({:?}, {recorded:?}); see `rota status`",
-            last["transaction"].as_str().unwrap_or("")
+            "install {transaction}: the completion signal (result {result}) does not match the service's record of the last install ({seen}); see `rota status`"
         )));
     }
     Ok(())
@@ -387,6 +396,9 @@ fn print_status(st: &serde_json::Value) {
             slot["version"].as_str().unwrap_or("-"),
             s(&slot["device"])
         );
+        if let Some(p) = slot["parent"].as_str() {
+            println!("             parent {p}");
+        }
     }
     if let Some(li) = st["last_install"].as_object() {
         println!(

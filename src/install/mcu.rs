@@ -8,9 +8,9 @@
 
 use super::plan::McuPlan;
 use super::InstallError;
+use crate::bundle::digest::ImageDigest;
 use crate::bundle::Bundle;
 use crate::source::ByteSource;
-use crate::bundle::digest::ImageDigest;
 use std::io::Read;
 use std::path::Path;
 

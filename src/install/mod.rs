@@ -152,7 +152,9 @@ pub fn run(
             j.manifest_hash = bundle.manifest_hash.clone();
             j.target = plan
                 .images
-                .first()
+                .iter()
+                .find(|p| p.slot.bootname.is_some())
+                .or(plan.images.first())
                 .map(|p| p.slot.name.clone())
                 .unwrap_or_default();
         }
@@ -169,7 +171,13 @@ pub fn run(
                 },
             );
         }
-        let first = plan.images.first().map(|p| p.slot.clone());
+        // The record follows the bootable slot (a slot with a parent comes with it).
+        let first = plan
+            .images
+            .iter()
+            .find(|p| p.slot.bootname.is_some())
+            .or(plan.images.first())
+            .map(|p| p.slot.clone());
         // A bundle of MCU images only has no slot; its record names the nodes.
         let first_name = first.as_ref().map(|s| s.name.clone()).unwrap_or_else(|| {
             plan.mcu
@@ -216,11 +224,12 @@ pub fn run(
 
     // Copy every image, verified chunk by chunk.
     let total: u64 = plan.images.iter().map(|p| p.image.size).sum();
+    let in_use = crate::slot::booted_group(ctx.config, ctx.booted.as_ref());
     reporter.set_total(total);
     let mut written = 0;
     for (p, index) in plan.images.iter().zip(&chunk_indexes) {
         reporter.step(2, &format!("Writing {} to {}", p.image.file, p.slot.name));
-        let writer = SlotWriter::open(&p.slot, ctx.booted.as_ref())?;
+        let writer = SlotWriter::open_guarded(&p.slot, &in_use, &crate::slot::Host::default())?;
         let member = bundle
             .image_member(&p.image)
             .map_err(|e| InstallError::Failed(e.to_string()))?

@@ -1,6 +1,8 @@
 //! Deciding what an install will do, before it does anything: the bundle must be meant
 //! for this device (compatible), not a downgrade (unless forced), and every image must
-//! have an inactive target slot large enough to hold it.
+//! have an inactive target slot large enough to hold it. A class whose slots have a
+//! `parent` follows it (RAUC's slot groups): its target is the slot whose parent is the
+//! bootable class's target, and it is installed together with that parent.
 
 use super::{Context, InstallError};
 use crate::bundle::{Bundle, ImageEntry, ImageTarget};
@@ -117,11 +119,10 @@ pub fn make(
                 slot.device.display()
             ));
         }
-        let active_device = ctx
-            .booted
-            .as_ref()
-            .filter(|b| b.class == class)
-            .map(|b| b.device.clone());
+        let active_device = crate::slot::booted_group(ctx.config, ctx.booted.as_ref())
+            .into_iter()
+            .find(|b| b.class == class)
+            .map(|b| b.device);
         images.push(ImagePlan {
             image: img.clone(),
             slot,
@@ -131,11 +132,25 @@ pub fn make(
     if images.is_empty() && mcu.is_empty() {
         return refuse("bundle has no images".into());
     }
+    // A slot with a parent boots with it: written alone, the parent's old content would
+    // boot with the new child (or the child would wait, written, for an unknown boot).
+    for p in &images {
+        if let Some(parent) = &p.slot.parent {
+            if !images.iter().any(|q| &q.slot.name == parent) {
+                return refuse(format!(
+                    "image {} goes to slot {}, whose parent {parent} gets no image from this bundle; a slot with a parent is installed together with its parent",
+                    p.image.file, p.slot.name
+                ));
+            }
+        }
+    }
     Ok(Plan { images, mcu })
 }
 
-/// The inactive slot of `class`: never the booted one. With more than one candidate
-/// (A/B/C), prefer a failed slot, then a never-written one, then the oldest install.
+/// The inactive slot of `class`: never one the running system uses (the booted slot
+/// group), nor a mounted one. With more than one candidate (A/B/C), prefer a failed
+/// slot, then a never-written one, then the oldest install. A class whose slots have
+/// parents takes the slot whose parent is the parent class's target.
 fn pick_target(
     ctx: &Context<'_>,
     state: &State,
@@ -143,6 +158,7 @@ fn pick_target(
     file: &str,
 ) -> Result<SlotConfig, InstallError> {
     let booted = ctx.booted.as_ref();
+    let in_use = crate::slot::booted_group(ctx.config, booted);
     let all: Vec<SlotConfig> = ctx
         .config
         .slots()
@@ -154,37 +170,68 @@ fn pick_target(
             "image {file} is for slot class {class:?}, which is not configured"
         )));
     }
-    if booted.is_none() && all.iter().any(|s| s.bootname.is_some()) {
-        return Err(InstallError::Refused(format!(
-            "cannot tell which slot is booted: no rota.slot= or rauc.slot= naming a configured slot in {}",
-            ctx.config.system.kernel_cmdline.display()
-        )));
-    }
-    let mut candidates: Vec<SlotConfig> = all
-        .into_iter()
-        .filter(|s| {
-            booted
-                .is_none_or(|b| b.name != s.name && !crate::slot::same_device(&b.device, &s.device))
-        })
-        .collect();
-    candidates.sort_by_key(|s| {
-        let st = state.slots.get(&s.name);
-        let rank = match st.map(|x| x.status) {
-            Some(SlotContent::Failed | SlotContent::Cancelled | SlotContent::Installing) => 0,
-            None => 1,
-            Some(SlotContent::Ok) => 2,
-        };
-        (
-            rank,
-            st.map(|x| x.installed_at.clone()).unwrap_or_default(),
-            s.index,
-        )
-    });
-    candidates.into_iter().next().ok_or_else(|| {
-        InstallError::Refused(format!(
-            "slot class {class:?} has no inactive slot to install {file} into"
-        ))
-    })
+    let target = if let Some(parent) = all.iter().find_map(|s| s.parent.clone()) {
+        let parent_class = crate::slot::find_slot(ctx.config, &parent)
+            .map(|p| p.class)
+            .ok_or_else(|| {
+                InstallError::Refused(format!("slot parent {parent:?} is not configured"))
+            })?;
+        if parent_class == class {
+            return Err(InstallError::Refused(format!(
+                "slot class {class:?} is its own parent"
+            )));
+        }
+        let parent_target = pick_target(ctx, state, &parent_class, file)?;
+        all.into_iter()
+            .find(|s| s.parent.as_deref() == Some(parent_target.name.as_str()))
+            .ok_or_else(|| {
+                InstallError::Refused(format!(
+                    "image {file} is for slot class {class:?}, but none of its slots has parent {} (the target of class {parent_class:?})",
+                    parent_target.name
+                ))
+            })?
+    } else {
+        if all.len() > 1 && all.iter().all(|s| s.bootname.is_none()) {
+            return Err(InstallError::Refused(format!(
+                "image {file} is for slot class {class:?}, whose {} slots have neither a bootname nor a parent: rota cannot tell which copy the running system uses (give each one parent = \"<bootable slot>\", e.g. \"rootfs.0\")",
+                all.len()
+            )));
+        }
+        if booted.is_none() && all.iter().any(|s| s.bootname.is_some()) {
+            return Err(InstallError::Refused(format!(
+                "cannot tell which slot is booted: no rota.slot= or rauc.slot= naming a configured slot in {}",
+                ctx.config.system.kernel_cmdline.display()
+            )));
+        }
+        let several = all.len() > 1;
+        let mut candidates: Vec<SlotConfig> = all
+            .into_iter()
+            // In a class of several, only bootable slots are A/B copies.
+            .filter(|s| !several || s.bootname.is_some())
+            .filter(|s| !in_use.iter().any(|u| u.name == s.name))
+            .collect();
+        candidates.sort_by_key(|s| {
+            let st = state.slots.get(&s.name);
+            let rank = match st.map(|x| x.status) {
+                Some(SlotContent::Failed | SlotContent::Cancelled | SlotContent::Installing) => 0,
+                None => 1,
+                Some(SlotContent::Ok) => 2,
+            };
+            (
+                rank,
+                st.map(|x| x.installed_at.clone()).unwrap_or_default(),
+                s.index,
+            )
+        });
+        candidates.into_iter().next().ok_or_else(|| {
+            InstallError::Refused(format!(
+                "slot class {class:?} has no inactive slot to install {file} into"
+            ))
+        })?
+    };
+    crate::slot::check_writable(&target, &in_use, &crate::slot::Host::default())
+        .map_err(|e| InstallError::Refused(e.to_string()))?;
+    Ok(target)
 }
 
 /// What the booted system runs, and where that was learned.

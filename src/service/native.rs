@@ -227,6 +227,9 @@ pub(crate) async fn slot_status(
             d.insert("device".to_owned(), super::ov(s.device));
             d.insert("type".to_owned(), super::ov("raw"));
             d.insert("state".to_owned(), super::ov(s.state.as_str()));
+            if let Some(p) = s.parent {
+                d.insert("parent".to_owned(), super::ov(p));
+            }
             if let Some(b) = s.bootname {
                 d.insert("bootname".to_owned(), super::ov(b));
                 d.insert("boot-status".to_owned(), super::ov(s.boot_status.as_str()));
@@ -347,7 +350,7 @@ impl Agent1 {
         Ok(self.agent.mark(how, &slot).await?)
     }
 
-    /// Per slot: (name, {class, device, type, bootname, state, boot-status,
+    /// Per slot: (name, {class, device, type, bootname, parent, state, boot-status,
     /// boot-attempts-left, bundle.version, bundle.hash, sha256, size, installed.timestamp,
     /// installed.transaction, status}), RAUC's key names.
     #[zbus(out_args("slot_status_array"))]

@@ -328,7 +328,7 @@ impl Installer {
             Ok(st) => st
                 .slots
                 .into_iter()
-                .find(|s| s.state == SlotRole::Booted)
+                .find(|s| s.state == SlotRole::Booted && s.parent.is_none())
                 .and_then(|s| s.version)
                 .unwrap_or_default(),
             Err(_) => String::new(),

@@ -2,9 +2,14 @@
 //!
 //! The booted slot comes from `rota.slot=` (or RAUC's `rauc.slot=`) on the kernel
 //! command line. [`SlotWriter`] is the only code that opens a slot for writing, and it
-//! refuses the booted slot whatever the caller asks.
+//! refuses the booted slot, the slots whose parent is booted, anything that is the same
+//! storage as one of them, and mounted block devices, whatever the caller asks. Devices
+//! are compared by identity ([`identity`]), never by path.
+
+pub mod identity;
 
 use crate::config::{Config, SlotConfig};
+use identity::Identity;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
@@ -25,6 +30,25 @@ pub enum SlotError {
     },
     #[error("refusing to write slot {0}: it is the booted slot")]
     Booted(String),
+    #[error("refusing to write slot {slot}: {reason}")]
+    InUse { slot: String, reason: String },
+}
+
+/// Where the slot checks look: sysfs (block device extents) and the mount table. Tests
+/// substitute fakes; [`Host::default`] is the running system's.
+#[derive(Debug, Clone)]
+pub struct Host {
+    pub sysfs: PathBuf,
+    pub mountinfo: PathBuf,
+}
+
+impl Default for Host {
+    fn default() -> Self {
+        Self {
+            sysfs: PathBuf::from(identity::SYSFS),
+            mountinfo: PathBuf::from(identity::MOUNTINFO),
+        }
+    }
 }
 
 /// The bootname (or slot name) on the kernel command line: `rota.slot=` wins over `rauc.slot=`.
@@ -57,15 +81,112 @@ pub fn find_slot(config: &Config, id: &str) -> Option<SlotConfig> {
         .find(|s| s.bootname.as_deref() == Some(id) || s.name == id)
 }
 
-/// Whether two paths name the same device or file (symlinks such as
-/// `/dev/disk/by-partlabel/...` resolved).
-pub fn same_device(a: &Path, b: &Path) -> bool {
-    if a == b {
-        return true;
+/// Refuses slots that are the same storage: the same file (hard link, symlink, another
+/// path), the same block device (another node with its major:minor), or overlapping block
+/// devices (a disk and its partition, partitions sharing sectors). A device that does not
+/// exist (yet) cannot alias anything and is skipped; [`SlotWriter`] checks again.
+pub fn check_aliases(slots: &[SlotConfig], sysfs: &Path) -> Result<(), String> {
+    let ids: Vec<(&SlotConfig, Identity)> = slots
+        .iter()
+        .filter_map(|s| Identity::of_path(&s.device).ok().map(|i| (s, i)))
+        .collect();
+    for (i, (a, ia)) in ids.iter().enumerate() {
+        for (b, ib) in &ids[i + 1..] {
+            if let Some(why) = identity::alias(sysfs, (&a.device, *ia), (&b.device, *ib)) {
+                return Err(format!("slots {} and {} are {why}", a.name, b.name));
+            }
+        }
     }
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
+    Ok(())
+}
+
+/// The slots the running system uses: the booted slot and every slot whose parent it is
+/// (RAUC's booted slot group). Empty when the booted slot is unknown.
+pub fn booted_group(config: &Config, booted: Option<&SlotConfig>) -> Vec<SlotConfig> {
+    let Some(b) = booted else {
+        return Vec::new();
+    };
+    let mut group = vec![b.clone()];
+    group.extend(
+        config
+            .slots()
+            .into_iter()
+            .filter(|s| s.parent.as_deref() == Some(b.name.as_str())),
+    );
+    group
+}
+
+/// Why `slot`, whose device has identity `id`, must not be written while the slots
+/// `in_use` run: it is one of them or the same storage as one, or its block device (or
+/// one overlapping it) is mounted.
+fn in_use_reason(
+    slot: &SlotConfig,
+    id: Identity,
+    in_use: &[SlotConfig],
+    host: &Host,
+) -> Option<String> {
+    for u in in_use {
+        let what = match &u.parent {
+            Some(p) => format!("slot {} (in use: its parent {p} is booted)", u.name),
+            None => format!("the booted slot {}", u.name),
+        };
+        if u.name == slot.name {
+            return Some(format!("it is {what}"));
+        }
+        if let Ok(iu) = Identity::of_path(&u.device) {
+            if let Some(why) = identity::alias(&host.sysfs, (&slot.device, id), (&u.device, iu)) {
+                return Some(format!("it and {what} are {why}"));
+            }
+        }
+    }
+    if let Identity::Block { rdev } = id {
+        let table = match std::fs::read_to_string(&host.mountinfo) {
+            Ok(t) => t,
+            Err(e) => {
+                return Some(format!(
+                    "cannot read the mount table {} to check it is not mounted: {e}",
+                    host.mountinfo.display()
+                ))
+            }
+        };
+        if let Some((at, dev)) = identity::mounted(&host.sysfs, &table, rdev) {
+            return Some(if dev == rdev {
+                format!("its device {} is mounted at {at}", identity::dev_name(rdev))
+            } else {
+                format!(
+                    "its device {} overlaps {} mounted at {at}",
+                    identity::dev_name(rdev),
+                    identity::dev_name(dev)
+                )
+            });
+        }
+    }
+    None
+}
+
+/// Checks by path, before anything is written, that `slot` may be written while the slots
+/// `in_use` run (see [`SlotWriter::open_guarded`], which checks the opened device again).
+/// A device that cannot be stat'ed passes here; opening it will fail.
+pub fn check_writable(
+    slot: &SlotConfig,
+    in_use: &[SlotConfig],
+    host: &Host,
+) -> Result<(), SlotError> {
+    if in_use
+        .iter()
+        .any(|u| u.name == slot.name && u.parent.is_none())
+    {
+        return Err(SlotError::Booted(slot.name.clone()));
+    }
+    match Identity::of_path(&slot.device) {
+        Ok(id) => match in_use_reason(slot, id, in_use, host) {
+            Some(reason) => Err(SlotError::InUse {
+                slot: slot.name.clone(),
+                reason,
+            }),
+            None => Ok(()),
+        },
+        Err(_) => Ok(()),
     }
 }
 
@@ -92,16 +213,47 @@ pub struct SlotWriter {
 }
 
 impl SlotWriter {
-    /// Opens `slot` for writing. `booted` is the running slot, which is never opened.
+    /// Opens `slot` for writing. `booted` is the running slot, which is never written,
+    /// nor anything that is the same storage, nor a mounted block device.
     pub fn open(slot: &SlotConfig, booted: Option<&SlotConfig>) -> Result<Self, SlotError> {
-        if booted.is_some_and(|b| b.name == slot.name || same_device(&b.device, &slot.device)) {
+        Self::open_guarded(
+            slot,
+            booted.map(std::slice::from_ref).unwrap_or(&[]),
+            &Host::default(),
+        )
+    }
+
+    /// Opens `slot` for writing unless it is one of the slots `in_use` (the booted slot
+    /// group), the same storage as one of them, or a mounted block device (or overlaps
+    /// one). The check is made on the opened descriptor (fstat), so a path swapped
+    /// between a check and the open cannot slip through.
+    pub fn open_guarded(
+        slot: &SlotConfig,
+        in_use: &[SlotConfig],
+        host: &Host,
+    ) -> Result<Self, SlotError> {
+        if in_use
+            .iter()
+            .any(|u| u.name == slot.name && u.parent.is_none())
+        {
             return Err(SlotError::Booted(slot.name.clone()));
         }
+        // No O_CREAT, no O_TRUNC: opening changes nothing, and the descriptor is dropped
+        // unused if the checks below refuse it.
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
             .open(&slot.device)
             .map_err(|e| dev_err(slot, format!("cannot open for writing: {e}")))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| dev_err(slot, format!("cannot stat the opened device: {e}")))?;
+        if let Some(reason) = in_use_reason(slot, Identity::of(&meta), in_use, host) {
+            return Err(SlotError::InUse {
+                slot: slot.name.clone(),
+                reason,
+            });
+        }
         let size = file
             .seek(SeekFrom::End(0))
             .map_err(|e| dev_err(slot, format!("cannot determine size: {e}")))?;
@@ -218,6 +370,7 @@ mod tests {
             index: 0,
             device: dev,
             bootname: Some("A".into()),
+            parent: None,
         };
         let err = SlotWriter::open(&a, Some(&a)).err().unwrap();
         assert!(err.to_string().contains("booted slot"), "{err}");
@@ -235,5 +388,205 @@ mod tests {
             "an alias of the booted slot is refused"
         );
         assert_eq!(SlotWriter::open(&a, None).unwrap().size(), 4096);
+    }
+
+    fn slot(name: &str, device: &Path, bootname: Option<&str>, parent: Option<&str>) -> SlotConfig {
+        let (class, index) = name.split_once('.').unwrap();
+        SlotConfig {
+            name: name.into(),
+            class: class.into(),
+            index: index.parse().unwrap(),
+            device: device.to_owned(),
+            bootname: bootname.map(Into::into),
+            parent: parent.map(Into::into),
+        }
+    }
+
+    fn blockdev(path: &Path, maj: u64, min: u64) {
+        nix::sys::stat::mknod(
+            path,
+            nix::sys::stat::SFlag::S_IFBLK,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            nix::sys::stat::makedev(maj, min),
+        )
+        .expect("mknod (the tests run as root)");
+    }
+
+    #[test]
+    fn writer_refuses_hard_links_and_dotdot_paths_to_the_booted_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("a.img"), vec![7u8; 4096]).unwrap();
+        std::fs::hard_link(d.join("a.img"), d.join("hard.img")).unwrap();
+        let a = slot("rootfs.0", &d.join("a.img"), Some("A"), None);
+        for alias in ["hard.img", "sub/../a.img"] {
+            let b = slot("rootfs.1", &d.join(alias), Some("B"), None);
+            let err = SlotWriter::open(&b, Some(&a))
+                .err()
+                .expect(alias)
+                .to_string();
+            assert!(
+                err.contains("refusing to write slot rootfs.1: it and the booted slot rootfs.0 are the same file"),
+                "{alias}: {err}"
+            );
+        }
+        assert_eq!(std::fs::read(d.join("a.img")).unwrap(), vec![7u8; 4096]);
+    }
+
+    #[test]
+    fn writer_refuses_the_children_of_the_booted_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for f in ["a", "b", "app-a", "app-b", "app-link"] {
+            std::fs::write(d.join(f), vec![0u8; 4096]).unwrap();
+        }
+        std::fs::remove_file(d.join("app-link")).unwrap();
+        std::os::unix::fs::symlink(d.join("app-a"), d.join("app-link")).unwrap();
+        let a = slot("rootfs.0", &d.join("a"), Some("A"), None);
+        let app0 = slot("appfs.0", &d.join("app-a"), None, Some("rootfs.0"));
+        let in_use = [a.clone(), app0.clone()];
+        let host = Host::default();
+        let err = SlotWriter::open_guarded(&app0, &in_use, &host)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("it is slot appfs.0 (in use: its parent rootfs.0 is booted)"),
+            "{err}"
+        );
+        let sneaky = slot("appfs.1", &d.join("app-link"), None, Some("rootfs.1"));
+        let err = SlotWriter::open_guarded(&sneaky, &in_use, &host)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("are the same file"), "{err}");
+        let app1 = slot("appfs.1", &d.join("app-b"), None, Some("rootfs.1"));
+        assert!(SlotWriter::open_guarded(&app1, &in_use, &host).is_ok());
+        assert!(check_writable(&app0, &in_use, &host).is_err());
+        assert!(check_writable(&app1, &in_use, &host).is_ok());
+    }
+
+    #[test]
+    fn a_second_node_of_the_booted_device_or_a_mounted_one_is_not_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        blockdev(&d.join("booted"), 250, 3);
+        blockdev(&d.join("alias"), 250, 3);
+        blockdev(&d.join("other"), 250, 4);
+        blockdev(&d.join("disk"), 250, 0);
+        // A fake sysfs: 250:0 is a disk holding partitions 250:3 and 250:4.
+        let disk = d.join("sys/devices/virtual/block/fake");
+        std::fs::create_dir_all(d.join("sys/dev/block")).unwrap();
+        for (name, dev, start) in [
+            ("", "250:0", None),
+            ("fake3", "250:3", Some(0)),
+            ("fake4", "250:4", Some(100)),
+        ] {
+            let dir = disk.join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            if let Some(start) = start {
+                std::fs::write(dir.join("partition"), "1").unwrap();
+                std::fs::write(dir.join("start"), format!("{start}")).unwrap();
+                std::fs::write(dir.join("size"), "100").unwrap();
+            }
+            std::os::unix::fs::symlink(&dir, d.join("sys/dev/block").join(dev)).unwrap();
+        }
+        std::fs::write(
+            d.join("mountinfo"),
+            "1 0 0:20 / / rw - overlay overlay rw\n",
+        )
+        .unwrap();
+        let host = Host {
+            sysfs: d.join("sys"),
+            mountinfo: d.join("mountinfo"),
+        };
+        let a = slot("rootfs.0", &d.join("booted"), Some("A"), None);
+        let in_use = [a];
+        let err = check_writable(
+            &slot("rootfs.1", &d.join("alias"), Some("B"), None),
+            &in_use,
+            &host,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        let want = format!(
+            "refusing to write slot rootfs.1: it and the booted slot rootfs.0 are the same device ({} and {} are both 250:3)",
+            d.join("alias").display(),
+            d.join("booted").display()
+        );
+        assert_eq!(err, want);
+        let err = check_writable(
+            &slot("rootfs.1", &d.join("disk"), Some("B"), None),
+            &in_use,
+            &host,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(err.contains("are overlapping devices"), "{err}");
+        let other = slot("rootfs.1", &d.join("other"), Some("B"), None);
+        assert!(check_writable(&other, &in_use, &host).is_ok());
+        // Mounted: the partition itself, or (for the other partition) nothing of it.
+        std::fs::write(
+            d.join("mountinfo"),
+            "1 0 250:4 / /mnt/b rw - ext4 /dev/fake4 rw\n",
+        )
+        .unwrap();
+        let err = check_writable(&other, &[], &host)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("its device 250:4 is mounted at /mnt/b"),
+            "{err}"
+        );
+        let disk = slot("data.0", &d.join("disk"), None, None);
+        let err = check_writable(&disk, &[], &host).err().unwrap().to_string();
+        assert!(
+            err.contains("its device 250:0 overlaps 250:4 mounted at /mnt/b"),
+            "{err}"
+        );
+        assert!(check_writable(
+            &slot("rootfs.0", &d.join("booted"), Some("A"), None),
+            &[],
+            &host
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn config_aliases_are_found_by_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("a.img"), [1u8; 512]).unwrap();
+        std::fs::write(d.join("b.img"), [1u8; 512]).unwrap();
+        std::fs::hard_link(d.join("a.img"), d.join("hard.img")).unwrap();
+        std::os::unix::fs::symlink("a.img", d.join("sym.img")).unwrap();
+        blockdev(&d.join("blk"), 250, 7);
+        blockdev(&d.join("blk-alias"), 250, 7);
+        let a = slot("rootfs.0", &d.join("a.img"), Some("A"), None);
+        let pair = |dev: &str| [a.clone(), slot("rootfs.1", &d.join(dev), Some("B"), None)];
+        assert!(check_aliases(&pair("b.img"), d).is_ok());
+        assert!(
+            check_aliases(&pair("missing.img"), d).is_ok(),
+            "not there yet"
+        );
+        for dev in ["hard.img", "sym.img", "a.img"] {
+            let err = check_aliases(&pair(dev), d).unwrap_err();
+            assert!(
+                err.starts_with("slots rootfs.0 and rootfs.1 are the same file ("),
+                "{dev}: {err}"
+            );
+        }
+        let b = [
+            slot("rootfs.0", &d.join("blk"), Some("A"), None),
+            slot("rootfs.1", &d.join("blk-alias"), Some("B"), None),
+        ];
+        let err = check_aliases(&b, d).unwrap_err();
+        assert!(
+            err.contains("are the same device (") && err.contains("are both 250:7)"),
+            "{err}"
+        );
     }
 }

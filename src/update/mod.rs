@@ -118,7 +118,7 @@ pub fn booted_version(status: &StatusReport) -> Option<String> {
     status
         .slots
         .iter()
-        .find(|s| s.state == SlotRole::Booted)
+        .find(|s| s.state == SlotRole::Booted && s.parent.is_none())
         .and_then(|s| s.version.clone())
         .filter(|v| !v.is_empty())
 }
