@@ -364,7 +364,7 @@ impl Config {
         self.check_parents()?;
         // Devices that exist now must not alias each other (the service checks again
         // when it starts, and the slot writer before every write).
-        crate::slot::check_aliases(&self.slots(), Path::new(crate::slot::identity::SYSFS))
+        check_aliases(&self.slots(), Path::new(crate::device::SYSFS))
             .map_err(|m| self.invalid(m))?;
         for (name, m) in &self.mcu {
             if !name
@@ -460,6 +460,29 @@ impl Config {
         }
         out
     }
+}
+
+/// Refuses slots that are the same storage: the same file (hard link, symlink, another
+/// path), the same block device (another node with its major:minor), or overlapping block
+/// devices (a disk and its partition, partitions sharing sectors). A device that does not
+/// exist (yet) cannot alias anything and is skipped; the slot writer checks again.
+pub fn check_aliases(slots: &[SlotConfig], sysfs: &Path) -> Result<(), String> {
+    let ids: Vec<(&SlotConfig, crate::device::Identity)> = slots
+        .iter()
+        .filter_map(|s| {
+            crate::device::Identity::of_path(&s.device)
+                .ok()
+                .map(|i| (s, i))
+        })
+        .collect();
+    for (i, (a, ia)) in ids.iter().enumerate() {
+        for (b, ib) in &ids[i + 1..] {
+            if let Some(why) = crate::device::alias(sysfs, (&a.device, *ia), (&b.device, *ib)) {
+                return Err(format!("slots {} and {} are {why}", a.name, b.name));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn default_data_dir() -> PathBuf {

@@ -24,6 +24,7 @@ pub mod boot;
 pub mod bundle;
 pub mod cli;
 pub mod config;
+pub mod device;
 pub mod failpoint;
 pub mod fsutil;
 pub mod install;

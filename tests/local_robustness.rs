@@ -267,6 +267,15 @@ fn marks_that_contradict_the_records_are_refused() {
         ("A", "3")
     );
 
+    // With the records lost, the env still tells: B is out of the boot selection.
+    let mut gw = gw;
+    gw.stop_service();
+    std::fs::write(gw.path("data/status.json"), b"{\"slo").unwrap();
+    gw.start_service();
+    let r = gw.rota(&["mark", "active", "other"]);
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains("records were lost"), "{}", r.stderr());
+
     // Once a complete image is in B, both marks work.
     let (good, _) = gw.bundle(
         "good",
@@ -275,9 +284,32 @@ fn marks_that_contradict_the_records_are_refused() {
         pattern(500_000, 3),
         "release",
     );
-    gw.rota(&["install", path_str(&good)]).success();
+    gw.rota(&["install", "--force-version", path_str(&good)])
+        .success();
     gw.rota(&["mark", "active", "booted"]).success();
     gw.rota(&["mark", "active", "other"]).success();
     gw.rota(&["mark", "bad", "booted"]).success();
     assert_eq!(gw.fw_printenv()["BOOT_ORDER"], "B");
+}
+
+/// A location is parsed once, where it enters: an unknown scheme is refused by name, not
+/// taken for a file called `ftp:/…` in the current directory.
+#[test]
+fn an_unknown_scheme_is_refused_by_name() {
+    let gw = started();
+    let r = gw.rota(&["install", "ftp://host/x.rota"]);
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(
+        r.stderr().contains("unsupported URL scheme \"ftp\""),
+        "{}",
+        r.stderr()
+    );
+    // Through D-Bus as well.
+    let r = gw.call("Install", &["sa{sv}", "ftp://host/x.rota", "0"]);
+    assert!(
+        r.stderr().contains("unsupported URL scheme \"ftp\""),
+        "{}",
+        r.stderr()
+    );
+    assert!(gw.status_json()["last_install"].is_null());
 }

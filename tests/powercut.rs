@@ -209,6 +209,12 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
     eprintln!("powercut: {cuts} cuts, seed: {seed} (ROTA_POWERCUT_SEED={seed} repeats this run)");
     let mut rng = Rng(seed);
     let mut gw = Gateway::new(false);
+    // Slot A's own release file: torn state files make rota forget the versions, and the
+    // downgrade check then reads the running version from here (it fails closed without).
+    std::fs::write(gw.path("os-release"), "VERSION_ID=1.0.0\n").unwrap();
+    let cfg = std::fs::read_to_string(gw.path("system.toml")).unwrap();
+    let cfg = cfg.replace("[system]\n", "[system]\nversion-file = \"os-release\"\n");
+    std::fs::write(gw.path("system.toml"), cfg).unwrap();
     gw.use_redundant_env();
     let mut a = gw.read("a.img");
     let images: Vec<Vec<u8>> = (0..BUNDLES)

@@ -55,6 +55,11 @@ impl Agent {
                     .store
                     .load()
                     .map_err(|e| AgentError::Failed(e.to_string()))?;
+                let boot = self
+                    .device
+                    .bootloader
+                    .read()
+                    .map_err(|e| AgentError::Failed(e.to_string()))?;
                 for slot in slots {
                     let booted = self
                         .device
@@ -63,15 +68,17 @@ impl Agent {
                         .is_some_and(|b| b.name == slot.name);
                     let status = state.slots.get(&slot.name).map(|s| s.status);
                     // No record is the factory image — unless the records were lost, when
-                    // a half-written slot would look the same.
+                    // the env decides: a slot an install was writing had been taken out of
+                    // the boot selection, one the bootloader may still boot had not.
+                    let in_selection = slot.bootname.as_deref().is_some_and(|b| boot.is_good(b));
                     let known_good = match status {
                         Some(s) => s == SlotContent::Ok,
-                        None => state.lost.is_none(),
+                        None => state.lost.is_none() || in_selection,
                     };
                     if !booted && !known_good {
                         let what = match status {
                             Some(s) => format!("its last install is {s}"),
-                            None => "rota's records were lost, so it cannot tell".to_owned(),
+                            None => "rota's records were lost and the bootloader has it out of the boot selection".to_owned(),
                         };
                         return invalid(format!(
                             "slot {} holds no complete, verified image ({what}); refusing to make it active",

@@ -91,16 +91,14 @@ pub fn install(
     ignore_compatible: bool,
     reboot: bool,
 ) -> CliResult {
-    let source = if source.starts_with("http://")
-        || source.starts_with("https://")
-        || source.starts_with('/')
-    {
-        source.to_owned()
-    } else {
-        std::path::absolute(source)
-            .map_err(|e| Failure::Usage(format!("{source}: {e}")))?
+    // Parsed once here: an unknown scheme is refused by name, and a relative path is made
+    // absolute (the service cannot know this shell's directory).
+    let source = match crate::model::Location::parse(source).map_err(Failure::Usage)? {
+        crate::model::Location::File(p) => std::path::absolute(&p)
+            .map_err(|e| Failure::Usage(format!("{}: {e}", p.display())))?
             .display()
-            .to_string()
+            .to_string(),
+        url @ crate::model::Location::Http(_) => url.to_string(),
     };
     runtime()?.block_on(async move {
         let (conn, proxy) = connect().await?;

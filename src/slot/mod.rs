@@ -6,7 +6,8 @@
 //! storage as one of them, and mounted block devices, whatever the caller asks. Devices
 //! are compared by identity ([`identity`]), never by path.
 
-pub mod identity;
+/// Device identity lives in the bottom layer (the config checks it too).
+pub use crate::device as identity;
 
 use crate::config::{Config, SlotConfig};
 use identity::Identity;
@@ -81,24 +82,7 @@ pub fn find_slot(config: &Config, id: &str) -> Option<SlotConfig> {
         .find(|s| s.bootname.as_deref() == Some(id) || s.name == id)
 }
 
-/// Refuses slots that are the same storage: the same file (hard link, symlink, another
-/// path), the same block device (another node with its major:minor), or overlapping block
-/// devices (a disk and its partition, partitions sharing sectors). A device that does not
-/// exist (yet) cannot alias anything and is skipped; [`SlotWriter`] checks again.
-pub fn check_aliases(slots: &[SlotConfig], sysfs: &Path) -> Result<(), String> {
-    let ids: Vec<(&SlotConfig, Identity)> = slots
-        .iter()
-        .filter_map(|s| Identity::of_path(&s.device).ok().map(|i| (s, i)))
-        .collect();
-    for (i, (a, ia)) in ids.iter().enumerate() {
-        for (b, ib) in &ids[i + 1..] {
-            if let Some(why) = identity::alias(sysfs, (&a.device, *ia), (&b.device, *ib)) {
-                return Err(format!("slots {} and {} are {why}", a.name, b.name));
-            }
-        }
-    }
-    Ok(())
-}
+pub use crate::config::check_aliases;
 
 /// The slots the running system uses: the booted slot and every slot whose parent it is
 /// (RAUC's booted slot group). Empty when the booted slot is unknown.

@@ -267,7 +267,7 @@ pub struct Service {
 
 impl Service {
     /// Starts the service with `ROTA_CONFIG` and the bus address; `env` adds or (value
-    /// None) removes variables. Waits until it owns `io.rota`.
+    /// None) removes variables. Waits until it serves `/io/rota`.
     pub fn start(gw: &Gateway, bus: &Bus, env: &[(&str, Option<&str>)]) -> Service {
         let log = gw.path("service.log");
         let mut cmd = rota_command();
@@ -290,7 +290,19 @@ impl Service {
         let mut svc = Service { child, log };
         let start = Instant::now();
         loop {
-            let out = busctl(bus, None, &["status", "io.rota"]);
+            // The name is taken before the objects are served: wait for an answer from
+            // the object itself.
+            let out = busctl(
+                bus,
+                None,
+                &[
+                    "get-property",
+                    "io.rota",
+                    "/io/rota",
+                    "io.rota.Agent1",
+                    "Operation",
+                ],
+            );
             if out.status.success() {
                 return svc;
             }

@@ -1,4 +1,4 @@
-//! Slot device identity: whether two slot devices are the same storage whatever their
+//! Device identity (bottom layer: the config and the slot writer use it): whether two slot devices are the same storage whatever their
 //! paths say, and whether a block device is mounted.
 //!
 //! Regular files compare by (st_dev, st_ino), which sees through hard links, symlinks and
