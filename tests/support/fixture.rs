@@ -460,6 +460,29 @@ pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The time from the first to the `n`-th event counted by `count` after `since` (e.g.
+/// polls in a server's log), as observed (to within 50 ms); waits up to `secs` for them.
+/// A lower bound on it shows a back-off without timing the machine's speed.
+pub fn event_span(since: u64, n: u64, secs: u64, mut count: impl FnMut() -> u64) -> Duration {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut first = None;
+    loop {
+        let c = count();
+        if c > since && first.is_none() {
+            first = Some(Instant::now());
+        }
+        if c >= since + n {
+            return first.map(|f| f.elapsed()).unwrap_or_default();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} events within {secs} s",
+            c.saturating_sub(since)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
