@@ -5,6 +5,9 @@
 //! it started, nor any descendant of one (nginx's worker), nor any process whose command
 //! line or working directory is in its temp dir.
 
+// pkg_support builds on support's fixture and procs files: this test needs both modules.
+#![allow(clippy::duplicate_mod)]
+
 mod pkg_support;
 mod support;
 
