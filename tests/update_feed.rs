@@ -95,16 +95,6 @@ impl Setup {
     }
 }
 
-fn reboot_into(gw: &mut Gateway, bootname: &str) {
-    gw.stop_service();
-    std::fs::write(
-        gw.path("cmdline"),
-        format!("console=ttyAMA0 rota.slot={bootname}\n"),
-    )
-    .unwrap();
-    gw.start_service();
-}
-
 #[test]
 fn a_newer_version_is_installed_confirmed_and_not_installed_again() {
     let mut s = Setup::new("1s");
@@ -128,7 +118,7 @@ fn a_newer_version_is_installed_confirmed_and_not_installed_again() {
         "not installed twice while waiting for the reboot"
     );
 
-    reboot_into(&mut s.gw, "B");
+    s.gw.reboot_into("B");
     s.gw.rota(&["mark", "good", "booted"]).success();
     let p = s.wait_poller(10, "confirmed", |p| p["tracked"].is_null());
     println!("poller after mark good: {}", p["last_result"]);
@@ -258,7 +248,7 @@ fn a_rolled_back_version_is_not_tried_again() {
     s.publish("1.1.1", 64);
     s.feed(json!({"version": "1.1.1", "url": "bundles/v111.rota"}));
     s.wait_install(60, "1.1.1", "activated");
-    reboot_into(&mut s.gw, "B");
+    s.gw.reboot_into("B");
 }
 
 #[test]

@@ -34,17 +34,6 @@ fn poller_state(gw: &Gateway) -> serde_json::Value {
         .unwrap_or(json!({}))
 }
 
-/// The service restarted as after a reboot into `bootname`.
-fn reboot_into(gw: &mut Gateway, bootname: &str) {
-    gw.stop_service();
-    std::fs::write(
-        gw.path("cmdline"),
-        format!("console=ttyAMA0 rota.slot={bootname}\n"),
-    )
-    .unwrap();
-    gw.start_service();
-}
-
 #[test]
 fn a_deployment_is_installed_and_confirmed_after_the_reboot() {
     let sim = HawkbitSim::start();
@@ -98,7 +87,7 @@ fn a_deployment_is_installed_and_confirmed_after_the_reboot() {
     assert_eq!(st["counts"]["unauthorized"].as_u64().unwrap_or(0), 0);
 
     // Reboot into B: running, but not yet marked good, so not yet a success.
-    reboot_into(&mut gw, "B");
+    gw.reboot_into("B");
     wait_polls(&sim, 3);
     let a = sim.action(&id);
     assert_eq!(a["active"], true, "waits for mark good: {a:#}");
@@ -392,7 +381,7 @@ fn feedback_survives_a_server_outage() {
     assert!(sim.count("deploymentBaseFeedback") >= f.len() as u64 + 3);
     // A result queued while the service is down is sent after the restart.
     sim.configure(json!({"fail_feedback": 1000}));
-    reboot_into(&mut gw, "B");
+    gw.reboot_into("B");
     let refused = sim.count("deploymentBaseFeedback");
     gw.rota(&["mark", "good", "booted"]).success();
     // The result was sent, and refused.

@@ -232,6 +232,14 @@ impl Gateway {
         (http.url(&format!("{name}.rota")), image)
     }
 
+    /// A reboot into `bootname`: the service stopped, the kernel command line of that
+    /// boot, the service started again.
+    pub fn reboot_into(&mut self, bootname: &str) {
+        self.stop_service();
+        self.boot_into(bootname);
+        self.start_service();
+    }
+
     /// SIGKILL, as a power cut would stop it.
     pub fn kill_service(&mut self) {
         if let Some(mut s) = self.service.take() {

@@ -7,4 +7,5 @@ pub mod gateway;
 pub mod hawkbit_sim;
 pub mod nginx;
 pub mod procs;
+pub mod py_http;
 pub mod tarcraft;
