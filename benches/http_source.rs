@@ -15,6 +15,9 @@ mod fault_proxy;
 #[path = "../tests/support/nginx.rs"]
 #[allow(dead_code)]
 mod nginx;
+#[path = "../tests/support/procs.rs"]
+#[allow(dead_code)]
+mod procs;
 
 use rota::source::http::{HttpOptions, HttpSource};
 use rota::source::ByteSource;

@@ -17,6 +17,7 @@ mod support;
 
 use std::time::Instant;
 use support::fault_proxy::{Fault, FaultProxy};
+use support::fixture::Fixture;
 use support::gateway::{pattern, Gateway};
 use support::nginx::{make_pki, Nginx};
 
@@ -59,22 +60,13 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(256);
     let size = mib << 20;
-    let mut gw = Gateway::new(false);
-    for slot in ["a.img", "b.img"] {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(gw.path(slot))
-            .unwrap();
-        f.set_len((size + (16 << 20)) as u64).unwrap();
-    }
+    let mut gw = Gateway::with(
+        Fixture::builder()
+            .slot_size(size + (16 << 20))
+            .http("retries = 8\nstall-timeout = \"5s\""),
+    );
     make_pki(&gw.path("pki"));
     std::fs::create_dir_all(gw.path("www")).unwrap();
-    let cfg = std::fs::read_to_string(gw.path("system.toml")).unwrap();
-    std::fs::write(
-        gw.path("system.toml"),
-        format!("{cfg}[http]\nretries = 8\nstall-timeout = \"5s\"\n"),
-    )
-    .unwrap();
     let ng = Nginx::start(&gw.path("www"), &gw.path("pki"), &gw.path("nginx"));
     gw.start_service();
     let publish = |gw: &Gateway, name: &str, version: &str, image: Vec<u8>| {

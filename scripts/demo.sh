@@ -4,7 +4,8 @@
 # fw_printenv), a private D-Bus system bus, keys, a signed bundle, an install with live
 # progress, a boot of the new slot (what boot.cmd does, applied to the env; the real
 # U-Boot runs it in tests/uboot_boot.rs), mark good, status.
-# Everything lives in ./sim (removed and made anew on each run).
+# Everything lives in ./sim (removed and made anew on each run), made and run by
+# scripts/sim-gateway.sh — the same gateway the tests use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -14,82 +15,27 @@ QEMU=1
 bash scripts/setup-deps.sh
 echo "== building rota (release)"
 cargo build --release --quiet
-ROTA=$ROOT/target/release/rota
+export ROTA=$ROOT/target/release/rota
 SIM=$ROOT/sim
+GW="bash $ROOT/scripts/sim-gateway.sh"
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-cleanup() {
-  [[ -f $SIM/service.pid ]] && kill "$(cat "$SIM/service.pid")" 2>/dev/null || true
-  [[ -f $SIM/dbus.pid ]] && kill "$(cat "$SIM/dbus.pid")" 2>/dev/null || true
-}
+cleanup() { [[ -d $SIM ]] && $GW stop "$SIM" || true; }
 trap cleanup EXIT
 cleanup
-rm -rf "$SIM"; mkdir -p "$SIM"/{keys,data,bundle-src}
+rm -rf "$SIM"
+
+step "a simulated gateway in $SIM: slots A (booted) and B, U-Boot env, kernel command line, keys"
+$GW create "$SIM" --slot-size $((64 << 20)) --dbus 'rauc-compat = true'
 cd "$SIM"
-
-step "a simulated gateway in $SIM: slots A (booted) and B, U-Boot env, kernel command line"
-truncate -s 64M slot-a.img slot-b.img
-mkdir -p rootfs-1.0/etc && echo "VERSION=1.0.0" > rootfs-1.0/etc/os-release
-mkfs.ext4 -q -F -d rootfs-1.0 slot-a.img 64M
-printf 'bootcmd=run distro_bootcmd\nBOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\nserial=GW-0042\n' > env.txt
-mkenvimage -s 0x4000 -o uboot.env env.txt
-echo "$SIM/uboot.env 0x0 0x4000" > fw_env.config
-echo "console=ttyAMA0 root=/dev/mmcblk0p2 rota.slot=A" > cmdline
+mkdir -p bundle-src rootfs-1.0/etc && echo "VERSION=1.0.0" > rootfs-1.0/etc/os-release
+mkfs.ext4 -q -F -d rootfs-1.0 a.img 64M
 fw_printenv -c fw_env.config | grep BOOT_
-
-"$ROTA" keygen --out-dir keys --name release
-cat > system.toml <<TOML
-[system]
-compatible = "acme-gateway"
-data-dir = "$SIM/data"
-kernel-cmdline = "$SIM/cmdline"
-boot-attempts = 3
-
-[keyring]
-paths = ["$SIM/keys/release.pub.pem"]
-
-[bootloader]
-type = "uboot"
-fw-env-config = "$SIM/fw_env.config"
-
-[slot.rootfs.0]
-device = "$SIM/slot-a.img"
-bootname = "A"
-
-[slot.rootfs.1]
-device = "$SIM/slot-b.img"
-bootname = "B"
-
-[dbus]
-rauc-compat = true
-TOML
-export ROTA_CONFIG=$SIM/system.toml
+cat system.toml
+eval "$($GW env "$SIM")"
 
 step "a private D-Bus system bus and the rota service"
-cat > bus.conf <<XML
-<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path=$SIM/system_bus_socket</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-XML
-dbus-daemon --config-file=bus.conf --fork --print-address=1 --print-pid=3 3>dbus.pid >/dev/null
-export DBUS_SYSTEM_BUS_ADDRESS=unix:path=$SIM/system_bus_socket
-start_service() {
-  "$ROTA" service >>service.log 2>&1 &
-  echo $! > service.pid
-  for _ in $(seq 100); do busctl --system status io.rota >/dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "rota service did not come up:"; cat service.log; exit 1
-}
-start_service
+$GW start "$SIM"
 "$ROTA" status
 
 step "release 1.1.0: an ext4 rootfs image, signed into a bundle"
@@ -116,10 +62,10 @@ openssl pkeyutl -verify -pubin -inkey keys/release.pub.pem -rawin \
 step "install over D-Bus (rota install → io.rota.Agent1.Install)"
 "$ROTA" install "$SIM/update-1.1.0.rota"
 fw_printenv -c fw_env.config | grep BOOT_
-cmp -n "$(stat -c %s bundle-src/rootfs.ext4)" bundle-src/rootfs.ext4 slot-b.img && echo "slot B holds the new image"
+cmp -n "$(stat -c %s bundle-src/rootfs.ext4)" bundle-src/rootfs.ext4 b.img && echo "slot B holds the new image"
 
 step "reboot: the bootloader picks the new slot"
-kill "$(cat service.pid)"; wait "$(cat service.pid)" 2>/dev/null || true
+$GW stop-service "$SIM"
 if [[ $QEMU == 1 ]] && [[ -x $ROOT/scripts/uboot-boot.sh ]]; then
   slot=$(bash "$ROOT/scripts/uboot-boot.sh" "$SIM/uboot.env")
 else
@@ -129,7 +75,7 @@ fi
 echo "bootloader booted slot $slot"
 echo "console=ttyAMA0 root=/dev/mmcblk0p3 rota.slot=$slot" > cmdline
 fw_printenv -c fw_env.config | grep BOOT_
-start_service
+$GW start-service "$SIM"
 "$ROTA" status
 
 step "the system is up: mark the booted slot good (what rota-mark-good.service does)"

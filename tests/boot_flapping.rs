@@ -229,7 +229,7 @@ fn flapping(flaps: u32, late: bool, fallback_marked: bool) {
     let (slot, _) = power_on(&gw);
     assert_eq!(slot, expected_slot(boot), "{what}: the stable boot");
     gw.start_service();
-    wait_for("the service to settle", 30, || {
+    wait_for("the service to settle", 120, || {
         gw.status_json()["operation"] == "idle"
     });
     let st = gw.status_json();

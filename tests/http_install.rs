@@ -91,27 +91,9 @@ fn unrecoverable_answers_fail_fast_with_a_clear_message() {
         );
     }
     // A server that ignores Range (Python's http.server) is refused, not half-used.
-    let port = support::nginx::free_port();
-    let mut py = std::process::Command::new("python3")
-        .args([
-            "-m",
-            "http.server",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(gw.path("www"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    support::gateway::wait_for("python http.server", 10, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let r = gw.rota(&["install", &format!("http://127.0.0.1:{port}/v.rota")]);
-    let _ = py.kill();
-    let _ = py.wait();
+    let py = support::py_http::PyHttp::start(&gw.path("www"));
+    let r = gw.rota(&["install", &py.url("v.rota")]);
+    drop(py);
     assert_eq!(r.code(), 1);
     assert!(
         r.stderr().contains("does not support Range requests"),

@@ -7,7 +7,7 @@ mod support;
 use rota::source::http::{HttpOptions, HttpSource};
 use rota::source::{ByteSource, SourceError};
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -418,45 +418,8 @@ fn cancel_stops_a_waiting_read() {
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }
 
-/// `python3 -m http.server` on 127.0.0.1: a real server that ignores Range.
-struct PyServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl PyServer {
-    fn start(root: &Path) -> PyServer {
-        let port = support::nginx::free_port();
-        let child = std::process::Command::new("python3")
-            .args([
-                "-m",
-                "http.server",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--directory",
-            ])
-            .arg(root)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("python3 must be installed");
-        support::gateway::wait_for("python http.server", 10, || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        PyServer { child, port }
-    }
-    fn url(&self, name: &str) -> String {
-        format!("http://127.0.0.1:{}/{name}", self.port)
-    }
-}
-
-impl Drop for PyServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+// `python3 -m http.server`: a real server that ignores Range.
+use support::py_http::PyHttp as PyServer;
 
 // ---- Redirects -------------------------------------------------------------------------
 

@@ -4,105 +4,34 @@
 //! written yet, the env are byte-for-byte unchanged.
 
 mod support;
-use support::gateway::pattern;
+use support::fixture::{pattern, Fixture};
 
 use rota::agent::{self, AgentEvent, AgentHandle, InstallRequest, InstallResult, MarkState};
-use rota::bundle::keys;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 const SLOT_SIZE: u64 = 4 << 20;
 
+/// The shared simulated gateway's files, driven through the library.
 struct Device {
-    dir: tempfile::TempDir,
+    fx: Fixture,
+}
+
+impl std::ops::Deref for Device {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.fx
+    }
 }
 
 impl Device {
     fn new() -> Device {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("keys")).unwrap();
-        std::fs::write(d.join("a.img"), pattern(SLOT_SIZE as usize, 1)).unwrap();
-        std::fs::write(d.join("b.img"), vec![0u8; SLOT_SIZE as usize]).unwrap();
-        std::fs::write(d.join("env.txt"), "bootcmd=run distro_bootcmd\nBOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\nboard_serial=GW-0042\n").unwrap();
-        let out = Command::new("mkenvimage")
-            .args(["-s", "0x4000", "-o"])
-            .arg(d.join("uboot.env"))
-            .arg(d.join("env.txt"))
-            .output()
-            .expect("mkenvimage (u-boot-tools) must be installed");
-        assert!(
-            out.status.success(),
-            "mkenvimage: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::fs::write(
-            d.join("fw_env.config"),
-            format!("{} 0x0 0x4000\n", d.join("uboot.env").display()),
-        )
-        .unwrap();
-        std::fs::write(d.join("cmdline"), "console=ttyS0 rota.slot=A\n").unwrap();
-        keys::write_keypair(&d.join("keys"), "release").unwrap();
-        keys::write_keypair(&d.join("keys"), "other").unwrap();
-        std::fs::write(
-            d.join("system.toml"),
-            r#"
-[system]
-compatible = "acme-gateway"
-data-dir = "data"
-kernel-cmdline = "cmdline"
-boot-attempts = 3
-
-[keyring]
-paths = ["keys/release.pub.pem"]
-
-[bootloader]
-type = "uboot"
-fw-env-config = "fw_env.config"
-
-[slot.rootfs.0]
-device = "a.img"
-bootname = "A"
-
-[slot.rootfs.1]
-device = "b.img"
-bootname = "B"
-"#,
-        )
-        .unwrap();
-        Device { dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.path(name)).unwrap()
-    }
-
-    /// Builds a bundle with one rootfs image; returns (bundle path, image bytes).
-    fn bundle(
-        &self,
-        name: &str,
-        compatible: &str,
-        version: &str,
-        image: Vec<u8>,
-        key: &str,
-    ) -> (PathBuf, Vec<u8>) {
-        let src = self.path(&format!("src-{name}"));
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("rootfs.ext4"), &image).unwrap();
-        std::fs::write(
-            src.join("manifest.toml"),
-            format!("[update]\ncompatible = \"{compatible}\"\nversion = \"{version}\"\n\n[[image]]\nslot-class = \"rootfs\"\nfile = \"rootfs.ext4\"\n"),
-        )
-        .unwrap();
-        let out = self.path(&format!("{name}.rota"));
-        let key = keys::load_signing_key(&self.path(&format!("keys/{key}.key.pem"))).unwrap();
-        rota::bundle::writer::create(&src, &out, &key, 64 * 1024).unwrap();
-        (out, image)
+        Device {
+            fx: Fixture::builder()
+                .slot_size(SLOT_SIZE as usize)
+                .env_var("board_serial", "GW-0042")
+                .build(),
+        }
     }
 
     fn config(&self) -> rota::config::Config {
@@ -110,39 +39,11 @@ bootname = "B"
     }
 
     fn env(&self) -> std::collections::BTreeMap<String, String> {
-        let out = Command::new("fw_printenv")
-            .arg("-c")
-            .arg(self.path("fw_env.config"))
-            .output()
-            .expect("fw_printenv (libubootenv-tool) must be installed");
-        assert!(
-            out.status.success(),
-            "fw_printenv failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect()
+        self.fw_printenv()
     }
 
     fn reboot_into(&self, bootname: &str) {
-        std::fs::write(
-            self.path("cmdline"),
-            format!("console=ttyS0 rota.slot={bootname}\n"),
-        )
-        .unwrap();
-    }
-
-    fn fw_setenv(&self, name: &str, value: &str) {
-        let st = Command::new("fw_setenv")
-            .arg("-c")
-            .arg(self.path("fw_env.config"))
-            .args([name, value])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        self.boot_into(bootname);
     }
 }
 

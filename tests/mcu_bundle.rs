@@ -88,12 +88,6 @@ fn node(gw: &Gateway) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no sensor in status: {st}"))
 }
 
-fn reboot_into(gw: &mut Gateway, slot: &str) {
-    gw.stop_service();
-    std::fs::write(gw.path("cmdline"), format!("rota.slot={slot}\n")).unwrap();
-    gw.start_service();
-}
-
 #[test]
 fn mcu_image_is_relayed_after_the_new_rootfs_is_marked_good() {
     let (mut gw, sim, key) = gateway_with_node();
@@ -113,7 +107,7 @@ fn mcu_image_is_relayed_after_the_new_rootfs_is_marked_good() {
     );
 
     // Reboot into B: still not good, still not relayed.
-    reboot_into(&mut gw, "B");
+    gw.reboot_into("B");
     assert_eq!(gw.status_json()["last_install"]["result"], "booted");
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(sim.dev().stats.uploads_completed, 0);

@@ -4,6 +4,7 @@
 //! through `McuBus` show on the same object. busctl reads what zbus serves.
 
 mod mcu_sim;
+mod support;
 
 use mcu_sim::{tools, Sim, SimConfig};
 use rota::mcu::relay::RelayOutcome;
@@ -14,64 +15,16 @@ use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::process::Command;
 use std::time::Duration;
+use support::fixture::Bus;
 use zbus::export::futures_core::Stream;
 
-struct Bus {
-    pid: i32,
-    address: String,
-}
-
-impl Bus {
-    fn start(dir: &Path) -> Bus {
-        let sock = dir.join("bus.sock");
-        let conf = dir.join("bus.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
+/// The bus of these tests: everyone may own, call and eavesdrop.
+const POLICY: &str = r#"<policy context="default">
     <allow user="*"/>
     <allow send_destination="*" eavesdrop="true"/>
     <allow eavesdrop="true"/>
     <allow own="*"/>
-  </policy>
-</busconfig>
-"#,
-                sock.display()
-            ),
-        )
-        .unwrap();
-        let out = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", conf.display()))
-            .args(["--fork", "--print-address=1", "--print-pid=1"])
-            .output()
-            .expect("dbus-daemon is required (apt-get install dbus)");
-        assert!(
-            out.status.success(),
-            "dbus-daemon failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8_lossy(&out.stdout);
-        let mut lines = text.lines();
-        let address = lines.next().unwrap().trim().to_owned();
-        let pid = lines.next().unwrap().trim().parse().unwrap();
-        Bus { pid, address }
-    }
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-    }
-}
+  </policy>"#;
 
 async fn next<S: Stream + Unpin>(s: &mut S, within: Duration) -> S::Item {
     tokio::time::timeout(
@@ -117,7 +70,7 @@ fn busctl(address: &str, args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_over_dbus_objects() {
     let dir = tempfile::tempdir().unwrap();
-    let bus = Bus::start(dir.path());
+    let bus = Bus::start(dir.path(), POLICY);
     let (key, public) = tools::keygen(dir.path(), "release");
     let mut sim = Sim::new(SimConfig::default());
     let addr = sim.serve_udp("127.0.0.1:0").unwrap();
@@ -311,7 +264,7 @@ async fn relay_and_cancel_need_root_or_the_group() {
     let dir = tempfile::tempdir().unwrap();
     // nobody must reach the bus socket and the image.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let bus = Bus::start(dir.path());
+    let bus = Bus::start(dir.path(), POLICY);
     let mut sim = Sim::new(SimConfig::default());
     let addr = sim.serve_udp("127.0.0.1:0").unwrap();
     let cfg = tools::udp_node(&addr.to_string(), Duration::from_millis(300));

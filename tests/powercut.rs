@@ -26,7 +26,8 @@
 //! - the service ends idle, with no install left "installing".
 //!
 //! Violations are collected (the run continues) and listed at the end. Knobs:
-//! `ROTA_POWERCUT_CUTS` (default 200), `ROTA_POWERCUT_SEED` (default from the clock; always
+//! `ROTA_POWERCUT_CUTS` (default 200; fewer, at least 20, when `ROTA_POWERCUT_SECS`, default
+//! 180, run out on a slow machine), `ROTA_POWERCUT_SEED` (default from the clock; always
 //! printed): `ROTA_POWERCUT_CUTS=1000 cargo test --release --test powercut -- --nocapture`.
 
 mod support;
@@ -191,6 +192,13 @@ fn check_env(
 
 #[test]
 fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
+    // Seconds the cuts may take (ROTA_POWERCUT_SECS, default 180): under nextest's limit.
+    let budget = std::time::Duration::from_secs(
+        std::env::var("ROTA_POWERCUT_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(180),
+    );
     let cuts: u64 = std::env::var("ROTA_POWERCUT_CUTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -274,6 +282,12 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
         if violations.len() >= MAX_VIOLATIONS {
             break;
         }
+        // The count scales with the machine, not the deadline: on a busy one the campaign
+        // ends after its time budget with fewer cuts (at least 20), and says so.
+        if done >= 20 && t0.elapsed() > budget {
+            println!("time budget of {budget:?} spent: {done} of {cuts} cuts");
+            break;
+        }
         done += 1;
         let which = (cut as usize) % BUNDLES;
         let plan = if cut % 10 == 9 {
@@ -331,7 +345,7 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
                 let mut cli = gw.spawn_rota(&["install", &bundles[which]]);
                 std::thread::sleep(d);
                 gw.kill_service();
-                let ended = wait_until(30, || matches!(cli.try_wait(), Ok(Some(_))));
+                let ended = wait_until(120, || matches!(cli.try_wait(), Ok(Some(_))));
                 if !ended {
                     let _ = cli.kill();
                     fail("rota install hung after the service died".into());
@@ -383,7 +397,7 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
         let had_journal = state_json(&gw).is_some_and(|v| v["journal"].is_object());
         gw.start_service();
         let mut st = serde_json::Value::Null;
-        let settled = wait_until(60, || {
+        let settled = wait_until(120, || {
             st = gw.status_json();
             st["operation"] == "idle" && st["last_install"]["result"] != "installing"
         });
@@ -534,11 +548,11 @@ fn a_cut_after_activation_boots_the_new_slot_and_the_old_one_stays_intact() {
         gw.wait_for_service();
         let r = gw.rota(&["install", path_str(&bundle)]);
         assert_ne!(r.code(), 0, "{point}: the service was not cut");
-        assert_eq!(gw.wait_service_exit(30), None, "{point}: killed");
+        assert_eq!(gw.wait_service_exit(120), None, "{point}: killed");
         assert_eq!(uboot_boots(&gw), "B", "{point}: U-Boot boots the new slot");
         gw.start_service();
         assert!(
-            wait_until(60, || gw.status_json()["operation"] == "idle"),
+            wait_until(120, || gw.status_json()["operation"] == "idle"),
             "{point}"
         );
         let st = gw.status_json();
@@ -583,7 +597,7 @@ fn an_install_that_dies_at_every_resume_is_given_up() {
     gw.spawn_service_with(arm);
     gw.wait_for_service();
     assert_ne!(gw.rota(&["install", path_str(&bundle)]).code(), 0);
-    assert_eq!(gw.wait_service_exit(30), None);
+    assert_eq!(gw.wait_service_exit(120), None);
     let mut starts = 0;
     loop {
         // Every start resumes and dies again at the same point, until rota gives up.
@@ -592,7 +606,7 @@ fn an_install_that_dies_at_every_resume_is_given_up() {
         assert!(starts <= 20, "still resuming after {starts} starts");
         let st = std::time::Instant::now();
         let mut died = false;
-        while st.elapsed() < Duration::from_secs(10) {
+        while st.elapsed() < Duration::from_secs(120) {
             if let Some(Ok(Some(_))) = gw.service.as_mut().map(|s| s.try_wait()) {
                 died = true;
                 break;
@@ -649,7 +663,7 @@ fn a_new_slot_the_bootloader_gave_up_on_is_not_activated_again() {
     });
     gw.wait_for_service();
     assert_ne!(gw.rota(&["install", path_str(&bundle)]).code(), 0);
-    assert_eq!(gw.wait_service_exit(30), None, "killed after activation");
+    assert_eq!(gw.wait_service_exit(120), None, "killed after activation");
     for boot in 1..=3 {
         assert_eq!(
             uboot_boots(&gw),
@@ -659,7 +673,7 @@ fn a_new_slot_the_bootloader_gave_up_on_is_not_activated_again() {
     }
     assert_eq!(uboot_boots(&gw), "A", "attempts spent: U-Boot falls back");
     gw.start_service();
-    assert!(wait_until(60, || gw.status_json()["operation"] == "idle"));
+    assert!(wait_until(120, || gw.status_json()["operation"] == "idle"));
     let st = gw.status_json();
     assert_eq!(st["last_install"]["result"], "rolled-back", "{st}");
     assert!(state_json(&gw).is_some_and(|s| s["journal"].is_null()));

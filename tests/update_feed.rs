@@ -7,6 +7,7 @@
 mod support;
 use serde_json::{json, Value};
 use std::time::Duration;
+use support::fixture::event_span;
 use support::gateway::{pattern, wait_for, Gateway};
 use support::nginx::{make_pki, Nginx};
 
@@ -63,6 +64,15 @@ impl Setup {
             .count()
     }
 
+    /// Waits until the poller has fetched the feed `n` more times: what it must not do
+    /// between polls is then known not to have happened in that many polls.
+    fn wait_polls(&self, n: usize) {
+        let before = self.requests("/stable.json");
+        wait_for(&format!("{n} more polls of the feed"), 120, || {
+            self.requests("/stable.json") >= before + n
+        });
+    }
+
     fn poller(&self) -> Value {
         std::fs::read(self.gw.path("data/poller.json"))
             .ok()
@@ -85,16 +95,6 @@ impl Setup {
     }
 }
 
-fn reboot_into(gw: &mut Gateway, bootname: &str) {
-    gw.stop_service();
-    std::fs::write(
-        gw.path("cmdline"),
-        format!("console=ttyAMA0 rota.slot={bootname}\n"),
-    )
-    .unwrap();
-    gw.start_service();
-}
-
 #[test]
 fn a_newer_version_is_installed_confirmed_and_not_installed_again() {
     let mut s = Setup::new("1s");
@@ -111,14 +111,14 @@ fn a_newer_version_is_installed_confirmed_and_not_installed_again() {
     });
     assert_eq!(p["tracked"]["phase"], "activated", "{p:#}");
     let fetches = s.requests("/bundles/v110.rota");
-    std::thread::sleep(Duration::from_secs(3));
+    s.wait_polls(3);
     assert_eq!(
         s.requests("/bundles/v110.rota"),
         fetches,
         "not installed twice while waiting for the reboot"
     );
 
-    reboot_into(&mut s.gw, "B");
+    s.gw.reboot_into("B");
     s.gw.rota(&["mark", "good", "booted"]).success();
     let p = s.wait_poller(10, "confirmed", |p| p["tracked"].is_null());
     println!("poller after mark good: {}", p["last_result"]);
@@ -131,7 +131,13 @@ fn a_newer_version_is_installed_confirmed_and_not_installed_again() {
     assert_eq!(p["last_error"], "");
     // An older version in the feed is not a downgrade target.
     s.feed(json!({"version": "1.0.9", "url": "bundles/v110.rota"}));
-    std::thread::sleep(Duration::from_secs(3));
+    s.wait_poller(60, "the older version seen", |p| {
+        p["last_result"]
+            .as_str()
+            .unwrap_or("")
+            .contains("the feed offers 1.0.9")
+    });
+    s.wait_polls(2);
     assert_eq!(s.requests("/bundles/v110.rota"), fetches);
     assert!(s.poller()["last_result"]
         .as_str()
@@ -186,15 +192,16 @@ fn feeds_that_must_not_be_acted_on_install_nothing() {
     );
     assert_eq!(s.gw.fw_printenv()["BOOT_ORDER"], "A B");
 
-    // A missing feed: errors back off (1 s interval, then 2, 4, 8 s), no hammering.
+    // A missing feed: errors back off (1 s interval, then 2, 4, 8 s, each 80-100 %), no
+    // hammering: from the first failed poll to the fourth at least 1.6 + 3.2 + 6.4 s pass,
+    // where polls every interval would take 3 s. (A busy machine only makes it longer.)
     std::fs::remove_file(s.gw.path("www/stable.json")).unwrap();
     s.gw.stop_service();
-    let before = s.requests("/stable.json");
+    let before = s.requests("/stable.json") as u64;
     s.gw.start_service();
-    std::thread::sleep(Duration::from_secs(8));
-    let polls = s.requests("/stable.json") - before;
-    println!("{polls} polls of a missing feed in 8 s");
-    assert!((1..=4).contains(&polls), "{polls}");
+    let span = event_span(before, 4, 120, || s.requests("/stable.json") as u64);
+    println!("4 polls of a missing feed over {span:?}");
+    assert!(span >= Duration::from_secs(9), "{span:?}");
     let p = s.poller();
     assert!(p["last_error"].as_str().unwrap().contains("404"), "{p:#}");
 }
@@ -230,7 +237,7 @@ fn a_rolled_back_version_is_not_tried_again() {
         "{p:#}"
     );
     let fetches = s.requests("/bundles/v110.rota");
-    std::thread::sleep(Duration::from_secs(3));
+    s.wait_polls(3);
     assert_eq!(
         s.requests("/bundles/v110.rota"),
         fetches,
@@ -241,7 +248,7 @@ fn a_rolled_back_version_is_not_tried_again() {
     s.publish("1.1.1", 64);
     s.feed(json!({"version": "1.1.1", "url": "bundles/v111.rota"}));
     s.wait_install(60, "1.1.1", "activated");
-    reboot_into(&mut s.gw, "B");
+    s.gw.reboot_into("B");
 }
 
 #[test]

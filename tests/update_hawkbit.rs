@@ -7,22 +7,24 @@
 
 mod support;
 use serde_json::json;
-use std::time::{Duration, Instant};
-use support::gateway::{pattern, Gateway};
+use std::time::Duration;
+use support::fixture::{event_span, Fixture};
+use support::gateway::{pattern, wait_for, Gateway};
 use support::hawkbit_sim::{has_feedback, HawkbitSim, TOKEN};
 
 fn gateway(sim: &HawkbitSim, token: &str) -> Gateway {
-    let gw = Gateway::new(false);
-    let cfg = std::fs::read_to_string(gw.path("system.toml")).unwrap();
-    std::fs::write(
-        gw.path("system.toml"),
-        format!(
-            "{cfg}{}[http]\nretries = 3\nstall-timeout = \"5s\"\n",
-            sim.config(token)
-        ),
-    )
-    .unwrap();
+    let gw = Gateway::with(
+        Fixture::builder()
+            .dbus("rauc-compat = false")
+            .http("retries = 3\nstall-timeout = \"5s\""),
+    );
+    gw.append_config(&sim.config(token));
     gw
+}
+
+/// Waits for `n` more polls (requests for the controller's base resource).
+fn wait_polls(sim: &HawkbitSim, n: u64) {
+    sim.wait_count("base", sim.count("base"), n, 120);
 }
 
 fn poller_state(gw: &Gateway) -> serde_json::Value {
@@ -30,17 +32,6 @@ fn poller_state(gw: &Gateway) -> serde_json::Value {
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(json!({}))
-}
-
-/// The service restarted as after a reboot into `bootname`.
-fn reboot_into(gw: &mut Gateway, bootname: &str) {
-    gw.stop_service();
-    std::fs::write(
-        gw.path("cmdline"),
-        format!("console=ttyAMA0 rota.slot={bootname}\n"),
-    )
-    .unwrap();
-    gw.start_service();
 }
 
 #[test]
@@ -96,8 +87,8 @@ fn a_deployment_is_installed_and_confirmed_after_the_reboot() {
     assert_eq!(st["counts"]["unauthorized"].as_u64().unwrap_or(0), 0);
 
     // Reboot into B: running, but not yet marked good, so not yet a success.
-    reboot_into(&mut gw, "B");
-    std::thread::sleep(Duration::from_secs(3));
+    gw.reboot_into("B");
+    wait_polls(&sim, 3);
     let a = sim.action(&id);
     assert_eq!(a["active"], true, "waits for mark good: {a:#}");
     gw.rota(&["mark", "good", "booted"]).success();
@@ -122,7 +113,7 @@ fn a_deployment_is_installed_and_confirmed_after_the_reboot() {
         .any(|x| x == id.as_str()));
     // Quiet afterwards: the action is not installed again.
     let installs = sim.count("artifact");
-    std::thread::sleep(Duration::from_secs(3));
+    wait_polls(&sim, 3);
     assert_eq!(sim.count("artifact"), installs);
     assert_eq!(gw.status_json()["last_install"]["result"], "good");
 }
@@ -193,7 +184,7 @@ fn an_install_failure_is_reported_with_its_reason() {
     assert_eq!(gw.fw_printenv()["BOOT_ORDER"], env_before["BOOT_ORDER"]);
     // The failed action is not retried.
     let n = sim.count("artifact");
-    std::thread::sleep(Duration::from_secs(3));
+    wait_polls(&sim, 3);
     assert_eq!(sim.count("artifact"), n);
 
     // A deployment without a .rota artifact fails at once, naming what it had.
@@ -230,12 +221,17 @@ fn a_cancel_from_the_server_stops_the_install() {
     sim.wait_action(&id, 30, "installing", |a| {
         has_feedback(&a["feedback"], "proceeding", "none", "installing")
     });
-    std::thread::sleep(Duration::from_secs(1));
-    let t = Instant::now();
+    // The download is under way.
+    wait_for("artifact bytes", 60, || sim.artifact_bytes() > 0);
     sim.cancel(&id);
-    let a = sim.wait_action(&id, 30, "cancel confirmed", |a| a["status"] == "canceled");
-    println!("cancel confirmed after {:?}", t.elapsed());
-    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    let a = sim.wait_action(&id, 60, "cancel confirmed", |a| a["status"] == "canceled");
+    // Stopped mid-download: the simulator had not sent the whole bundle yet.
+    let (sent, size) = (
+        sim.artifact_bytes(),
+        std::fs::metadata(&bundle).unwrap().len(),
+    );
+    println!("cancel confirmed after {sent} of {size} bytes");
+    assert!(sent < size, "{sent} of {size} bytes sent");
     assert!(
         has_feedback(
             &a["cancel_feedback"],
@@ -325,7 +321,7 @@ fn download_only_and_maintenance_window() {
         ),
         "{a:#}"
     );
-    std::thread::sleep(Duration::from_secs(2));
+    wait_polls(&sim, 3);
     assert_eq!(
         gw.read("b.img"),
         b_before,
@@ -385,9 +381,11 @@ fn feedback_survives_a_server_outage() {
     assert!(sim.count("deploymentBaseFeedback") >= f.len() as u64 + 3);
     // A result queued while the service is down is sent after the restart.
     sim.configure(json!({"fail_feedback": 1000}));
-    reboot_into(&mut gw, "B");
+    gw.reboot_into("B");
+    let refused = sim.count("deploymentBaseFeedback");
     gw.rota(&["mark", "good", "booted"]).success();
-    std::thread::sleep(Duration::from_secs(3));
+    // The result was sent, and refused.
+    sim.wait_count("deploymentBaseFeedback", refused, 1, 120);
     let ps = poller_state(&gw);
     assert!(
         !ps["pending"].as_array().unwrap().is_empty(),
@@ -410,17 +408,24 @@ fn a_refused_token_backs_off_and_says_why() {
     let sim = HawkbitSim::start();
     let mut gw = gateway(&sim, "wrong-token");
     gw.start_service();
-    std::thread::sleep(Duration::from_secs(8));
-    let polls = sim.state()["counts"]["unauthorized"].as_u64().unwrap_or(0);
-    println!("{polls} polls with a refused token in 8 s");
-    // interval 1 s, then backoff 2, 4, 8 s...: at most 4 tries, not 8.
-    assert!((1..=4).contains(&polls), "{polls} polls");
+    // interval 1 s, then backoff 2, 4, 8 s... (each 80-100 %): from the first refused
+    // poll to the fourth at least 1.6 + 3.2 + 6.4 s pass, where polls every interval
+    // would take 3 s. (A busy machine only makes it longer.)
+    let span = event_span(0, 4, 120, || sim.count("unauthorized"));
+    println!("4 polls with a refused token over {span:?}");
+    assert!(span >= Duration::from_secs(9), "{span:?}");
+    let fourth = std::time::Instant::now();
+    let polls = sim.count("unauthorized");
     let ps = poller_state(&gw);
     let err = ps["last_error"].as_str().unwrap();
     assert!(err.contains("401") && err.contains("target-token"), "{err}");
     // `rota poll` still asks at once.
     gw.rota(&["poll"]).success();
-    support::gateway::wait_for("a requested poll", 5, || {
-        sim.state()["counts"]["unauthorized"].as_u64().unwrap_or(0) > polls
-    });
+    wait_for("a requested poll", 60, || sim.count("unauthorized") > polls);
+    // The back-off would bring the fifth poll no sooner than 12.8 s after the fourth.
+    assert!(
+        fourth.elapsed() < Duration::from_secs(11),
+        "the poll came only after {:?}: not at once",
+        fourth.elapsed()
+    );
 }

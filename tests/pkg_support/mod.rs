@@ -1,36 +1,27 @@
-//! Test support for the packaging tests: a file-backed gateway (slot files, a U-Boot env
-//! made by the real `mkenvimage`, a kernel command line file, keys), a private
-//! `dbus-daemon` started from a given bus configuration, the real `rota service` on it,
-//! and `busctl` run as another user through `setpriv`.
+//! Test support for the packaging tests: the shared simulated gateway
+//! (`tests/support/fixture.rs`, world-readable so that an unprivileged caller can reach the
+//! bus socket and bundles placed for it), a private `dbus-daemon` started from a given bus
+//! configuration, the real `rota service` on it, and `busctl` run as another user through
+//! `setpriv`.
 //!
 //! `ROTA_TEST_RUNNER` (e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`) prefixes every rota
 //! binary started here, so the same tests run for ARM targets under qemu-user.
 #![allow(dead_code)]
 
+#[path = "../support/fixture.rs"]
+pub mod fixture;
 pub mod http;
+#[path = "../support/procs.rs"]
+pub mod procs;
 
-use std::io::{BufRead, BufReader};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+#[allow(unused_imports)]
+pub use fixture::{pattern, rota_cmd as rota_command, Bus, Fixture, COMPATIBLE};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// Size of each slot file: enough for a small test image, cheap under qemu.
 pub const SLOT_SIZE: usize = 1 << 20;
-
-/// A `Command` for the rota binary built with the tests, behind `ROTA_TEST_RUNNER`.
-pub fn rota_command() -> Command {
-    let exe = env!("CARGO_BIN_EXE_rota");
-    match std::env::var("ROTA_TEST_RUNNER") {
-        Ok(runner) if !runner.trim().is_empty() => {
-            let mut parts = runner.split_whitespace();
-            let mut cmd = Command::new(parts.next().unwrap());
-            cmd.args(parts).arg(exe);
-            cmd
-        }
-        _ => Command::new(exe),
-    }
-}
 
 /// Runs a tool that must be installed; a missing tool fails the test with its package name.
 pub fn tool(program: &str, package: &str) -> Command {
@@ -55,112 +46,37 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-/// Deterministic pseudo-random bytes (xorshift).
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+/// The shared [`Fixture`], world-readable, with small slots.
+pub struct Gateway {
+    fx: Fixture,
 }
 
-/// A gateway made of files in a world-readable temporary directory (so that an
-/// unprivileged caller can reach the bus socket and bundles placed for it).
-pub struct Gateway {
-    pub dir: tempfile::TempDir,
+impl std::ops::Deref for Gateway {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.fx
+    }
 }
 
 impl Gateway {
-    /// Slot A booted with a pattern, slot B empty, env `BOOT_ORDER=A B`, keys `release`.
-    /// `dbus_section` is appended as the `[dbus]` table.
+    /// Slot A booted with a pattern, slot B empty, env `BOOT_ORDER=A B`, keys `release`
+    /// (trusted) and `other`. `dbus_section` is the `[dbus]` table.
     pub fn new(dbus_section: &str) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::create_dir_all(d.join("keys")).unwrap();
-        std::fs::write(d.join("a.img"), pattern(SLOT_SIZE, 1)).unwrap();
-        std::fs::write(d.join("b.img"), vec![0u8; SLOT_SIZE]).unwrap();
-        std::fs::write(
-            d.join("env.txt"),
-            "bootcmd=run distro_bootcmd\nBOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n",
-        )
-        .unwrap();
-        run_ok(
-            tool("mkenvimage", "u-boot-tools")
-                .args(["-s", "0x4000", "-o"])
-                .arg(d.join("uboot.env"))
-                .arg(d.join("env.txt")),
-        );
-        std::fs::write(
-            d.join("fw_env.config"),
-            format!("{} 0x0 0x4000\n", d.join("uboot.env").display()),
-        )
-        .unwrap();
-        std::fs::write(d.join("cmdline"), "console=ttyS0 rota.slot=A\n").unwrap();
-        rota::bundle::keys::write_keypair(&d.join("keys"), "release").unwrap();
-        std::fs::write(
-            d.join("system.toml"),
-            format!(
-                r#"[system]
-compatible = "acme-gateway"
-data-dir = "data"
-kernel-cmdline = "cmdline"
-boot-attempts = 3
-
-[keyring]
-paths = ["keys/release.pub.pem"]
-
-[bootloader]
-type = "uboot"
-fw-env-config = "fw_env.config"
-
-[slot.rootfs.0]
-device = "a.img"
-bootname = "A"
-
-[slot.rootfs.1]
-device = "b.img"
-bootname = "B"
-
-[dbus]
-{dbus_section}
-"#
-            ),
-        )
-        .unwrap();
-        Gateway { dir }
+        Gateway {
+            fx: Fixture::builder()
+                .slot_size(SLOT_SIZE)
+                .world_readable()
+                .dbus(dbus_section)
+                .build(),
+        }
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Builds `name.rota` (one rootfs image of `image`) with the `rota` CLI; world-readable.
+    /// Builds `name.rota` (one rootfs image of `image`, signed with `release`);
+    /// world-readable.
     pub fn bundle(&self, name: &str, version: &str, image: &[u8]) -> PathBuf {
-        let src = self.path(&format!("src-{name}"));
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("rootfs.ext4"), image).unwrap();
-        std::fs::write(
-            src.join("manifest.toml"),
-            format!("[update]\ncompatible = \"acme-gateway\"\nversion = \"{version}\"\n\n[[image]]\nslot-class = \"rootfs\"\nfile = \"rootfs.ext4\"\n"),
-        )
-        .unwrap();
-        let out = self.path(&format!("{name}.rota"));
-        run_ok(
-            rota_command()
-                .args(["bundle", "create"])
-                .arg(&src)
-                .arg(&out)
-                .arg("--key")
-                .arg(self.path("keys/release.key.pem"))
-                .args(["--chunk-size", "65536"]),
-        );
-        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
-        out
+        self.fx
+            .bundle(name, COMPATIBLE, version, image.to_vec(), "release")
+            .0
     }
 }
 
@@ -184,77 +100,12 @@ pub const SYSTEM_BUS_DEFAULTS: &str = r#"
   </policy>
 "#;
 
-/// A private `dbus-daemon` of type system; killed on drop.
-pub struct Bus {
-    child: Child,
-    pub address: String,
-}
-
-impl Bus {
-    /// Starts a bus listening in `dir` whose config holds `policies` (XML elements such as
-    /// `<policy>` or `<include>`).
-    pub fn start(dir: &Path, policies: &str) -> Bus {
-        let socket = dir.join("system_bus_socket");
-        let conf = dir.join("bus.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-{policies}
-</busconfig>
-"#,
-                socket.display()
-            ),
-        )
-        .unwrap();
-        let mut child = tool("dbus-daemon", "dbus")
-            .arg(format!("--config-file={}", conf.display()))
-            .args(["--nofork", "--nopidfile", "--print-address=1"])
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(dir.join("dbus-daemon.log")).unwrap())
-            .spawn()
-            .expect("cannot start dbus-daemon");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("unix:"),
-            "dbus-daemon did not print its address (bad config {}?): {line:?}",
-            conf.display()
-        );
-        Bus {
-            child,
-            address: line.trim().to_owned(),
-        }
-    }
-}
-
-impl Bus {
-    /// The daemon's process (a test may stop it to play a bus that no longer answers).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// How long to wait for the service to take its name: qemu-user is slow to start it.
 fn startup_budget() -> Duration {
     if std::env::var("ROTA_TEST_RUNNER").is_ok_and(|r| !r.trim().is_empty()) {
-        Duration::from_secs(60)
+        Duration::from_secs(180)
     } else {
-        Duration::from_secs(20)
+        Duration::from_secs(120)
     }
 }
 
@@ -338,9 +189,9 @@ impl Service {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
             }
-            if start.elapsed() > Duration::from_secs(20) {
+            if start.elapsed() > Duration::from_secs(120) {
                 let _ = self.child.kill();
-                panic!("rota service ignored SIGTERM for 20 s");
+                panic!("rota service ignored SIGTERM for 120 s");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -352,6 +203,7 @@ impl Drop for Service {
         if let Ok(None) = self.child.try_wait() {
             self.stop();
         }
+        procs::terminate(&mut self.child);
     }
 }
 

@@ -1,185 +1,61 @@
-//! A simulated gateway in a temp dir: two slot files (A booted, B inactive), a U-Boot
-//! env made by the real `mkenvimage`, a kernel command line file, keys made by
-//! `rota keygen`, a private `dbus-daemon` as the system bus, and `rota service` on it.
-//! Everything is killed on drop. `ROTA_TEST_RUNNER` (e.g. "qemu-aarch64 -L /usr/aarch64-linux-gnu")
-//! prefixes every spawned rota binary, for ARM test runs.
+//! A simulated gateway ([`Fixture`]: slot files, U-Boot env, command line, keys,
+//! `system.toml`) with a private `dbus-daemon` as the system bus and `rota service` on
+//! it, driven by the rota CLI and busctl. Everything it started is stopped and waited for
+//! on drop (the service killed, as a power cut would).
 
+#[allow(unused_imports)]
+pub use super::fixture::{path_str, pattern, rota_cmd, wait_for, Run, SLOT_SIZE};
+use super::fixture::{Builder, Bus, Fixture, OPEN_POLICY};
+use super::procs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-pub const SLOT_SIZE: usize = 8 << 20;
 
 static MONITORS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// The rota binary, wrapped in the test runner when cross-testing.
-pub fn rota_cmd() -> Command {
-    let bin = env!("CARGO_BIN_EXE_rota");
-    match std::env::var("ROTA_TEST_RUNNER")
-        .ok()
-        .filter(|r| !r.trim().is_empty())
-    {
-        Some(r) => {
-            let mut parts = r.split_whitespace();
-            let mut c = Command::new(parts.next().unwrap_or("env"));
-            c.args(parts).arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    }
-}
-
+/// A [`Fixture`] with its bus, and maybe `rota service` on it.
 pub struct Gateway {
-    pub dir: tempfile::TempDir,
-    dbus: Option<Child>,
+    fx: Fixture,
+    dbus: Option<Bus>,
     pub service: Option<Child>,
     pub bus: String,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = Fixture;
+    fn deref(&self) -> &Fixture {
+        &self.fx
+    }
 }
 
 impl Gateway {
     /// A gateway with its bus up but the service not started.
     pub fn new(rauc_compat: bool) -> Gateway {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::write(d.join("a.img"), pattern(SLOT_SIZE, 1)).unwrap();
-        std::fs::write(d.join("b.img"), vec![0u8; SLOT_SIZE]).unwrap();
-        std::fs::write(d.join("env.txt"), "bootcmd=run distro_bootcmd\nBOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\nserial=GW-1\n").unwrap();
-        let st = Command::new("mkenvimage")
-            .args(["-s", "0x4000", "-o"])
-            .arg(d.join("uboot.env"))
-            .arg(d.join("env.txt"))
-            .status()
-            .expect("mkenvimage (u-boot-tools) must be installed");
-        assert!(st.success());
-        std::fs::write(
-            d.join("fw_env.config"),
-            format!("{} 0x0 0x4000\n", d.join("uboot.env").display()),
-        )
-        .unwrap();
-        std::fs::write(d.join("cmdline"), "console=ttyAMA0 rota.slot=A\n").unwrap();
-        let mut gw = Gateway {
-            dir,
-            dbus: None,
+        Gateway::with(Fixture::builder().dbus(&format!("rauc-compat = {rauc_compat}")))
+    }
+
+    /// A gateway made by `builder`, with its bus up but the service not started.
+    pub fn with(builder: Builder) -> Gateway {
+        let fx = builder.build();
+        let bus = Bus::start(fx.dir.path(), OPEN_POLICY);
+        Gateway {
+            bus: bus.address.clone(),
+            fx,
+            dbus: Some(bus),
             service: None,
-            bus: String::new(),
-        };
-        gw.rota(&["keygen", "--out-dir", "keys", "--name", "release"])
-            .success();
-        gw.rota(&["keygen", "--out-dir", "keys", "--name", "other"])
-            .success();
-        std::fs::write(
-            gw.path("system.toml"),
-            format!(
-                "[system]\ncompatible = \"acme-gateway\"\ndata-dir = \"data\"\nkernel-cmdline = \"cmdline\"\n\
-                 [keyring]\npaths = [\"keys/release.pub.pem\"]\n[bootloader]\nfw-env-config = \"fw_env.config\"\n\
-                 [slot.rootfs.0]\ndevice = \"a.img\"\nbootname = \"A\"\n[slot.rootfs.1]\ndevice = \"b.img\"\nbootname = \"B\"\n\
-                 [dbus]\nrauc-compat = {rauc_compat}\n"
-            ),
-        )
-        .unwrap();
-        gw.start_bus();
-        gw
-    }
-
-    /// Turns the env into a redundant one: two copies of 0x4000 in `uboot.env` (made by
-    /// `mkenvimage -r`), the first current — what the docs ask for on real boards.
-    pub fn use_redundant_env(&self) {
-        let st = Command::new("mkenvimage")
-            .args(["-r", "-s", "0x4000", "-o"])
-            .arg(self.path("copy.env"))
-            .arg(self.path("env.txt"))
-            .status()
-            .expect("mkenvimage (u-boot-tools) must be installed");
-        assert!(st.success());
-        let copy = self.read("copy.env");
-        let mut both = copy.clone();
-        both.extend_from_slice(&copy);
-        // The second copy's flag is older, so the first one is current.
-        both[0x4000 + 4] = 0;
-        std::fs::write(self.path("uboot.env"), both).unwrap();
-        std::fs::write(
-            self.path("fw_env.config"),
-            format!(
-                "{env} 0x0 0x4000\n{env} 0x4000 0x4000\n",
-                env = self.path("uboot.env").display()
-            ),
-        )
-        .unwrap();
-    }
-
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    pub fn read(&self, name: &str) -> Vec<u8> {
-        std::fs::read(self.path(name)).unwrap()
-    }
-
-    /// A private dbus-daemon as the system bus (tools-here.md §1); its address comes from
-    /// `--print-address=1`, which it prints once it listens.
-    fn start_bus(&mut self) {
-        let sock = self.path("bus.sock");
-        std::fs::write(
-            self.path("bus.conf"),
-            format!(
-                "<busconfig><type>system</type><listen>unix:path={}</listen><auth>EXTERNAL</auth>\
-                 <policy context=\"default\"><allow user=\"*\"/><allow own=\"*\"/><allow send_destination=\"*\"/>\
-                 <allow receive_sender=\"*\"/><allow eavesdrop=\"true\"/></policy></busconfig>",
-                sock.display()
-            ),
-        )
-        .unwrap();
-        let mut child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", self.path("bus.conf").display()))
-            .args([
-                "--nofork",
-                "--nopidfile",
-                "--print-address=1",
-                "--print-pid=1",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dbus-daemon must be installed");
-        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut address = String::new();
-        std::io::BufRead::read_line(&mut out, &mut address).unwrap();
-        self.dbus = Some(child);
-        assert!(
-            address.starts_with("unix:path="),
-            "dbus-daemon printed no address: {address:?}"
-        );
-        self.bus = address.trim().to_owned();
-        // Keep the pipe open (and drained) so the daemon never writes into a closed pipe.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+        }
     }
 
     /// Kills the bus daemon (the service loses its connection).
     pub fn kill_bus(&mut self) {
         if let Some(mut d) = self.dbus.take() {
-            let _ = d.kill();
-            let _ = d.wait();
+            d.kill();
         }
     }
 
     fn env_vars(&self, c: &mut Command) {
-        c.current_dir(self.dir.path())
-            .env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus)
-            .env("ROTA_CONFIG", self.path("system.toml"))
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC");
+        self.fx.setup(c);
+        c.env("DBUS_SYSTEM_BUS_ADDRESS", &self.bus);
     }
 
     /// Runs the rota CLI to completion (killed after 300 s, so a hang fails the test).
@@ -191,7 +67,7 @@ impl Gateway {
             .args(inner.get_args())
             .args(args);
         self.env_vars(&mut c);
-        Run(c.output().expect("rota runs"))
+        Run::of(&mut c)
     }
 
     /// Any command with the gateway's bus.
@@ -199,9 +75,7 @@ impl Gateway {
         let mut c = Command::new(prog);
         c.args(args);
         self.env_vars(&mut c);
-        Run(c
-            .output()
-            .unwrap_or_else(|e| panic!("{prog} must be installed: {e}")))
+        Run::of(&mut c)
     }
 
     /// Spawns `rota service` and waits until it answers on the bus.
@@ -231,7 +105,7 @@ impl Gateway {
 
     /// Waits until the service owns io.rota and serves its object (a property answers).
     pub fn wait_for_service(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let out = self.busctl(&[
                 "get-property",
@@ -358,65 +232,30 @@ impl Gateway {
         (http.url(&format!("{name}.rota")), image)
     }
 
+    /// A reboot into `bootname`: the service stopped, the kernel command line of that
+    /// boot, the service started again.
+    pub fn reboot_into(&mut self, bootname: &str) {
+        self.stop_service();
+        self.boot_into(bootname);
+        self.start_service();
+    }
+
     /// SIGKILL, as a power cut would stop it.
     pub fn kill_service(&mut self) {
         if let Some(mut s) = self.service.take() {
-            let _ = s.kill();
-            let _ = s.wait();
+            procs::kill_now(&mut s);
         }
     }
 
+    /// SIGTERM, and waits for the service (and anything it started) to exit.
     pub fn stop_service(&mut self) {
         if let Some(mut s) = self.service.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(s.id() as i32),
+            procs::stop(
+                &mut s,
                 nix::sys::signal::Signal::SIGTERM,
+                Duration::from_secs(120),
             );
-            let _ = s.wait();
         }
-    }
-
-    /// A bundle with one rootfs image; returns (path, image).
-    pub fn bundle(
-        &self,
-        name: &str,
-        compatible: &str,
-        version: &str,
-        image: Vec<u8>,
-        key: &str,
-    ) -> (PathBuf, Vec<u8>) {
-        let src = self.path(&format!("src-{name}"));
-        std::fs::create_dir_all(&src).unwrap();
-        std::fs::write(src.join("rootfs.ext4"), &image).unwrap();
-        std::fs::write(
-            src.join("manifest.toml"),
-            format!("[update]\ncompatible = \"{compatible}\"\nversion = \"{version}\"\n\n[[image]]\nslot-class = \"rootfs\"\nfile = \"rootfs.ext4\"\n"),
-        )
-        .unwrap();
-        let out = self.path(&format!("{name}.rota"));
-        let keyfile = format!("keys/{key}.key.pem");
-        self.rota(&[
-            "bundle",
-            "create",
-            src.to_str().unwrap(),
-            out.to_str().unwrap(),
-            "--key",
-            &keyfile,
-        ])
-        .success();
-        (out, image)
-    }
-
-    pub fn fw_printenv(&self) -> std::collections::BTreeMap<String, String> {
-        let out = self
-            .cmd(
-                "fw_printenv",
-                &["-c", self.path("fw_env.config").to_str().unwrap()],
-            )
-            .success();
-        out.lines()
-            .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
-            .collect()
     }
 
     pub fn status_json(&self) -> serde_json::Value {
@@ -435,8 +274,7 @@ impl Monitor {
     /// (`interface`, `member`, `error_name`, `payload.data`...).
     pub fn stop(mut self) -> Vec<serde_json::Value> {
         std::thread::sleep(Duration::from_millis(200));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        procs::terminate(&mut self.child);
         let text = std::fs::read_to_string(&self.out).unwrap();
         text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -446,8 +284,7 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        procs::terminate(&mut self.child);
     }
 }
 
@@ -461,42 +298,15 @@ pub struct SlowHttp {
 impl SlowHttp {
     fn start(root: &Path, work: &Path, rate: u32) -> SlowHttp {
         std::fs::create_dir_all(root).unwrap();
-        std::fs::create_dir_all(work.join("logs")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let conf = format!(
-            "user root; worker_processes 1; daemon off; pid {w}/nginx.pid; error_log {w}/logs/error.log warn;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log {w}/logs/access.log; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
-               fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi;\n\
-               default_type application/octet-stream;\n\
-               server {{ listen 127.0.0.1:{port}; root {r}; limit_rate {rate}; }}\n\
-             }}\n",
-            w = work.display(),
-            r = root.display(),
+        let port = super::nginx::free_port();
+        let child = super::nginx::launch(
+            work,
+            &format!(
+                "server {{ listen 127.0.0.1:{port}; root {}; limit_rate {rate}; }}",
+                root.display()
+            ),
+            &[port],
         );
-        std::fs::write(work.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(work.join("nginx.conf"))
-            .arg("-p")
-            .arg(work)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx must be installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx did not start: {}",
-                std::fs::read_to_string(work.join("logs/error.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
         SlowHttp {
             child,
             root: root.to_owned(),
@@ -509,67 +319,25 @@ impl SlowHttp {
     }
 }
 
+impl SlowHttp {
+    /// The nginx master's process id (its workers are its children).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for SlowHttp {
-    /// SIGTERM (nginx's fast shutdown stops the workers too), SIGKILL if it lingers.
+    /// SIGTERM (nginx's fast shutdown): waits for the master and its workers to exit.
     fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        procs::terminate(&mut self.child);
     }
 }
 
 impl Drop for Gateway {
+    /// The service is killed (as a power cut would stop it), the bus stopped; both are
+    /// waited for.
     fn drop(&mut self) {
         self.kill_service();
-        if let Some(mut d) = self.dbus.take() {
-            let _ = d.kill();
-            let _ = d.wait();
-        }
+        self.dbus.take();
     }
-}
-
-/// A finished command.
-pub struct Run(pub Output);
-
-impl Run {
-    pub fn code(&self) -> i32 {
-        self.0.status.code().unwrap_or(-1)
-    }
-    pub fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.0.stdout).into_owned()
-    }
-    pub fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.0.stderr).into_owned()
-    }
-    /// Asserts exit 0 and returns stdout.
-    pub fn success(&self) -> String {
-        assert!(
-            self.0.status.success(),
-            "command failed ({}): {}\n{}",
-            self.0.status,
-            self.stdout(),
-            self.stderr()
-        );
-        self.stdout()
-    }
-}
-
-pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-pub fn path_str(p: &Path) -> &str {
-    p.to_str().unwrap()
 }

@@ -14,7 +14,7 @@ Tests drive it through /_sim/... (JSON):
   POST /_sim/actions/<id>      {"cancel": true} | {"window": ...} | {"update": ...}
   POST /_sim/config            {"sleep"?, "throttle"?, "request_config"?,
                                 "fail_feedback"?, "fail_downloads"?}
-  GET  /_sim/state             actions, config data, request counts
+  GET  /_sim/state             actions, config data, request counts, artifact bytes sent
 The first line on stdout is "PORT <n>".
 """
 
@@ -44,6 +44,7 @@ class Sim:
         self.auth = auth  # expected Authorization header, or None
         self.sleep = "00:00:01"
         self.throttle = 0  # artifact bytes per second, 0 = unlimited
+        self.artifact_bytes = 0  # artifact bytes sent, over all downloads
         self.config_requested = True  # hawkBit asks for attributes at first contact
         self.config_data = []
         self.fail_feedback = 0  # answer the next N feedback POSTs with 503
@@ -250,6 +251,8 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.write(chunk)
                 except (BrokenPipeError, ConnectionResetError):
                     return
+                with SIM.lock:
+                    SIM.artifact_bytes += len(chunk)
                 left -= len(chunk)
                 if SIM.throttle:
                     time.sleep(len(chunk) / SIM.throttle)
@@ -334,7 +337,8 @@ class Handler(BaseHTTPRequestHandler):
                 counts[r["kind"]] = counts.get(r["kind"], 0) + 1
             actions = {i: {k: v for k, v in a.items() if k != "file"} for i, a in SIM.actions.items()}
             body = {"actions": actions, "config_data": SIM.config_data, "counts": counts,
-                    "requests": SIM.log[-200:], "config_requested": SIM.config_requested}
+                    "requests": SIM.log[-200:], "config_requested": SIM.config_requested,
+                    "artifact_bytes": SIM.artifact_bytes}
         self.send_json(200, body)
 
     def sim_post(self):

@@ -125,6 +125,30 @@ impl HawkbitSim {
         self.state()["counts"][kind].as_u64().unwrap_or(0)
     }
 
+    /// Waits until `n` more requests of `kind` than `since` arrived (e.g. polls of the
+    /// base resource): something that must not happen between polls is then known not to
+    /// have happened in that many polls, however slow the machine is.
+    pub fn wait_count(&self, kind: &str, since: u64, n: u64, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let now = self.count(kind);
+            if now >= since + n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {} of {n} more {kind} requests within {secs} s",
+                now - since.min(now)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Artifact bytes the simulator has sent so far.
+    pub fn artifact_bytes(&self) -> u64 {
+        self.state()["artifact_bytes"].as_u64().unwrap_or(0)
+    }
+
     /// Waits until `pred` holds for the action; returns it.
     pub fn wait_action(
         &self,
@@ -162,9 +186,15 @@ pub fn has_feedback(entries: &Value, execution: &str, finished: &str, text: &str
     })
 }
 
+impl HawkbitSim {
+    /// The simulator's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for HawkbitSim {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        super::procs::terminate(&mut self.child);
     }
 }

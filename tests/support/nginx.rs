@@ -8,9 +8,55 @@
 //! on the HTTPS port `/to-http/X` → the HTTP port's `/X`. Every request is also logged to
 //! [`Nginx::header_log`] with its port and the `X-Fleet-Token` and `Authorization` it carried.
 
+use super::procs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Starts nginx (a master and one worker, in the foreground) with its files in `work`
+/// and `servers` inside its `http` block; returns once it accepts on every port in
+/// `ports`. Stop it with [`procs::terminate`]: the master stops its worker, and both are
+/// waited for.
+pub fn launch(work: &Path, servers: &str, ports: &[u16]) -> Child {
+    std::fs::create_dir_all(work.join("logs")).unwrap();
+    let conf = format!(
+        "user root; worker_processes 1; master_process on; daemon off; pid {w}/nginx.pid;\n\
+         error_log {w}/logs/error.log warn;\n\
+         events {{ worker_connections 64; }}\n\
+         http {{ access_log {w}/logs/access.log; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
+           fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi;\n\
+           default_type application/octet-stream;\n\
+         {servers}\n\
+         }}\n",
+        w = work.display(),
+    );
+    std::fs::write(work.join("nginx.conf"), conf).unwrap();
+    let mut child = Command::new("nginx")
+        .arg("-c")
+        .arg(work.join("nginx.conf"))
+        .arg("-p")
+        .arg(work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx must be installed");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for &port in ports {
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = matches!(child.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() >= deadline {
+                procs::terminate(&mut child);
+                panic!(
+                    "nginx did not start: {}",
+                    std::fs::read_to_string(work.join("logs/error.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    child
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -130,13 +176,9 @@ impl Nginx {
         std::fs::create_dir_all(work.join("logs")).unwrap();
         let (http, https, mtls, alt) = (free_port(), free_port(), free_port(), free_port());
         let p = |n: &str| pki.join(n).display().to_string();
-        let conf = format!(
-            "user root; worker_processes 1; daemon off; pid {w}/nginx.pid; error_log {w}/logs/error.log warn;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log {w}/logs/access.log; client_body_temp_path {w}/body; proxy_temp_path {w}/proxy;\n\
-               log_format hdrs '$server_port $request_method $request_uri token=$http_x_fleet_token auth=$http_authorization';\n\
+        let servers = format!(
+            "log_format hdrs '$server_port $request_method $request_uri token=$http_x_fleet_token auth=$http_authorization';\n\
                access_log {w}/logs/headers.log hdrs;\n\
-               fastcgi_temp_path {w}/fcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi; default_type application/octet-stream;\n\
                server {{ listen 127.0.0.1:{http}; root {r};\n\
                  location /private/ {{ deny all; }}\n\
                  location /auth/ {{ auth_basic \"rota\"; auth_basic_user_file {w}/htpasswd; }}\n\
@@ -148,15 +190,13 @@ impl Nginx {
                server {{ listen 127.0.0.1:{https} ssl; ssl_certificate {sc}; ssl_certificate_key {sk}; root {r};\n\
                  location /to-http/ {{ rewrite ^/to-http/(.*)$ http://127.0.0.1:{http}/$1 redirect; }} }}\n\
                server {{ listen 127.0.0.1:{mtls} ssl; ssl_certificate {sc}; ssl_certificate_key {sk};\n\
-                 ssl_client_certificate {ca}; ssl_verify_client on; root {r}; }}\n\
-             }}\n",
+                 ssl_client_certificate {ca}; ssl_verify_client on; root {r}; }}",
             w = work.display(),
             r = root.display(),
             sc = p("server.pem"),
             sk = p("server.key"),
             ca = p("ca.pem"),
         );
-        std::fs::write(work.join("nginx.conf"), conf).unwrap();
         // `/auth/` needs user "device", password "s3cret" (HTTP basic auth).
         let hash = Command::new("openssl")
             .args(["passwd", "-apr1", "s3cret"])
@@ -168,26 +208,7 @@ impl Nginx {
             format!("device:{}", String::from_utf8_lossy(&hash.stdout)),
         )
         .unwrap();
-        let child = Command::new("nginx")
-            .arg("-c")
-            .arg(work.join("nginx.conf"))
-            .arg("-p")
-            .arg(work)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nginx must be installed");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for port in [http, https, mtls, alt] {
-            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-                assert!(
-                    Instant::now() < deadline,
-                    "nginx did not start: {}",
-                    std::fs::read_to_string(work.join("logs/error.log")).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
+        let child = launch(work, &servers, &[http, https, mtls, alt]);
         Nginx {
             child,
             work: work.to_owned(),
@@ -225,10 +246,17 @@ impl Nginx {
     }
 }
 
+impl Nginx {
+    /// The master's process id (its worker is its child).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Nginx {
+    /// SIGTERM to the master (nginx's fast shutdown); waits for it and its worker.
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        procs::terminate(&mut self.child);
     }
 }
 
