@@ -587,7 +587,10 @@ fn the_poller_client_follows_the_same_rules() {
     for port in [site.ng.alt, site.ng.https] {
         let lines = site.ng.requests_to(port);
         assert!(!lines.is_empty(), "{lines:#?}");
-        assert!(lines.iter().all(|l| l.ends_with("token=- auth=-")), "{lines:#?}");
+        assert!(
+            lines.iter().all(|l| l.ends_with("token=- auth=-")),
+            "{lines:#?}"
+        );
     }
     // https → http: refused, nothing reaches the plain server.
     let api = Api::new(&o, true).unwrap();
