@@ -436,6 +436,8 @@ pub struct SlotReport {
     pub status: Option<SlotContent>,
 }
 
+/// The last install as `rota status` reports it (SPEC §5 `last_install`); the state file
+/// keeps the same fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastInstall {
     pub version: String,

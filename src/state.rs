@@ -3,7 +3,7 @@
 //! reboot, and the journal of an install in progress (so a killed service resumes it).
 //! Written only through [`crate::fsutil::write_atomic`].
 
-use crate::model::{InstallRequest, SlotContent, UpdateResult};
+use crate::model::{InstallRequest, LastInstall, SlotContent};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -44,17 +44,15 @@ pub struct SlotStatus {
     pub installed_at: String,
 }
 
-/// The last install, followed through reboot (SPEC §5 `last_install`).
+/// The last install, followed through reboot: what `rota status` shows as `last_install`
+/// (its fields sit at the top level of the JSON object, as earlier releases wrote them),
+/// and the bootname rota needs to follow it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallRecord {
-    pub version: String,
-    /// Slot name of the (first) slot written.
-    pub slot: String,
-    pub bootname: String,
-    pub transaction: String,
-    pub result: UpdateResult,
+    #[serde(flatten)]
+    pub install: LastInstall,
     #[serde(default)]
-    pub error: String,
+    pub bootname: String,
 }
 
 /// A running install, enough to start it again after a crash: the request itself (its
@@ -275,5 +273,50 @@ mod tests {
         std::fs::write(store.path(), b"{\"slots\": ").unwrap();
         let err = store.load().unwrap_err().to_string();
         assert!(err.contains("corrupt"), "{err}");
+    }
+
+    /// A state file as the release before the model layer wrote it (strings for states,
+    /// the journal's request fields flat, `last_install` with its bootname) still loads,
+    /// and writes back with the same words.
+    #[test]
+    fn files_of_the_earlier_release_load() {
+        let old = r#"{
+  "slots": {
+    "rootfs.1": {
+      "status": "installing", "version": "1.1.0", "compatible": "acme-gateway",
+      "sha256": "", "size": 0, "bundle_hash": "ab", "transaction": "t1", "installed_at": ""
+    }
+  },
+  "last_install": {
+    "version": "1.1.0", "slot": "rootfs.1", "bootname": "B", "transaction": "t1",
+    "result": "rolled-back", "error": ""
+  },
+  "journal": {
+    "transaction": "t1", "source": "https://h/b.rota", "force_version": false,
+    "ignore_compatible": false, "reboot": null, "http_headers": ["X-A: 1"],
+    "tls_ca": null, "tls_cert": null, "tls_key": null, "tls_no_verify": false,
+    "manifest_hash": "ab", "resumed": 2, "booted": "rootfs.0", "target": "rootfs.1"
+  }
+}"#;
+        let st: State = serde_json::from_str(old).unwrap();
+        assert_eq!(st.slots["rootfs.1"].status, SlotContent::Installing);
+        let li = st.last_install.as_ref().unwrap();
+        assert_eq!(li.install.result, crate::model::UpdateResult::RolledBack);
+        assert_eq!(li.bootname, "B");
+        let j = st.journal.as_ref().unwrap();
+        assert_eq!(
+            j.request.source,
+            crate::model::Location::Http("https://h/b.rota".into())
+        );
+        assert_eq!(j.request.http_headers, ["X-A: 1"]);
+        assert_eq!(j.resumed, 2);
+        let req = j.to_request();
+        assert_eq!(req.transaction_id.as_deref(), Some("t1"));
+        let back = serde_json::to_value(&st).unwrap();
+        assert_eq!(back["last_install"]["result"], "rolled-back");
+        assert_eq!(back["journal"]["source"], "https://h/b.rota");
+        assert_eq!(back["slots"]["rootfs.1"]["status"], "installing");
+        let again: State = serde_json::from_value(back).unwrap();
+        assert_eq!(again, st);
     }
 }

@@ -151,14 +151,14 @@ impl Agent {
         if let (MarkState::Good, Some(booted)) = (how, self.device.booted.as_ref()) {
             let marked = self.device.store.update(|state| {
                 let li = state.last_install.as_mut().filter(|l| {
-                    l.slot == booted.name
+                    l.install.slot == booted.name
                         && slots[0].name == booted.name
-                        && l.result == UpdateResult::Booted
+                        && l.install.result == UpdateResult::Booted
                 })?;
-                li.result = UpdateResult::Good;
+                li.install.result = UpdateResult::Good;
                 Some(format!(
                     "update to {} in slot {} marked good",
-                    li.version, li.slot
+                    li.install.version, li.install.slot
                 ))
             });
             match marked {

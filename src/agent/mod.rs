@@ -548,13 +548,16 @@ impl Agent {
             let mut li = state
                 .last_install
                 .clone()
-                .filter(|l| l.transaction == transaction)
+                .filter(|l| l.install.transaction == transaction)
                 .unwrap_or(InstallRecord {
-                    transaction: transaction.to_owned(),
+                    install: LastInstall {
+                        transaction: transaction.to_owned(),
+                        ..Default::default()
+                    },
                     ..Default::default()
                 });
-            li.result = UpdateResult::after(outcome);
-            li.error = message.to_owned();
+            li.install.result = UpdateResult::after(outcome);
+            li.install.error = message.to_owned();
             for s in state.slots.values_mut() {
                 if s.transaction == transaction && s.status == SlotContent::Installing {
                     s.status = SlotContent::after(outcome);

@@ -5,7 +5,7 @@
 
 use super::Device;
 use crate::boot::BootState;
-use crate::model::{SlotContent, UpdateResult};
+use crate::model::{LastInstall, SlotContent, UpdateResult};
 use crate::state::{InstallRecord, State};
 
 /// How many times in a row an interrupted install is resumed before it is given up.
@@ -96,20 +96,23 @@ pub(super) fn settle_journal(
     match state
         .last_install
         .as_mut()
-        .filter(|l| l.transaction == j.transaction)
+        .filter(|l| l.install.transaction == j.transaction)
     {
         Some(li) => {
-            li.result = result;
+            li.install.result = result;
             if let Some(m) = &msg {
-                li.error = m.clone();
+                li.install.error = m.clone();
             }
         }
         None => {
             if let Some(m) = &msg {
                 state.last_install = Some(InstallRecord {
-                    transaction: j.transaction.clone(),
-                    result,
-                    error: m.clone(),
+                    install: LastInstall {
+                        transaction: j.transaction.clone(),
+                        result,
+                        error: m.clone(),
+                        ..Default::default()
+                    },
                     ..Default::default()
                 });
             }
@@ -130,31 +133,31 @@ pub(super) fn settle_journal(
 pub(super) fn follow_up(device: &Device, state: &mut State, boot: &BootState) -> Option<String> {
     let booted = device.booted.as_ref()?;
     let li = state.last_install.as_mut()?;
-    if li.result == UpdateResult::RolledBack && booted.name == li.slot {
+    if li.install.result == UpdateResult::RolledBack && booted.name == li.install.slot {
         // The bootloader fell back, then tried the new slot again (its counters all ran
         // out and were reset, or someone made it first again) and now it runs.
         log::info!(
             "running the new slot {} ({}) with version {} after an earlier rollback; not yet marked good",
-            li.slot,
+            li.install.slot,
             li.bootname,
-            li.version
+            li.install.version
         );
-        li.result = UpdateResult::Booted;
-        li.error.clear();
+        li.install.result = UpdateResult::Booted;
+        li.install.error.clear();
         return None;
     }
-    if li.result != UpdateResult::Activated && li.result != UpdateResult::Booted {
+    if li.install.result != UpdateResult::Activated && li.install.result != UpdateResult::Booted {
         return None;
     }
-    if booted.name == li.slot {
-        if li.result == UpdateResult::Activated {
+    if booted.name == li.install.slot {
+        if li.install.result == UpdateResult::Activated {
             log::info!(
                 "running the new slot {} ({}) with version {}; not yet marked good",
-                li.slot,
+                li.install.slot,
                 li.bootname,
-                li.version
+                li.install.version
             );
-            li.result = UpdateResult::Booted;
+            li.install.result = UpdateResult::Booted;
         }
         return None;
     }
@@ -162,19 +165,19 @@ pub(super) fn follow_up(device: &Device, state: &mut State, boot: &BootState) ->
     // first in the order with a full counter.
     let untouched = boot.primary() == Some(li.bootname.as_str())
         && boot.attempts_left(&li.bootname) >= device.config.system.boot_attempts;
-    if li.result == UpdateResult::Activated && untouched {
+    if li.install.result == UpdateResult::Activated && untouched {
         return None;
     }
-    li.result = UpdateResult::RolledBack;
+    li.install.result = UpdateResult::RolledBack;
     let msg = format!(
         "update to {} in slot {} was rolled back: the bootloader booted {} ({} attempts left on {})",
-        li.version,
-        li.slot,
+        li.install.version,
+        li.install.slot,
         booted.name,
         boot.attempts_left(&li.bootname),
         li.bootname
     );
-    li.error = msg.clone();
+    li.install.error = msg.clone();
     log::warn!("{msg}");
     Some(msg)
 }

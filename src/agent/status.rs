@@ -5,9 +5,7 @@
 use super::recovery::follow_up;
 use super::{Agent, Device};
 use crate::boot::BootState;
-use crate::model::{
-    AgentError, BootHealth, LastInstall, McuState, SlotReport, SlotRole, StatusReport,
-};
+use crate::model::{AgentError, BootHealth, McuState, SlotReport, SlotRole, StatusReport};
 
 pub(super) fn primary_slot_name(device: &Device, boot: &BootState) -> String {
     boot.primary()
@@ -102,13 +100,7 @@ impl Agent {
             operation: snap.operation,
             last_error,
             slots,
-            last_install: state.last_install.map(|l| LastInstall {
-                version: l.version,
-                slot: l.slot,
-                transaction: l.transaction,
-                result: l.result,
-                error: l.error,
-            }),
+            last_install: state.last_install.map(|l| l.install),
             mcu: device
                 .config
                 .mcu

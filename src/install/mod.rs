@@ -21,7 +21,7 @@ pub mod progress;
 use crate::boot::{BootError, Bootloader};
 use crate::bundle::{self, Keyring};
 use crate::config::{Config, SlotConfig};
-use crate::model::{InstallRequest, Progress, SlotContent, UpdateResult};
+use crate::model::{InstallRequest, LastInstall, Progress, SlotContent, UpdateResult};
 use crate::slot::SlotWriter;
 use crate::state::{InstallRecord, SlotStatus, StateStore};
 use progress::Reporter;
@@ -187,15 +187,17 @@ pub fn run(
                 .join(",")
         });
         state.last_install = Some(InstallRecord {
-            version: version.clone(),
-            slot: first_name,
+            install: LastInstall {
+                version: version.clone(),
+                slot: first_name,
+                transaction: transaction.to_owned(),
+                result: UpdateResult::Installing,
+                error: String::new(),
+            },
             bootname: first
                 .as_ref()
                 .and_then(|s| s.bootname.clone())
                 .unwrap_or_default(),
-            transaction: transaction.to_owned(),
-            result: UpdateResult::Installing,
-            error: String::new(),
         });
         same_bundle
     })?;
@@ -287,7 +289,7 @@ pub fn run(
     crate::failpoint::hit("install.after-activate");
     ctx.store.update(|state| {
         if let Some(li) = state.last_install.as_mut() {
-            li.result = if activated.is_some() {
+            li.install.result = if activated.is_some() {
                 UpdateResult::Activated
             } else {
                 UpdateResult::Good
