@@ -11,6 +11,7 @@
 
 use crate::agent::{AgentEvent, AgentHandle};
 use crate::mcu::staging;
+use crate::model::UpdateResult;
 use crate::service::mcu::McuBus;
 use std::path::PathBuf;
 use tokio::sync::broadcast::error::RecvError;
@@ -39,12 +40,17 @@ async fn relay_if_due(agent: &AgentHandle, mcu: &McuBus, data_dir: &std::path::P
         Err(e) => return log::error!("mcu: {e}"),
     };
     let result = match agent.status().await {
-        Ok(st) => st.last_install.map(|l| l.result).unwrap_or_default(),
+        Ok(st) => match st.last_install {
+            Some(l) => l.result,
+            None => {
+                return log::info!("mcu: {} staged, no install recorded yet", staged.join(", "))
+            }
+        },
         Err(e) => return log::error!("mcu: cannot read the install state: {e}"),
     };
-    match result.as_str() {
-        "good" => {}
-        "rolled-back" | "failed" | "cancelled" => {
+    match result {
+        UpdateResult::Good => {}
+        UpdateResult::RolledBack | UpdateResult::Failed | UpdateResult::Cancelled => {
             for node in &staged {
                 log::warn!("mcu {node}: the update that staged its image is {result}; image dropped, not relayed");
                 if let Err(e) = staging::discard(data_dir, node) {
@@ -53,9 +59,9 @@ async fn relay_if_due(agent: &AgentHandle, mcu: &McuBus, data_dir: &std::path::P
             }
             return;
         }
-        other => {
+        other @ (UpdateResult::Installing | UpdateResult::Activated | UpdateResult::Booted) => {
             return log::info!(
-                "mcu: {} staged, waiting for the update to be marked good (it is {other:?})",
+                "mcu: {} staged, waiting for the update to be marked good (it is {other})",
                 staged.join(", ")
             )
         }

@@ -31,7 +31,7 @@
 
 use super::{booted_version, verdict, Ctx, PollError, Verdict};
 use crate::config::UpdateSection;
-use crate::model::{AgentError, InstallRequest, InstallResult, Location};
+use crate::model::{AgentError, InstallRequest, InstallResult, Location, UpdateResult};
 use crate::source::redact;
 use serde::Deserialize;
 use std::time::Duration;
@@ -123,15 +123,17 @@ pub fn decide(
         }
     }
     if let Some(li) = status.last_install.as_ref().filter(|l| l.version == v) {
-        match li.result.as_str() {
-            "installing" => return Decision::Nothing(format!("{v} is being installed")),
-            "activated" => {
+        match li.result {
+            UpdateResult::Installing => {
+                return Decision::Nothing(format!("{v} is being installed"))
+            }
+            UpdateResult::Activated => {
                 return Decision::Nothing(format!("{v} is installed and waits for a reboot"))
             }
-            "booted" => {
+            UpdateResult::Booted => {
                 return Decision::Nothing(format!("{v} is running and waits to be marked good"))
             }
-            "good" if booted.is_none() || booted.as_deref() == Some(v.as_str()) => {
+            UpdateResult::Good if booted.is_none() || booted.as_deref() == Some(v.as_str()) => {
                 return Decision::Nothing(format!("{v} is installed"))
             }
             _ => {}
