@@ -238,6 +238,25 @@ impl Nginx {
             .collect()
     }
 
+    /// [`Nginx::requests_to`] once `enough` says so (or after 30 s): nginx writes a
+    /// request's line after the answer went out, so a client can be done before its line
+    /// is there. Returns the lines either way; the caller asserts.
+    pub fn requests_to_when(&self, port: u16, enough: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = self.requests_to(port);
+            if enough(&lines) || Instant::now() > deadline {
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// At least `n` lines for `port` (see [`Nginx::requests_to_when`]).
+    pub fn requests_to_at_least(&self, port: u16, n: usize) -> Vec<String> {
+        self.requests_to_when(port, |l| l.len() >= n)
+    }
+
     pub fn url(&self, port: u16, tls: bool, name: &str) -> String {
         format!(
             "{}://127.0.0.1:{port}/{name}",
