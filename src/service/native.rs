@@ -142,8 +142,7 @@ pub(crate) fn apply_options(
 /// `https://`; any other scheme is refused by name); URLs pass; a local path must be
 /// absolute, a regular file, and readable by the caller itself (see [`access`]).
 pub(crate) async fn check_source(
-    conn: &Connection,
-    header: &zbus::message::Header<'_>,
+    caller: &access::Caller,
     source: &str,
 ) -> Result<Location, String> {
     if source.is_empty() || source.len() > MAX_SOURCE_LEN {
@@ -160,8 +159,7 @@ pub(crate) async fn check_source(
             path.display().to_string()
         ));
     }
-    // Fail closed: a caller the bus cannot name may not make root open files.
-    let caller = access::caller(conn, header).await?;
+    let caller = caller.clone();
     tokio::task::spawn_blocking(move || {
         let path = path.as_path();
         access::may_read(&caller, path)
@@ -190,8 +188,7 @@ pub(crate) async fn check_source(
 /// `tls-key`) are read by root as well: a caller other than root must be able to read each
 /// of them itself, or it could make the service present the device's own client key.
 pub(crate) async fn check_request_files(
-    conn: &Connection,
-    header: &zbus::message::Header<'_>,
+    caller: &access::Caller,
     req: &InstallRequest,
 ) -> Result<(), String> {
     let files: Vec<String> = [&req.tls_ca, &req.tls_cert, &req.tls_key]
@@ -202,7 +199,7 @@ pub(crate) async fn check_request_files(
     if files.is_empty() {
         return Ok(());
     }
-    let caller = access::caller(conn, header).await?;
+    let caller = caller.clone();
     tokio::task::spawn_blocking(move || {
         files.iter().try_for_each(|f| {
             access::may_read(&caller, std::path::Path::new(f))
@@ -284,16 +281,27 @@ impl Agent1 {
     }
 }
 
-/// Refuses a caller who is neither root nor in `group` (see [`access::may_control`]).
+/// Who sent the message, as the bus daemon knows it. Fails closed: a caller the bus
+/// cannot name may neither change things nor make root open files.
+pub(crate) async fn caller(
+    conn: &Connection,
+    header: &zbus::message::Header<'_>,
+) -> Result<access::Caller, RotaError> {
+    access::caller(conn, header)
+        .await
+        .map_err(RotaError::AccessDenied)
+}
+
+/// Refuses a caller who is neither root nor in `group` (see [`access::may_control`]);
+/// returns who it is, for the checks that follow.
 pub(crate) async fn authorize(
     conn: &Connection,
     header: &zbus::message::Header<'_>,
     group: &str,
-) -> Result<(), RotaError> {
-    let caller = access::caller(conn, header)
-        .await
-        .map_err(RotaError::AccessDenied)?;
-    access::may_control(&caller, group).map_err(RotaError::AccessDenied)
+) -> Result<access::Caller, RotaError> {
+    let caller = caller(conn, header).await?;
+    access::may_control(&caller, group).map_err(RotaError::AccessDenied)?;
+    Ok(caller)
 }
 
 #[interface(name = "io.rota.Agent1")]
@@ -310,8 +318,8 @@ impl Agent1 {
         #[zbus(header)] header: zbus::message::Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, RotaError> {
-        authorize(conn, &header, &self.group).await?;
-        let source = check_source(conn, &header, &source)
+        let caller = authorize(conn, &header, &self.group).await?;
+        let source = check_source(&caller, &source)
             .await
             .map_err(RotaError::InvalidArgument)?;
         let mut req = InstallRequest {
@@ -319,7 +327,7 @@ impl Agent1 {
             ..Default::default()
         };
         apply_options(&mut req, &options, false).map_err(RotaError::InvalidArgument)?;
-        check_request_files(conn, &header, &req)
+        check_request_files(&caller, &req)
             .await
             .map_err(RotaError::InvalidArgument)?;
         Ok(self.agent.install(req).await?)

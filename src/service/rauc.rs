@@ -14,8 +14,8 @@
 //! `GetArtifactStatus` is always empty (no artifact repositories).
 
 use super::native::{
-    apply_options, authorize, check_request_files, check_slot_id, check_source, slot_status,
-    RotaError,
+    apply_options, authorize, caller, check_request_files, check_slot_id, check_source,
+    slot_status, RotaError,
 };
 use crate::agent::AgentHandle;
 use crate::config::Config;
@@ -94,7 +94,8 @@ impl Installer {
                 "{MAX_INSPECTIONS} bundle inspections are running already; try again later"
             ))
         })?;
-        let source = check_source(conn, header, source)
+        let caller = caller(conn, header).await?;
+        let source = check_source(&caller, source)
             .await
             .map_err(RotaError::InvalidArgument)?;
         let mut req = InstallRequest {
@@ -102,10 +103,10 @@ impl Installer {
             ..Default::default()
         };
         apply_options(&mut req, args, true).map_err(RotaError::InvalidArgument)?;
-        check_request_files(conn, header, &req)
+        check_request_files(&caller, &req)
             .await
             .map_err(RotaError::InvalidArgument)?;
-        let privileged = authorize(conn, header, &self.group()).await.is_ok();
+        let privileged = super::access::may_control(&caller, &self.group()).is_ok();
         let mut http = self.config.http.clone();
         if !privileged {
             // The device's identity is for the device's servers, not the caller's.
@@ -193,8 +194,8 @@ impl Installer {
         #[zbus(header)] header: zbus::message::Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), RotaError> {
-        authorize(conn, &header, &self.group()).await?;
-        let source = check_source(conn, &header, &source)
+        let caller = authorize(conn, &header, &self.group()).await?;
+        let source = check_source(&caller, &source)
             .await
             .map_err(RotaError::InvalidArgument)?;
         let mut req = InstallRequest {
@@ -202,7 +203,7 @@ impl Installer {
             ..Default::default()
         };
         apply_options(&mut req, &args, true).map_err(RotaError::InvalidArgument)?;
-        check_request_files(conn, &header, &req)
+        check_request_files(&caller, &req)
             .await
             .map_err(RotaError::InvalidArgument)?;
         self.agent.install(req).await?;
@@ -216,9 +217,9 @@ impl Installer {
         #[zbus(header)] header: zbus::message::Header<'_>,
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), RotaError> {
-        authorize(conn, &header, &self.group()).await?;
+        let caller = authorize(conn, &header, &self.group()).await?;
         log::info!("D-Bus: Install() is deprecated, use InstallBundle()");
-        let source = check_source(conn, &header, &source)
+        let source = check_source(&caller, &source)
             .await
             .map_err(RotaError::InvalidArgument)?;
         self.agent
