@@ -142,11 +142,11 @@ pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> 
 }
 
 /// Removes whatever is at `path` (file, symlink, FIFO or a whole directory tree).
-fn remove_stale(path: &Path) -> io::Result<()> {
+pub fn remove_stale(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => {
             log::warn!(
-                "removing a stale directory in the way of {}",
+                "removing the directory {} that is in the way",
                 path.display()
             );
             fs::remove_dir_all(path)

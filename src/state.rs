@@ -171,7 +171,7 @@ impl StateStore {
         };
         let aside = self.path.with_extension("json.corrupt");
         let dir = self.path.parent().unwrap_or(Path::new("."));
-        let moved = remove_entry(&aside)
+        let moved = crate::fsutil::remove_stale(&aside)
             .and_then(|_| std::fs::rename(&self.path, &aside))
             .and_then(|_| crate::fsutil::sync_dir(dir));
         match &moved {
@@ -196,7 +196,7 @@ impl StateStore {
         // Written now, so every later load finds a good file (a directory that could not
         // be moved aside is removed by the atomic write's rename failing loudly here).
         if moved.is_err() {
-            remove_entry(&self.path).map_err(|source| StateError::Write {
+            crate::fsutil::remove_stale(&self.path).map_err(|source| StateError::Write {
                 path: self.path.clone(),
                 source,
             })?;
@@ -227,16 +227,6 @@ impl StateStore {
             path: self.path.clone(),
             source,
         })
-    }
-}
-
-/// Removes a file or directory tree at `path`; nothing there is fine.
-fn remove_entry(path: &Path) -> std::io::Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
-        Ok(_) => std::fs::remove_file(path),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
     }
 }
 
