@@ -45,6 +45,8 @@ pub struct Config {
     pub dbus: DbusSection,
     #[serde(default)]
     pub http: HttpSection,
+    #[serde(default)]
+    pub install: InstallSection,
     pub update: Option<UpdateSection>,
     /// Where the file was read from (set by [`Config::load`]); relative paths resolve against its directory.
     #[serde(skip)]
@@ -201,6 +203,33 @@ impl Default for HttpSection {
             cross_origin_redirects: CrossOriginRedirects::default(),
         }
     }
+}
+
+/// `[install]`: how an install checks its own work.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct InstallSection {
+    #[serde(default)]
+    pub read_back: ReadBack,
+}
+
+/// What is read back from the slot after it was written, and compared with the signed
+/// manifest. Every chunk was already checked against its signed SHA-256 before it was
+/// written; the read-back checks the storage: that the device returns what was written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadBack {
+    /// Read every byte back from the device (around the page cache) and compare the
+    /// image's CRC32: catches writes lost or misplaced by the device, driver or a failing
+    /// flash, at hardware-CRC speed. Not a defence against a deliberate attacker — the
+    /// bytes were authenticated on their way in.
+    #[default]
+    Crc,
+    /// As `crc`, and the image's SHA-256 too: one more cryptographic pass over the image.
+    Sha256,
+    /// No read-back: trust the device's write path (fastest; a silently failing flash
+    /// chip is then found only at boot).
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]

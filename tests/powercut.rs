@@ -36,7 +36,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::gateway::{path_str, pattern, Gateway};
 
-const IMAGE: usize = 1 << 20;
+const IMAGE: usize = 4 << 20;
+/// The installer writes in batches of this size (install::copy::BATCH_BYTES).
+const BATCH: usize = rota::install::copy::BATCH_BYTES as usize;
 const CHUNK: usize = 64 << 10;
 const BUNDLES: usize = 6;
 const ENV_SIZE: usize = 0x4000;
@@ -249,14 +251,14 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
             path_str(&out).to_owned()
         })
         .collect();
-    let chunks = (IMAGE / CHUNK) as u64;
     // How often one install reaches each point: state saves are the journal, "installing",
-    // the slot record and "activated"; env writes are disable and activate.
+    // the slot record, the slot's chunk index and "activated"; env writes are disable and
+    // activate; the slot is written in batches.
     let reach = |p: &str| -> u64 {
         match p {
-            "copy.mid-chunk" | "copy.after-write" => chunks,
+            "copy.mid-chunk" | "copy.after-write" => (IMAGE / BATCH) as u64,
             "env.mid-write" | "env.after-write" => 2,
-            "state.before-rename" => 4,
+            "state.before-rename" => 5,
             _ => 1,
         }
     };
@@ -535,7 +537,7 @@ fn a_cut_after_activation_boots_the_new_slot_and_the_old_one_stays_intact() {
     for point in [
         "env.after-write:2",
         "install.after-activate",
-        "state.before-rename:4",
+        "state.before-rename:5",
     ] {
         let mut gw = Gateway::new(false);
         gw.use_redundant_env();

@@ -2,8 +2,6 @@
 //! covered by the signed manifest, so each chunk is verified on its own before it is
 //! written.
 
-use sha2::{Digest, Sha256};
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkIndex {
     pub chunk_size: u32,
@@ -35,7 +33,7 @@ impl ChunkIndex {
     /// True when `data` is exactly chunk `i`.
     pub fn verify(&self, i: usize, data: &[u8]) -> bool {
         let (_, len) = self.chunk_range(i);
-        data.len() as u64 == len && Sha256::digest(data).as_slice() == self.hashes[i]
+        data.len() as u64 == len && super::digest::sha256(data) == self.hashes[i]
     }
 
     /// Serialized form stored in the bundle: the hashes back to back.

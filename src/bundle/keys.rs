@@ -7,7 +7,6 @@ use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::EncodePrivateKey;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePublicKey, KeypairBytes};
 use ed25519_dalek::{Signature, SigningKey, Verifier, VerifyingKey};
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
 /// Short, stable name of a public key for messages: first 8 bytes of SHA-256 of the raw key, hex.
@@ -17,7 +16,7 @@ pub type KeyId = String;
 const MAX_KEY_FILE: u64 = 64 * 1024;
 
 pub fn key_id(key: &VerifyingKey) -> KeyId {
-    hex::encode(&Sha256::digest(key.as_bytes())[..8])
+    hex::encode(&super::digest::sha256(key.as_bytes())[..8])
 }
 
 fn read_pem(path: &Path) -> Result<String, BundleError> {

@@ -7,7 +7,6 @@ use super::{
     MAX_MANIFEST_SIZE, SIGNATURE_NAME, SIGNATURE_SIZE,
 };
 use crate::source::ByteSource;
-use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
 const BLOCK: u64 = 512;
@@ -352,7 +351,7 @@ fn read_layout(
         None => String::new(),
     };
     let manifest = Manifest::parse(&manifest_bytes)?;
-    let manifest_hash = hex::encode(Sha256::digest(&manifest_bytes));
+    let manifest_hash = super::digest::sha256_hex(&manifest_bytes);
 
     // Every member the signed manifest implies, in order, with its exact size.
     let mut expected = Vec::new();
@@ -449,7 +448,7 @@ impl Bundle {
             .ok_or_else(|| BundleError::Format(format!("bundle has no member {name}")))?;
         let mut bytes = vec![0u8; m.size as usize];
         source.read_exact_at(m.offset, &mut bytes)?;
-        let got = hex::encode(Sha256::digest(&bytes));
+        let got = super::digest::sha256_hex(&bytes);
         if got != img.chunks_sha256 {
             return Err(BundleError::Payload {
                 file: img.file.clone(),

@@ -9,7 +9,6 @@ use super::manifest::{
 };
 use super::{BundleError, ChunkIndex, MANIFEST_NAME, SIGNATURE_NAME};
 use ed25519_dalek::{Signer, SigningKey};
-use sha2::{Digest, Sha256};
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read};
 use std::path::{Path, PathBuf};
@@ -46,7 +45,7 @@ fn hash_image(path: &Path, chunk_size: u32) -> Result<Hashed, BundleError> {
         }
         let data = &buf[..filled];
         whole.update(data);
-        hashes.push(Sha256::digest(data).into());
+        hashes.push(super::digest::sha256(data));
         size += filled as u64;
         if filled < buf.len() {
             break;
@@ -106,7 +105,7 @@ pub fn create(
             )));
         }
         let h = hash_image(&path, chunk_size)?;
-        let chunks_sha256 = hex::encode(Sha256::digest(h.chunks.to_bytes()));
+        let chunks_sha256 = super::digest::sha256_hex(&h.chunks.to_bytes());
         images.push(ImageEntry {
             slot_class: img.slot_class.clone(),
             mcu: img.mcu.clone(),

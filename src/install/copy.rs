@@ -1,114 +1,409 @@
-//! Moving one image into its slot, chunk by chunk, never writing an unverified byte.
+//! Moving one image into its slot through a staged pipeline, never writing an unverified
+//! byte, hashing each byte once.
 //!
-//! The image is walked in windows of chunks. For each chunk the device first looks at
-//! what it already has — the same chunk in the target slot (an interrupted earlier
-//! attempt) or at the same offset in the running slot (unchanged data) — and keeps it
-//! when its SHA-256 matches the signed chunk index. Runs of the remaining chunks are
-//! fetched with one ranged read each, verified, and written. A chunk that fails
-//! verification is fetched again on its own, never written.
+//! ```text
+//!  reader (this thread) ──chunks──▶ verify workers ──verified──▶ writer ──done up to──▶ read-back
+//!   target / running slot / bundle     SHA-256 vs the           1 MiB aligned           O_DIRECT, in order,
+//!                                      signed chunk index       batches, 1 fdatasync    CRC32 (or SHA-256)
+//! ```
+//!
+//! - The **reader** walks the image in windows. For each chunk it decides where the bytes
+//!   come from: the target slot itself (only when resuming an interrupted install), the
+//!   running slot (at the offset its recorded chunk index names, anywhere in the slot; at
+//!   the same offset when nothing is recorded), or the bundle. Reuse candidates are
+//!   verified first; runs of what is still missing are fetched with one ranged read each.
+//! - **Verify workers** (`min(cores − 1, 3)`, at least one) hash whole chunks against the
+//!   signed chunk index. A chunk that does not match is never written: it is fetched again.
+//! - The **writer** coalesces verified chunks into 1 MiB-aligned batches, writes each
+//!   with one positional write, and syncs once at the end.
+//! - The **read-back** follows the writer: it reads what landed straight from the device
+//!   (`O_DIRECT`, no page-cache round trip) in image order and compares the image's
+//!   CRC32 (`read-back = crc`) or also its SHA-256 (`sha256`) with the signed manifest.
+//!
+//! Queues between the stages are bounded in bytes, so memory stays flat whatever the
+//! image size.
 
 use super::progress::Reporter;
 use super::{check_cancel, InstallError};
+use crate::bundle::digest::ImageHasher;
 use crate::bundle::{ChunkIndex, ImageEntry, Member};
+use crate::config::ReadBack;
 use crate::slot::{SlotReader, SlotWriter};
 use crate::source::{ByteSource, SourceError};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
-use std::path::PathBuf;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
 
-/// Bytes of chunks classified (and fetched with one request at most) at a time. Bounds
-/// memory and the size of one HTTP range.
-const WINDOW_BYTES: u64 = 32 << 20;
+/// Bytes of chunks classified (and fetched with one request at most) at a time.
+const WINDOW_BYTES: u64 = 8 << 20;
 /// A chunk that arrives corrupted this many times in a row fails the install.
 const CHUNK_RETRIES: u32 = 3;
-/// Read-back block size.
-const READ_BACK_BLOCK: usize = 1 << 20;
+/// Write batch and read-back block: aligned to this many bytes.
+pub const BATCH_BYTES: u64 = 1 << 20;
+/// Chunk bytes in flight in each queue (reader → workers, workers → writer).
+const QUEUE_BYTES: u64 = 4 << 20;
+/// Verified chunks the writer may hold back waiting for a batch to fill.
+const MAX_PENDING_BYTES: u64 = 4 << 20;
+/// Alignment of `O_DIRECT` reads: a multiple of any block device's logical block size.
+const DIRECT_ALIGN: usize = 4096;
 
 /// Where already-present chunks may come from.
-#[derive(Debug, Clone, Default)]
 pub struct Reuse {
-    /// Check the target slot's current content first.
+    /// Check the target slot's current content first (resuming an interrupted install).
     pub target: bool,
     /// The running slot of the same class.
-    pub active: Option<PathBuf>,
+    pub active: Option<ActiveSlot>,
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The running slot, and what is known of its content.
+pub struct ActiveSlot {
+    pub reader: SlotReader,
+    /// Where each chunk hash lies in the slot, from its recorded index
+    /// ([`super::slot_index`]). `None`: nothing recorded, probe the same offset.
+    pub locations: Option<HashMap<[u8; 32], (u64, u64)>>,
+}
+
+/// The stages' view of one image.
+pub struct Job<'a> {
+    pub member: &'a Member,
+    pub image: &'a ImageEntry,
+    pub index: &'a ChunkIndex,
+    pub writer: &'a SlotWriter,
+    pub reuse: &'a Reuse,
+    pub read_back: ReadBack,
+    pub cancel: &'a AtomicBool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Already in the target slot: verified, not written again.
+    Target,
+    /// From the running slot.
+    Active,
+    /// From the bundle.
+    Fetched,
+}
+
+struct Work {
+    chunk: usize,
+    origin: Origin,
+    data: Vec<u8>,
+}
+
+/// A worker's answer to the reader, for every chunk it checked.
+struct Verdict {
+    chunk: usize,
+    origin: Origin,
+    ok: bool,
+}
+
+enum ToWriter {
+    Write { chunk: usize, data: Vec<u8> },
+    Present { chunk: usize },
+}
+
+/// Number of verify workers for this machine.
+pub fn worker_count() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(1).clamp(1, 3)
+}
+
+/// Copies one image into its slot and checks what landed; see the module docs.
 pub fn copy_image(
     source: &mut dyn ByteSource,
-    member: &Member,
-    image: &ImageEntry,
-    index: &ChunkIndex,
-    writer: &SlotWriter,
-    reuse: &Reuse,
-    cancel: &AtomicBool,
+    job: &Job<'_>,
     reporter: &mut Reporter<'_>,
 ) -> Result<(), InstallError> {
-    let chunk_size = index.chunk_size as usize;
-    let mut buf = vec![0u8; chunk_size];
-    let active = match &reuse.active {
-        Some(p) => match SlotReader::open(p) {
-            Ok(r) => Some(r),
-            Err(e) => {
+    let index = job.index;
+    let depth = (QUEUE_BYTES / u64::from(index.chunk_size)).max(2) as usize;
+    let workers = worker_count();
+    let direct = DirectReader::open(job.writer);
+    std::thread::scope(|s| {
+        // Only the workers hold the receiving end: when they are gone, the reader's next
+        // send fails instead of blocking.
+        let (work_tx, work_rx) = sync_channel::<Work>(depth);
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        let (write_tx, write_rx) = sync_channel::<ToWriter>(depth);
+        let (verdict_tx, verdict_rx) = channel::<Verdict>();
+        let (done_tx, done_rx) = channel::<u64>();
+        let overlapped = job.read_back != ReadBack::Off && direct.is_some();
+        let read_back = s.spawn(move || -> Result<Option<ImageHasher>, InstallError> {
+            match direct {
+                Some(d) if overlapped => d.follow(job, done_rx).map(Some),
+                _ => Ok(None),
+            }
+        });
+        let writer = s.spawn(move || write_stage(job, write_rx, overlapped.then_some(done_tx)));
+        for _ in 0..workers {
+            let (work_rx, write_tx, verdict_tx) =
+                (work_rx.clone(), write_tx.clone(), verdict_tx.clone());
+            s.spawn(move || verify_stage(index, &work_rx, write_tx, verdict_tx));
+        }
+        drop((work_rx, write_tx, verdict_tx));
+        let read = Reader {
+            job,
+            work: work_tx,
+            verdicts: verdict_rx,
+            in_flight: 0,
+            corrupt: Vec::new(),
+            probed: Vec::new(),
+        }
+        .run(source, reporter);
+        // The reader's end closed the work queue: workers, then the writer, finish.
+        let written = writer.join().unwrap_or_else(|_| {
+            Err(InstallError::Failed(
+                "the slot writer thread panicked".into(),
+            ))
+        });
+        let hashed = read_back
+            .join()
+            .unwrap_or_else(|_| Err(InstallError::Failed("the read-back thread panicked".into())));
+        // The first cause wins: a cancel, else the writer's own error (the reader only sees
+        // that the stages behind it stopped), else the reader's.
+        if let Err(InstallError::Cancelled) = read {
+            return Err(InstallError::Cancelled);
+        }
+        written?;
+        read?;
+        match hashed? {
+            Some(h) => check(job, h),
+            None if job.read_back == ReadBack::Off => {
+                log::info!("{}: read-back is off ([install] read-back)", job.image.file);
+                Ok(())
+            }
+            None => buffered_read_back(job),
+        }
+    })
+}
+
+/// The reader stage: classifies, reads and fetches chunks, hands them to the workers,
+/// and reports progress from their verdicts.
+struct Reader<'a, 'j> {
+    job: &'a Job<'j>,
+    work: SyncSender<Work>,
+    verdicts: Receiver<Verdict>,
+    /// Chunks sent to the workers whose verdict has not come back.
+    in_flight: usize,
+    /// Fetched chunks that failed their hash, to fetch again.
+    corrupt: Vec<usize>,
+    /// Verdicts on the chunks offered by the running [`Reader::probe`]: (chunk, found).
+    probed: Vec<(usize, bool)>,
+}
+
+impl Reader<'_, '_> {
+    fn run(
+        mut self,
+        source: &mut dyn ByteSource,
+        reporter: &mut Reporter<'_>,
+    ) -> Result<(), InstallError> {
+        let index = self.job.index;
+        let n = index.len();
+        let per_window = ((WINDOW_BYTES / u64::from(index.chunk_size)) as usize).max(1);
+        let mut start = 0;
+        while start < n {
+            let end = n.min(start + per_window);
+            let mut missing: Vec<usize> = (start..end).collect();
+            if self.job.reuse.target {
+                missing = self.probe(&missing, Origin::Target, reporter)?;
+            }
+            if self.job.reuse.active.is_some() {
+                missing = self.probe(&missing, Origin::Active, reporter)?;
+            }
+            for run in runs(&missing) {
+                self.fetch_run(source, run, reporter)?;
+            }
+            start = end;
+        }
+        self.settle(reporter)?;
+        for _ in 0..CHUNK_RETRIES {
+            if self.corrupt.is_empty() {
+                break;
+            }
+            let again = std::mem::take(&mut self.corrupt);
+            for &c in &again {
                 log::warn!(
-                    "cannot read running slot {} for reuse ({e}); fetching everything",
-                    p.display()
+                    "chunk {c} of {} failed its hash check; fetching it again",
+                    self.job.image.file
                 );
-                None
+                self.fetch_run(source, c..c + 1, reporter)?;
             }
-        },
-        None => None,
-    };
-    let n = index.len();
-    let per_window = ((WINDOW_BYTES / index.chunk_size as u64) as usize).max(1);
-    let mut needed = Vec::with_capacity(per_window.min(n));
-    let mut start = 0;
-    while start < n {
-        let end = n.min(start + per_window);
-        needed.clear();
-        for c in start..end {
-            check_cancel(cancel)?;
+            self.settle(reporter)?;
+        }
+        if let Some(&c) = self.corrupt.first() {
             let (off, len) = index.chunk_range(c);
-            let data = &mut buf[..len as usize];
-            let mut have = false;
-            if reuse.target {
-                writer.read_at(off, data)?;
-                have = index.verify(c, data);
-            }
-            if !have {
-                if let Some(a) = &active {
-                    let read = a
-                        .read_at(off, data)
-                        .map_err(|e| InstallError::Failed(format!("reading running slot: {e}")))?;
-                    if read && index.verify(c, data) {
-                        writer.write_at(off, data)?;
-                        have = true;
+            return Err(InstallError::Failed(format!(
+                "chunk {c} of {} (bytes {off}..{}) does not match its signed hash after {} attempts; nothing of it was written",
+                self.job.image.file,
+                off + len,
+                CHUNK_RETRIES + 1
+            )));
+        }
+        Ok(())
+    }
+
+    fn send(&mut self, work: Work) -> Result<(), InstallError> {
+        self.in_flight += 1;
+        self.work
+            .send(work)
+            .map_err(|_| InstallError::Failed("the verify workers stopped".into()))
+    }
+
+    fn take_verdict(&mut self, v: Verdict, reporter: &mut Reporter<'_>) {
+        self.in_flight -= 1;
+        let (_, len) = self.job.index.chunk_range(v.chunk);
+        match (v.ok, v.origin) {
+            (true, Origin::Fetched) => reporter.fetched(len),
+            (true, _) => reporter.reused(len),
+            (false, Origin::Fetched) => self.corrupt.push(v.chunk),
+            (false, _) => {}
+        }
+        if v.origin != Origin::Fetched {
+            self.probed.push((v.chunk, v.ok));
+        }
+    }
+
+    /// Takes the verdicts that are already there, without waiting.
+    fn poll(&mut self, reporter: &mut Reporter<'_>) {
+        while let Ok(v) = self.verdicts.try_recv() {
+            self.take_verdict(v, reporter);
+        }
+    }
+
+    /// Waits for the verdict of every chunk in flight.
+    fn settle(&mut self, reporter: &mut Reporter<'_>) -> Result<(), InstallError> {
+        while self.in_flight > 0 {
+            check_cancel(self.job.cancel)?;
+            let v = self.verdicts.recv().map_err(|_| self.stopped())?;
+            self.take_verdict(v, reporter);
+        }
+        Ok(())
+    }
+
+    /// The error when a stage behind the reader went away: the writer's own error is
+    /// reported when it is joined.
+    fn stopped(&self) -> InstallError {
+        InstallError::Failed("the install pipeline stopped".into())
+    }
+
+    /// Offers the chunks `candidates` from `origin` to the workers; returns those that
+    /// are not there (in chunk order).
+    fn probe(
+        &mut self,
+        candidates: &[usize],
+        origin: Origin,
+        reporter: &mut Reporter<'_>,
+    ) -> Result<Vec<usize>, InstallError> {
+        let index = self.job.index;
+        let mut missing = Vec::new();
+        let mut offered = 0usize;
+        self.probed.clear();
+        for &c in candidates {
+            check_cancel(self.job.cancel)?;
+            let (off, len) = index.chunk_range(c);
+            let mut data = vec![0u8; len as usize];
+            let found = match origin {
+                Origin::Target => {
+                    self.job.writer.read_at(off, &mut data)?;
+                    true
+                }
+                Origin::Active => {
+                    let Some(active) = &self.job.reuse.active else {
+                        return Ok(candidates.to_vec());
+                    };
+                    let at = match &active.locations {
+                        Some(map) => map
+                            .get(&index.hashes[c])
+                            .filter(|(_, l)| *l == len)
+                            .map(|(o, _)| *o),
+                        None => Some(off),
+                    };
+                    match at {
+                        Some(at) => active.reader.read_at(at, &mut data).map_err(|e| {
+                            InstallError::Failed(format!("reading the running slot: {e}"))
+                        })?,
+                        None => false,
                     }
                 }
+                Origin::Fetched => false,
+            };
+            if found {
+                offered += 1;
+                self.send(Work {
+                    chunk: c,
+                    origin,
+                    data,
+                })?;
+            } else {
+                missing.push(c);
             }
-            if have {
-                reporter.reused(len);
-            }
-            needed.push(!have);
+            self.poll(reporter);
         }
-        let mut c = start;
-        while c < end {
-            if !needed[c - start] {
-                c += 1;
-                continue;
-            }
-            let mut run_end = c;
-            while run_end < end && needed[run_end - start] {
-                run_end += 1;
-            }
-            fetch_run(
-                source, member, image, index, c, run_end, writer, &mut buf, cancel, reporter,
-            )?;
-            c = run_end;
+        // Wait for this window's answers; fetched chunks of earlier windows may answer too.
+        while self.probed.len() < offered {
+            check_cancel(self.job.cancel)?;
+            let v = self.verdicts.recv().map_err(|_| self.stopped())?;
+            self.take_verdict(v, reporter);
         }
-        start = end;
+        missing.extend(
+            std::mem::take(&mut self.probed)
+                .into_iter()
+                .filter_map(|(c, ok)| (!ok).then_some(c)),
+        );
+        missing.sort_unstable();
+        Ok(missing)
     }
-    Ok(())
+
+    /// Fetches chunks `run` with one ranged read and hands them to the workers.
+    fn fetch_run(
+        &mut self,
+        source: &mut dyn ByteSource,
+        run: std::ops::Range<usize>,
+        reporter: &mut Reporter<'_>,
+    ) -> Result<(), InstallError> {
+        let job = self.job;
+        let index = job.index;
+        let (first, last) = (run.start, run.end);
+        let (run_off, _) = index.chunk_range(first);
+        let (last_off, last_len) = index.chunk_range(last - 1);
+        let what = || format!("fetching {} (chunks {first}..{last})", job.image.file);
+        let mut reader = source
+            .read_range(job.member.offset + run_off, last_off + last_len - run_off)
+            .map_err(|e| source_failure(e, job.cancel, what()))?;
+        for c in run {
+            check_cancel(job.cancel)?;
+            let (_, len) = index.chunk_range(c);
+            let mut data = vec![0u8; len as usize];
+            reader.read_exact(&mut data).map_err(|e| {
+                if check_cancel(job.cancel).is_err() {
+                    InstallError::Cancelled
+                } else {
+                    InstallError::Failed(format!("reading chunk {c} of {}: {e}", job.image.file))
+                }
+            })?;
+            self.send(Work {
+                chunk: c,
+                origin: Origin::Fetched,
+                data,
+            })?;
+            self.poll(reporter);
+        }
+        Ok(())
+    }
+}
+
+/// Consecutive runs of sorted chunk numbers.
+fn runs(chunks: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out: Vec<std::ops::Range<usize>> = Vec::new();
+    for &c in chunks {
+        match out.last_mut() {
+            Some(r) if r.end == c => r.end = c + 1,
+            _ => out.push(c..c + 1),
+        }
+    }
+    out
 }
 
 fn source_failure(e: SourceError, cancel: &AtomicBool, what: String) -> InstallError {
@@ -119,123 +414,265 @@ fn source_failure(e: SourceError, cancel: &AtomicBool, what: String) -> InstallE
     }
 }
 
-/// Fetches chunks `first..last` with one ranged read, verifying and writing each.
-#[allow(clippy::too_many_arguments)]
-fn fetch_run(
-    source: &mut dyn ByteSource,
-    member: &Member,
-    image: &ImageEntry,
+/// A verify worker: hashes chunks against the signed index; a good one goes on to the
+/// writer, every one gets a verdict back to the reader.
+fn verify_stage(
     index: &ChunkIndex,
-    first: usize,
-    last: usize,
-    writer: &SlotWriter,
-    buf: &mut [u8],
-    cancel: &AtomicBool,
-    reporter: &mut Reporter<'_>,
-) -> Result<(), InstallError> {
-    let (run_off, _) = index.chunk_range(first);
-    let (last_off, last_len) = index.chunk_range(last - 1);
-    let run_len = last_off + last_len - run_off;
-    let mut corrupted = Vec::new();
-    {
-        let what = || format!("fetching {} (chunks {first}..{last})", image.file);
-        let mut reader = source
-            .read_range(member.offset + run_off, run_len)
-            .map_err(|e| source_failure(e, cancel, what()))?;
-        for c in first..last {
-            check_cancel(cancel)?;
-            let (off, len) = index.chunk_range(c);
-            let data = &mut buf[..len as usize];
-            reader.read_exact(data).map_err(|e| {
-                if check_cancel(cancel).is_err() {
-                    InstallError::Cancelled
-                } else {
-                    InstallError::Failed(format!("reading chunk {c} of {}: {e}", image.file))
-                }
-            })?;
-            if index.verify(c, data) {
-                writer.write_at(off, data)?;
-                reporter.fetched(len);
-            } else {
-                log::warn!(
-                    "chunk {c} of {} failed its hash check; fetching it again",
-                    image.file
-                );
-                corrupted.push(c);
+    work: &Mutex<Receiver<Work>>,
+    to_writer: SyncSender<ToWriter>,
+    verdicts: Sender<Verdict>,
+) {
+    loop {
+        let next = match work.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(w) = next else { return };
+        let ok = index.verify(w.chunk, &w.data);
+        // The verdict first: the reader counts on one for every chunk it handed out.
+        let verdict = Verdict {
+            chunk: w.chunk,
+            origin: w.origin,
+            ok,
+        };
+        if verdicts.send(verdict).is_err() {
+            return;
+        }
+        if ok {
+            let msg = match w.origin {
+                Origin::Target => ToWriter::Present { chunk: w.chunk },
+                _ => ToWriter::Write {
+                    chunk: w.chunk,
+                    data: w.data,
+                },
+            };
+            if to_writer.send(msg).is_err() {
+                return;
             }
         }
     }
-    for c in corrupted {
-        refetch_chunk(
-            source, member, image, index, c, writer, buf, cancel, reporter,
-        )?;
+}
+
+/// The writer stage: holds verified chunks until their 1 MiB-aligned batch is complete
+/// (or too much is held), writes each run of them with one positional write, and tells
+/// the read-back how far the image is complete. Ends with one sync.
+fn write_stage(
+    job: &Job<'_>,
+    incoming: Receiver<ToWriter>,
+    done_to: Option<Sender<u64>>,
+) -> Result<(), InstallError> {
+    let index = job.index;
+    let per_batch = ((BATCH_BYTES / u64::from(index.chunk_size)) as usize).max(1);
+    let n = index.len();
+    let mut open_in_batch: Vec<usize> = (0..n.div_ceil(per_batch))
+        .map(|b| per_batch.min(n - b * per_batch))
+        .collect();
+    let mut done = vec![false; n];
+    let mut watermark = 0usize;
+    let mut pending: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+    let mut pending_bytes = 0u64;
+    let flush = |pending: &mut BTreeMap<usize, Vec<u8>>,
+                 done: &mut [bool],
+                 range: std::ops::Range<usize>|
+     -> Result<u64, InstallError> {
+        let chunks: Vec<usize> = pending.range(range).map(|(c, _)| *c).collect();
+        let mut freed = 0;
+        let mut batch: Vec<u8> = Vec::new();
+        let mut batch_start = None;
+        for (i, c) in chunks.iter().enumerate() {
+            let data = pending.remove(c).unwrap_or_default();
+            freed += data.len() as u64;
+            if batch_start.is_none() {
+                batch_start = Some(*c);
+            }
+            batch.extend_from_slice(&data);
+            done[*c] = true;
+            let run_ends = chunks.get(i + 1) != Some(&(c + 1));
+            if run_ends {
+                if let Some(first) = batch_start.take() {
+                    job.writer.write_at(index.chunk_range(first).0, &batch)?;
+                }
+                batch.clear();
+            }
+        }
+        Ok(freed)
+    };
+    for msg in incoming {
+        let chunk = match msg {
+            ToWriter::Present { chunk } => {
+                done[chunk] = true;
+                chunk
+            }
+            ToWriter::Write { chunk, data } => {
+                pending_bytes += data.len() as u64;
+                pending.insert(chunk, data);
+                chunk
+            }
+        };
+        let b = chunk / per_batch;
+        open_in_batch[b] = open_in_batch[b].saturating_sub(1);
+        if open_in_batch[b] == 0 {
+            let range = b * per_batch..((b + 1) * per_batch).min(n);
+            pending_bytes -= flush(&mut pending, &mut done, range)?;
+        }
+        if pending_bytes > MAX_PENDING_BYTES {
+            pending_bytes -= flush(&mut pending, &mut done, 0..n)?;
+        }
+        let before = watermark;
+        while watermark < n && done[watermark] {
+            watermark += 1;
+        }
+        if watermark != before {
+            if let Some(tx) = &done_to {
+                let (off, len) = index.chunk_range(watermark - 1);
+                let _ = tx.send(off + len);
+            }
+        }
+    }
+    flush(&mut pending, &mut done, 0..n)?;
+    // The reader stopped early (error or cancel): what was written stays unactivated.
+    if done.iter().any(|d| !d) {
+        return Ok(());
+    }
+    job.writer.sync()?;
+    if let Some(tx) = &done_to {
+        let _ = tx.send(job.image.size);
     }
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn refetch_chunk(
-    source: &mut dyn ByteSource,
-    member: &Member,
-    image: &ImageEntry,
-    index: &ChunkIndex,
-    c: usize,
-    writer: &SlotWriter,
-    buf: &mut [u8],
-    cancel: &AtomicBool,
-    reporter: &mut Reporter<'_>,
-) -> Result<(), InstallError> {
-    let (off, len) = index.chunk_range(c);
-    let data = &mut buf[..len as usize];
-    for _ in 0..CHUNK_RETRIES {
-        check_cancel(cancel)?;
-        source
-            .read_exact_at(member.offset + off, data)
-            .map_err(|e| {
-                source_failure(e, cancel, format!("fetching chunk {c} of {}", image.file))
-            })?;
-        if index.verify(c, data) {
-            writer.write_at(off, data)?;
-            reporter.fetched(len);
-            return Ok(());
-        }
-    }
-    Err(InstallError::Failed(format!(
-        "chunk {c} of {} (bytes {off}..{}) does not match its signed hash after {} attempts; nothing of it was written",
-        image.file,
-        off + len,
-        CHUNK_RETRIES + 1
-    )))
+/// Reads the slot around the page cache (`O_DIRECT`), into an aligned buffer.
+struct DirectReader {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    /// Where the aligned part of `buf` starts.
+    at: usize,
 }
 
-/// Syncs the slot and reads the image back from the device: its SHA-256 and CRC32 must
-/// equal the manifest's.
-pub fn read_back(
-    writer: &SlotWriter,
-    image: &ImageEntry,
-    cancel: &AtomicBool,
-) -> Result<(), InstallError> {
-    writer.sync_and_drop_cache()?;
-    let mut hasher = crate::bundle::digest::ImageHasher::new();
-    let mut buf = vec![0u8; READ_BACK_BLOCK];
+impl DirectReader {
+    /// `None` when the device or file system does not take `O_DIRECT` (tmpfs): the
+    /// read-back then runs after the copy, through the page cache after dropping it.
+    fn open(writer: &SlotWriter) -> Option<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_DIRECT)
+            .open(&writer.slot().device)
+            .ok()?;
+        let buf = vec![0u8; BATCH_BYTES as usize + DIRECT_ALIGN];
+        let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        let mut me = Self { file, buf, at };
+        // Some file systems accept the flag and refuse the read.
+        me.read(0, DIRECT_ALIGN).ok()?;
+        Some(me)
+    }
+
+    /// Reads `want` bytes at the aligned `offset` (the request is rounded up to the
+    /// alignment; a short read at the end of a device is fine if `want` bytes came).
+    fn read(&mut self, offset: u64, want: usize) -> std::io::Result<&[u8]> {
+        let asked = want.div_ceil(DIRECT_ALIGN) * DIRECT_ALIGN;
+        let buf = &mut self.buf[self.at..self.at + asked];
+        let mut got = 0;
+        while got < want {
+            let n = self.file.read_at(&mut buf[got..], offset + got as u64)?;
+            if n == 0 {
+                break;
+            }
+            got += n;
+        }
+        if got < want {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the device ended {got} bytes after offset {offset}"),
+            ));
+        }
+        Ok(&self.buf[self.at..self.at + want])
+    }
+
+    /// Follows the writer: reads every byte up to the offset it reports as complete, in
+    /// image order, and hashes what the device returns.
+    fn follow(mut self, job: &Job<'_>, done: Receiver<u64>) -> Result<ImageHasher, InstallError> {
+        let mut hasher = ImageHasher::for_mode(job.read_back);
+        let size = job.image.size;
+        let mut pos = 0u64;
+        let slot = &job.writer.slot().name;
+        for complete in done {
+            // Whole batches while the copy runs; the tail once everything is written.
+            let upto = if complete >= size {
+                size
+            } else {
+                complete / BATCH_BYTES * BATCH_BYTES
+            };
+            while pos < upto {
+                let len = (upto - pos).min(BATCH_BYTES) as usize;
+                let data = self.read(pos, len).map_err(|e| {
+                    InstallError::Failed(format!(
+                        "read-back of {} from slot {slot} at byte {pos}: {e}",
+                        job.image.file
+                    ))
+                })?;
+                hasher.update(data);
+                pos += len as u64;
+            }
+        }
+        if pos < size {
+            // The copy stopped early; its own error is what the caller reports.
+            return Err(InstallError::Failed(format!(
+                "read-back of {} stopped at byte {pos}",
+                job.image.file
+            )));
+        }
+        Ok(hasher)
+    }
+}
+
+/// Compares what the read-back saw with the signed manifest.
+fn check(job: &Job<'_>, hasher: ImageHasher) -> Result<(), InstallError> {
+    let digest = hasher.finish();
+    let slot = &job.writer.slot().name;
+    digest.check_mode(job.image, job.read_back).map_err(|m| {
+        InstallError::Failed(format!(
+            "read-back of {} from slot {slot}: {m}",
+            job.image.file
+        ))
+    })?;
+    log::info!(
+        "{} read back from slot {slot}: {}",
+        job.image.file,
+        digest.describe(job.read_back)
+    );
+    Ok(())
+}
+
+/// The read-back where `O_DIRECT` is not available: after the sync, drop the slot's
+/// pages from the cache and read it through it.
+fn buffered_read_back(job: &Job<'_>) -> Result<(), InstallError> {
+    job.writer.drop_cache();
+    let mut hasher = ImageHasher::for_mode(job.read_back);
+    let mut buf = vec![0u8; BATCH_BYTES as usize];
     let mut off = 0u64;
-    while off < image.size {
-        check_cancel(cancel)?;
-        let len = (image.size - off).min(READ_BACK_BLOCK as u64) as usize;
-        writer.read_at(off, &mut buf[..len])?;
+    while off < job.image.size {
+        check_cancel(job.cancel)?;
+        let len = (job.image.size - off).min(BATCH_BYTES) as usize;
+        job.writer.read_at(off, &mut buf[..len])?;
         hasher.update(&buf[..len]);
         off += len as u64;
     }
-    let digest = hasher.finish();
-    let slot = &writer.slot().name;
-    digest.check(image).map_err(|m| {
-        InstallError::Failed(format!("read-back of {} from slot {slot}: {m}", image.file))
-    })?;
-    log::info!(
-        "{} verified in slot {slot}: sha256 {}, crc32 {:08x}",
-        image.file,
-        digest.sha256,
-        digest.crc32
-    );
-    Ok(())
+    check(job, hasher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_group_consecutive_chunks() {
+        assert_eq!(runs(&[]), vec![]);
+        assert_eq!(runs(&[0, 1, 2, 5, 7, 8]), vec![0..3, 5..6, 7..9]);
+    }
+
+    #[test]
+    fn workers_leave_a_core_to_the_reader_and_writer() {
+        let n = worker_count();
+        assert!((1..=3).contains(&n));
+    }
 }

@@ -3,10 +3,11 @@
 //! 1. open the bundle and check its signature ([`crate::bundle::reader::open`]);
 //! 2. [`plan`]: compatible, version, target slots, sizes — all before any write;
 //! 3. journal the install and take each target slot out of the boot selection;
-//! 4. [`copy`]: per chunk, reuse what the device already has (verified by hash) or
-//!    fetch it, verify it, write it;
-//! 5. sync, read back, compare SHA-256 and CRC32 of what landed;
-//! 6. record the slot status, then activate the slot in the bootloader.
+//! 4. [`copy`]: a staged pipeline per image — per chunk, reuse what the device already
+//!    has (verified by hash) or fetch it, verify it, write it; read what landed back
+//!    from the device as the copy goes and compare the signed CRC32 (`[install] read-back`);
+//! 5. record the slot status and its chunk index ([`slot_index`]), then activate the
+//!    slot in the bootloader.
 //!
 //! MCU images of the bundle are checked with the others in step 2 and staged in step 3
 //! ([`mcu`]); they are relayed later, once the update is marked good.
@@ -17,6 +18,7 @@ pub mod copy;
 pub mod mcu;
 pub mod plan;
 pub mod progress;
+pub mod slot_index;
 
 use crate::boot::{BootError, Bootloader};
 use crate::bundle::{self, Keyring};
@@ -81,6 +83,60 @@ pub struct Summary {
     pub bytes_written: u64,
     pub bytes_downloaded: u64,
     pub bytes_reused: u64,
+}
+
+/// The running slot `slot` as a source of chunks, with its recorded chunk index when
+/// there is one for what the state file says it holds.
+fn active_slot(
+    ctx: &Context<'_>,
+    state: &crate::state::State,
+    slot: &SlotConfig,
+) -> Option<copy::ActiveSlot> {
+    let reader = match crate::slot::SlotReader::open(&slot.device) {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!(
+                "cannot read running slot {} for reuse ({e}); fetching everything",
+                slot.device.display()
+            );
+            return None;
+        }
+    };
+    let locations = state
+        .slots
+        .get(&slot.name)
+        .filter(|s| s.status == SlotContent::Ok && !s.sha256.is_empty())
+        .and_then(|s| {
+            slot_index::SlotIndex::load(&ctx.config.system.data_dir, &slot.name, &s.sha256)
+        })
+        .map(|r| r.locations());
+    if locations.is_none() {
+        log::info!(
+            "no chunk index recorded for running slot {}: probing it at the same offsets",
+            slot.name
+        );
+    }
+    Some(copy::ActiveSlot { reader, locations })
+}
+
+/// Remembers what `slot` now holds. Best effort: without a record the next update probes.
+fn record_index(
+    data_dir: &std::path::Path,
+    slot: &str,
+    image: &crate::bundle::ImageEntry,
+    index: &crate::bundle::ChunkIndex,
+) {
+    let mut image_sha256 = [0u8; 32];
+    if hex::decode_to_slice(&image.sha256, &mut image_sha256).is_err() {
+        return;
+    }
+    let record = slot_index::SlotIndex {
+        image_sha256,
+        index: index.clone(),
+    };
+    if let Err(e) = record.save(data_dir, slot) {
+        log::warn!("cannot record the chunk index of {slot}: {e}");
+    }
 }
 
 pub(crate) fn check_cancel(cancel: &AtomicBool) -> Result<(), InstallError> {
@@ -202,7 +258,14 @@ pub fn run(
         same_bundle
     })?;
     crate::failpoint::hit("install.after-journal");
+    let data_dir = &ctx.config.system.data_dir;
     for p in &plan.images {
+        slot_index::SlotIndex::forget(data_dir, &p.slot.name).map_err(|e| {
+            InstallError::Failed(format!(
+                "forgetting the chunk index of {}: {e}",
+                p.slot.name
+            ))
+        })?;
         if let Some(b) = &p.slot.bootname {
             ctx.bootloader.update(&mut |s| s.disable(b))?;
             log::info!(
@@ -237,28 +300,26 @@ pub fn run(
             .map_err(|e| InstallError::Failed(e.to_string()))?
             .clone();
         let reuse = copy::Reuse {
-            // A resumed or network install first checks what the target already holds.
-            target: resuming || remote || same_bundle,
+            // Only an interrupted attempt left anything worth keeping in the target.
+            target: resuming || same_bundle,
             // Network installs take unchanged chunks from the running slot.
             active: if remote {
-                p.active_device.clone()
+                p.active.as_ref().and_then(|a| active_slot(ctx, &state, a))
             } else {
                 None
             },
         };
-        copy::copy_image(
-            source.as_mut(),
-            &member,
-            &p.image,
+        let job = copy::Job {
+            member: &member,
+            image: &p.image,
             index,
-            &writer,
-            &reuse,
-            &cancel,
-            &mut reporter,
-        )?;
+            writer: &writer,
+            reuse: &reuse,
+            read_back: ctx.config.install.read_back,
+            cancel: &cancel,
+        };
+        copy::copy_image(source.as_mut(), &job, &mut reporter)?;
         check_cancel(&cancel)?;
-        reporter.step(2, &format!("Checking {} in {}", p.image.file, p.slot.name));
-        copy::read_back(&writer, &p.image, &cancel)?;
         crate::failpoint::hit("install.after-read-back");
         written += p.image.size;
     }
@@ -275,6 +336,9 @@ pub fn run(
             }
         }
     })?;
+    for (p, index) in plan.images.iter().zip(&chunk_indexes) {
+        record_index(data_dir, &p.slot.name, &p.image, index);
+    }
     crate::failpoint::hit("install.after-record");
     reporter.step(2, "Activating");
     let attempts = ctx.config.system.boot_attempts;

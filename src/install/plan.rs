@@ -9,7 +9,6 @@ use crate::bundle::{Bundle, ImageEntry, ImageTarget};
 use crate::config::{McuSection, SlotConfig};
 use crate::model::{InstallRequest, SlotContent};
 use crate::state::State;
-use std::path::PathBuf;
 
 /// One image and where it goes.
 #[derive(Debug, Clone)]
@@ -17,7 +16,7 @@ pub struct ImagePlan {
     pub image: ImageEntry,
     pub slot: SlotConfig,
     /// The running slot of the same class, a source of unchanged chunks.
-    pub active_device: Option<PathBuf>,
+    pub active: Option<SlotConfig>,
 }
 
 /// One microcontroller image and the `[mcu.<node>]` it is relayed to.
@@ -119,14 +118,13 @@ pub fn make(
                 slot.device.display()
             ));
         }
-        let active_device = crate::slot::booted_group(ctx.config, ctx.booted.as_ref())
+        let active = crate::slot::booted_group(ctx.config, ctx.booted.as_ref())
             .into_iter()
-            .find(|b| b.class == class)
-            .map(|b| b.device);
+            .find(|b| b.class == class);
         images.push(ImagePlan {
             image: img.clone(),
             slot,
-            active_device,
+            active,
         });
     }
     if images.is_empty() && mcu.is_empty() {

@@ -285,19 +285,29 @@ impl SlotWriter {
         })
     }
 
-    /// Flushes everything written to stable storage, then drops it from the page cache so
-    /// a following read-back comes from the device, not from memory.
-    pub fn sync_and_drop_cache(&self) -> Result<(), SlotError> {
+    /// Flushes everything written to stable storage (data, not metadata: a slot's size
+    /// never changes).
+    pub fn sync(&self) -> Result<(), SlotError> {
         self.file
-            .sync_all()
-            .map_err(|e| dev_err(&self.slot, format!("sync failed: {e}")))?;
-        // Best effort: a device that ignores the hint still reads back correct data.
+            .sync_data()
+            .map_err(|e| dev_err(&self.slot, format!("sync failed: {e}")))
+    }
+
+    /// Drops the slot's pages from the page cache, so a following read comes from the
+    /// device. Best effort: a device that ignores the hint still reads back correct data.
+    pub fn drop_cache(&self) {
         let _ = nix::fcntl::posix_fadvise(
             &self.file,
             0,
             0,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         );
+    }
+
+    /// [`Self::sync`], then [`Self::drop_cache`].
+    pub fn sync_and_drop_cache(&self) -> Result<(), SlotError> {
+        self.sync()?;
+        self.drop_cache();
         Ok(())
     }
 }
