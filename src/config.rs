@@ -616,6 +616,26 @@ interval = "1h"
     }
 
     #[test]
+    fn read_back_defaults_to_crc_and_takes_the_three_modes_only() {
+        let c = Config::parse(GOOD, Path::new("x.toml")).unwrap();
+        assert_eq!(c.install.read_back, ReadBack::Crc);
+        for (word, mode) in [
+            ("crc", ReadBack::Crc),
+            ("sha256", ReadBack::Sha256),
+            ("off", ReadBack::Off),
+        ] {
+            let text = format!("{GOOD}\n[install]\nread-back = \"{word}\"\n");
+            let c = Config::parse(&text, Path::new("x.toml")).unwrap();
+            assert_eq!(c.install.read_back, mode);
+        }
+        let text = format!("{GOOD}\n[install]\nread-back = \"md5\"\n");
+        let err = Config::parse(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("md5") && err.contains("crc"), "{err}");
+    }
+
+    #[test]
     fn unknown_key_names_key_and_line() {
         let text = GOOD.replace("boot-attempts = 3", "boot-attempts = 3\nboot-atempts = 4");
         let err = Config::parse(&text, Path::new("x.toml"))

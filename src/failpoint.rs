@@ -1,8 +1,9 @@
 //! Crash points for the power-cut campaign (`tests/powercut.rs`): with
 //! `ROTA_FAILPOINT=<name>[:<n>]` in the environment, the process kills itself with SIGKILL
 //! the n-th time (default the first) it reaches the point `name` — no destructor, no
-//! flush, as close to pulling the plug as a process can get. Without the variable every
-//! point is one relaxed atomic load. The names are listed in [`POINTS`].
+//! flush, as close to pulling the plug as a process can get. `<name>:<n>:panic` panics
+//! there instead (a bug in the install: see [`crate::panics`]). Without the variable
+//! every point is one relaxed atomic load. The names are listed in [`POINTS`].
 //!
 //! Only with the cargo feature `failpoints` (the tests turn it on): in any other build
 //! [`hit`] is an empty inline function and the variable is never read, so nobody can
@@ -31,6 +32,7 @@ pub const POINTS: &[&str] = &[
 struct Armed {
     name: String,
     nth: u64,
+    panic: bool,
     seen: AtomicU64,
 }
 
@@ -40,13 +42,14 @@ fn armed() -> Option<&'static Armed> {
     ARMED
         .get_or_init(|| {
             let spec = std::env::var("ROTA_FAILPOINT").ok()?;
-            let (name, nth) = match spec.split_once(':') {
-                Some((n, k)) => (n.to_owned(), k.parse().unwrap_or(1)),
-                None => (spec, 1),
-            };
+            let mut parts = spec.split(':');
+            let name = parts.next().unwrap_or_default().to_owned();
+            let nth = parts.next().and_then(|k| k.parse().ok()).unwrap_or(1);
+            let panic = parts.next() == Some("panic");
             Some(Armed {
                 name,
-                nth: nth.max(1),
+                nth: u64::max(nth, 1),
+                panic,
                 seen: AtomicU64::new(0),
             })
         })
@@ -58,6 +61,9 @@ fn armed() -> Option<&'static Armed> {
 pub fn hit(name: &str) {
     let Some(a) = armed() else { return };
     if a.name == name && a.seen.fetch_add(1, Ordering::SeqCst) + 1 == a.nth {
+        if a.panic {
+            panic!("failpoint {name} armed to panic");
+        }
         let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
     }
 }

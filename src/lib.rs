@@ -30,6 +30,7 @@ pub mod fsutil;
 pub mod install;
 pub mod mcu;
 pub mod model;
+pub mod panics;
 pub mod service;
 pub mod slot;
 pub mod source;

@@ -158,6 +158,69 @@ fn adaptive_update_downloads_only_changed_chunks() {
     );
 }
 
+/// Data that moved keeps being reused: rota recorded slot B's chunk index when it
+/// installed v1 there, so v2 — v1 shifted by one chunk, with one new chunk in front — is
+/// found chunk by chunk wherever it lies in the running slot. Without that record (the
+/// same update onto a factory-like slot) the same-offset probe finds almost nothing: the
+/// record is what saves the bytes.
+#[test]
+fn moved_chunks_are_found_anywhere_in_the_running_slot_by_its_recorded_index() {
+    let (mut gw, ng) = setup("");
+    let chunk = 64 << 10;
+    let size = 4 << 20;
+    let v1 = pattern(size, 41);
+    let mut v2 = pattern(chunk, 42);
+    v2.extend_from_slice(&v1[..size - chunk]);
+    publish(&gw, "v1", "1.1.0", v1.clone());
+    gw.rota(&["install", &ng.url(ng.http, false, "v1.rota")])
+        .success();
+    assert!(
+        gw.path("data/slot-index/rootfs.1").exists(),
+        "the install recorded what slot B holds"
+    );
+    gw.stop_service();
+    std::fs::write(gw.path("cmdline"), "rota.slot=B\n").unwrap();
+    gw.start_service();
+    gw.rota(&["mark", "good", "booted"]).success();
+    publish(&gw, "v2", "1.2.0", v2.clone());
+    let install = |gw: &Gateway| {
+        let out = gw
+            .rota(&["install", "--json", &ng.url(ng.http, false, "v2.rota")])
+            .success();
+        let ev = json_events(&out);
+        let p = ev.iter().rev().find(|e| e["event"] == "progress").unwrap();
+        (
+            p["bytes_downloaded"].as_u64().unwrap(),
+            p["bytes_reused"].as_u64().unwrap(),
+        )
+    };
+    let (downloaded, reused) = install(&gw);
+    println!("moved data, recorded index: {downloaded} downloaded, {reused} reused");
+    assert_eq!(downloaded, chunk as u64, "only the new chunk is downloaded");
+    assert_eq!(reused, (size - chunk) as u64);
+    assert_eq!(
+        &gw.read("a.img")[..size],
+        &v2[..],
+        "slot A holds v2 bit-exact"
+    );
+    assert!(gw.path("data/slot-index/rootfs.0").exists());
+
+    // The same update without the running slot's record: probing at the same offsets.
+    std::fs::remove_file(gw.path("data/slot-index/rootfs.1")).unwrap();
+    std::fs::write(gw.path("a.img"), vec![0u8; gw.read("a.img").len()]).unwrap();
+    let (downloaded, _) = install(&gw);
+    println!("moved data, no record: {downloaded} downloaded");
+    assert!(
+        downloaded >= (size - 2 * chunk) as u64,
+        "without the record the moved chunks are not found ({downloaded} downloaded)"
+    );
+    assert_eq!(
+        &gw.read("a.img")[..size],
+        &v2[..],
+        "slot A holds v2 bit-exact"
+    );
+}
+
 /// (bytes done, bytes downloaded, bytes reused) of the running or last install, from the
 /// service's `Progress` property `(ustttttt)`.
 fn progress_bytes(gw: &Gateway) -> (u64, u64, u64) {

@@ -691,3 +691,46 @@ fn a_new_slot_the_bootloader_gave_up_on_is_not_activated_again() {
     assert_eq!(&gw.read("b.img")[..IMAGE], &image[..]);
     assert_eq!(gw.fw_printenv()["BOOT_ORDER"], "B A");
 }
+
+/// A bug that panics in the middle of the copy aborts the service (every build: see
+/// `rota::panics`) instead of leaving it half-alive; when it comes back (systemd restarts
+/// it) the journal resumes the install and finishes it bit-exact, and slot A, the running
+/// one, is untouched throughout.
+#[test]
+fn a_panic_mid_copy_aborts_and_the_restarted_service_finishes_the_install() {
+    let mut gw = Gateway::new(false);
+    let a = gw.read("a.img");
+    let (bundle, image) = gw.bundle("v2", "acme-gateway", "2.0.0", pattern(IMAGE, 12), "release");
+    gw.spawn_service_with(|c| {
+        c.env("ROTA_FAILPOINT", "copy.after-write:2:panic");
+    });
+    gw.wait_for_service();
+    let r = gw.rota(&["install", path_str(&bundle)]);
+    assert_ne!(r.code(), 0, "the install did not see the service die");
+    match service_exit(&mut gw, 60) {
+        Some(None) => {}
+        other => panic!("the service should have been killed by SIGABRT, got {other:?}"),
+    }
+    let log = std::fs::read_to_string(gw.path("service.log")).unwrap_or_default();
+    assert!(
+        log.contains("failpoint copy.after-write armed to panic"),
+        "the panic is logged: {log}"
+    );
+    assert_eq!(gw.read("a.img"), a, "the running slot is untouched");
+    assert_ne!(
+        uboot_boots(&gw),
+        "B",
+        "the half-written slot is not bootable"
+    );
+    gw.start_service();
+    assert!(wait_until(120, || gw.status_json()["operation"] == "idle"));
+    let st = gw.status_json();
+    assert_eq!(st["last_install"]["result"], "activated", "{st}");
+    assert_eq!(
+        &gw.read("b.img")[..image.len()],
+        &image[..],
+        "slot B bit-exact"
+    );
+    assert_eq!(uboot_boots(&gw), "B");
+    assert_eq!(gw.read("a.img"), a);
+}

@@ -425,21 +425,9 @@ impl Agent {
             let mut emit = |p: Progress| {
                 let _ = progress_tx.send(WorkerMsg::Progress(p));
             };
-            // A bug must not leave the agent "installing" forever: a panic becomes a failed
-            // install, reported like any other (the target slot stays out of the boot selection).
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                install::run(&ctx, &tr, &req, resuming, cancel, &mut emit)
-            }))
-            .unwrap_or_else(|panic| {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                Err(InstallError::Failed(format!(
-                    "internal error during install: {what}"
-                )))
-            });
+            // A panic here aborts the service (crate::panics): the journal resumes the
+            // install when systemd brings it back, and gives up after repeated deaths.
+            let result = install::run(&ctx, &tr, &req, resuming, cancel, &mut emit);
             let _ = worker_tx.send(WorkerMsg::Done {
                 transaction: tr,
                 reboot,

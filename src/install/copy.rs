@@ -33,7 +33,7 @@ use crate::source::{ByteSource, SourceError};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
@@ -101,8 +101,45 @@ struct Verdict {
 }
 
 enum ToWriter {
-    Write { chunk: usize, data: Vec<u8> },
-    Present { chunk: usize },
+    Write {
+        chunk: usize,
+        data: Vec<u8>,
+        origin: Origin,
+    },
+    Present {
+        chunk: usize,
+    },
+}
+
+/// Bytes that are in the slot, by where they came from: counted by the writer when they
+/// landed (so progress never counts what a crash would lose), read by the reader for
+/// progress reports.
+#[derive(Default)]
+struct Landed {
+    fetched: AtomicU64,
+    reused: AtomicU64,
+}
+
+/// What of [`Landed`] was reported already.
+#[derive(Default)]
+struct Reported {
+    fetched: u64,
+    reused: u64,
+}
+
+impl Reported {
+    fn catch_up(&mut self, landed: &Landed, reporter: &mut Reporter<'_>) {
+        let fetched = landed.fetched.load(Ordering::Relaxed);
+        let reused = landed.reused.load(Ordering::Relaxed);
+        if fetched > self.fetched {
+            reporter.fetched(fetched - self.fetched);
+            self.fetched = fetched;
+        }
+        if reused > self.reused {
+            reporter.reused(reused - self.reused);
+            self.reused = reused;
+        }
+    }
 }
 
 /// Number of verify workers for this machine.
@@ -121,7 +158,9 @@ pub fn copy_image(
     let depth = (QUEUE_BYTES / u64::from(index.chunk_size)).max(2) as usize;
     let workers = worker_count();
     let direct = DirectReader::open(job.writer);
-    std::thread::scope(|s| {
+    let landed = Landed::default();
+    let mut reported = Reported::default();
+    let result = std::thread::scope(|s| {
         // Only the workers hold the receiving end: when they are gone, the reader's next
         // send fails instead of blocking.
         let (work_tx, work_rx) = sync_channel::<Work>(depth);
@@ -136,7 +175,9 @@ pub fn copy_image(
                 _ => Ok(None),
             }
         });
-        let writer = s.spawn(move || write_stage(job, write_rx, overlapped.then_some(done_tx)));
+        let landed = &landed;
+        let writer =
+            s.spawn(move || write_stage(job, write_rx, overlapped.then_some(done_tx), landed));
         for _ in 0..workers {
             let (work_rx, write_tx, verdict_tx) =
                 (work_rx.clone(), write_tx.clone(), verdict_tx.clone());
@@ -150,6 +191,8 @@ pub fn copy_image(
             in_flight: 0,
             corrupt: Vec::new(),
             probed: Vec::new(),
+            landed,
+            reported: &mut reported,
         }
         .run(source, reporter);
         // The reader's end closed the work queue: workers, then the writer, finish.
@@ -176,7 +219,9 @@ pub fn copy_image(
             }
             None => buffered_read_back(job),
         }
-    })
+    });
+    reported.catch_up(&landed, reporter);
+    result
 }
 
 /// The reader stage: classifies, reads and fetches chunks, hands them to the workers,
@@ -191,6 +236,8 @@ struct Reader<'a, 'j> {
     corrupt: Vec<usize>,
     /// Verdicts on the chunks offered by the running [`Reader::probe`]: (chunk, found).
     probed: Vec<(usize, bool)>,
+    landed: &'a Landed,
+    reported: &'a mut Reported,
 }
 
 impl Reader<'_, '_> {
@@ -253,12 +300,9 @@ impl Reader<'_, '_> {
 
     fn take_verdict(&mut self, v: Verdict, reporter: &mut Reporter<'_>) {
         self.in_flight -= 1;
-        let (_, len) = self.job.index.chunk_range(v.chunk);
-        match (v.ok, v.origin) {
-            (true, Origin::Fetched) => reporter.fetched(len),
-            (true, _) => reporter.reused(len),
-            (false, Origin::Fetched) => self.corrupt.push(v.chunk),
-            (false, _) => {}
+        self.reported.catch_up(self.landed, reporter);
+        if !v.ok && v.origin == Origin::Fetched {
+            self.corrupt.push(v.chunk);
         }
         if v.origin != Origin::Fetched {
             self.probed.push((v.chunk, v.ok));
@@ -441,9 +485,10 @@ fn verify_stage(
         if ok {
             let msg = match w.origin {
                 Origin::Target => ToWriter::Present { chunk: w.chunk },
-                _ => ToWriter::Write {
+                origin => ToWriter::Write {
                     chunk: w.chunk,
                     data: w.data,
+                    origin,
                 },
             };
             if to_writer.send(msg).is_err() {
@@ -460,6 +505,7 @@ fn write_stage(
     job: &Job<'_>,
     incoming: Receiver<ToWriter>,
     done_to: Option<Sender<u64>>,
+    landed: &Landed,
 ) -> Result<(), InstallError> {
     let index = job.index;
     let per_batch = ((BATCH_BYTES / u64::from(index.chunk_size)) as usize).max(1);
@@ -469,19 +515,26 @@ fn write_stage(
         .collect();
     let mut done = vec![false; n];
     let mut watermark = 0usize;
-    let mut pending: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+    let mut pending: BTreeMap<usize, (Vec<u8>, Origin)> = BTreeMap::new();
     let mut pending_bytes = 0u64;
-    let flush = |pending: &mut BTreeMap<usize, Vec<u8>>,
+    let flush = |pending: &mut BTreeMap<usize, (Vec<u8>, Origin)>,
                  done: &mut [bool],
                  range: std::ops::Range<usize>|
      -> Result<u64, InstallError> {
         let chunks: Vec<usize> = pending.range(range).map(|(c, _)| *c).collect();
         let mut freed = 0;
+        let (mut fetched, mut reused) = (0, 0);
         let mut batch: Vec<u8> = Vec::new();
         let mut batch_start = None;
         for (i, c) in chunks.iter().enumerate() {
-            let data = pending.remove(c).unwrap_or_default();
+            let Some((data, origin)) = pending.remove(c) else {
+                continue;
+            };
             freed += data.len() as u64;
+            match origin {
+                Origin::Fetched => fetched += data.len() as u64,
+                _ => reused += data.len() as u64,
+            }
             if batch_start.is_none() {
                 batch_start = Some(*c);
             }
@@ -495,17 +548,25 @@ fn write_stage(
                 batch.clear();
             }
         }
+        landed.fetched.fetch_add(fetched, Ordering::Relaxed);
+        landed.reused.fetch_add(reused, Ordering::Relaxed);
         Ok(freed)
     };
     for msg in incoming {
         let chunk = match msg {
             ToWriter::Present { chunk } => {
                 done[chunk] = true;
+                let (_, len) = index.chunk_range(chunk);
+                landed.reused.fetch_add(len, Ordering::Relaxed);
                 chunk
             }
-            ToWriter::Write { chunk, data } => {
+            ToWriter::Write {
+                chunk,
+                data,
+                origin,
+            } => {
                 pending_bytes += data.len() as u64;
-                pending.insert(chunk, data);
+                pending.insert(chunk, (data, origin));
                 chunk
             }
         };
@@ -663,6 +724,152 @@ fn buffered_read_back(job: &Job<'_>) -> Result<(), InstallError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bundle::digest::{sha256, ImageDigest};
+    use crate::config::SlotConfig;
+    use crate::source::memory::MemorySource;
+
+    const CHUNK: u32 = 64 << 10;
+
+    struct Setup {
+        _dir: tempfile::TempDir,
+        slot: SlotConfig,
+        image: Vec<u8>,
+        entry: ImageEntry,
+        index: ChunkIndex,
+        member: Member,
+    }
+
+    fn setup(size: usize) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let device = dir.path().join("b.img");
+        std::fs::write(&device, vec![0u8; size + (1 << 20)]).unwrap();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let image: Vec<u8> = (0..size)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let index = ChunkIndex {
+            chunk_size: CHUNK,
+            image_size: size as u64,
+            hashes: image.chunks(CHUNK as usize).map(sha256).collect(),
+        };
+        let d = ImageDigest::of(&image);
+        let entry = ImageEntry {
+            slot_class: Some("rootfs".into()),
+            mcu: None,
+            file: "rootfs.img".into(),
+            size: size as u64,
+            sha256: d.sha256,
+            crc32: d.crc32,
+            chunk_size: CHUNK,
+            chunks_sha256: String::new(),
+        };
+        Setup {
+            _dir: dir,
+            slot: SlotConfig {
+                name: "rootfs.1".into(),
+                class: "rootfs".into(),
+                index: 1,
+                device,
+                bootname: Some("B".into()),
+                parent: None,
+            },
+            image,
+            entry,
+            index,
+            member: Member {
+                name: "rootfs.img".into(),
+                offset: 0,
+                size: size as u64,
+            },
+        }
+    }
+
+    fn copy(
+        t: &Setup,
+        bundle: Vec<u8>,
+        entry: &ImageEntry,
+        mode: ReadBack,
+    ) -> Result<(), InstallError> {
+        let writer = SlotWriter::open(&t.slot, None).unwrap();
+        let cancel = AtomicBool::new(false);
+        let reuse = Reuse {
+            target: false,
+            active: None,
+        };
+        let job = Job {
+            member: &t.member,
+            image: entry,
+            index: &t.index,
+            writer: &writer,
+            reuse: &reuse,
+            read_back: mode,
+            cancel: &cancel,
+        };
+        let mut emit = |_| {};
+        let mut reporter = Reporter::new(&mut emit);
+        copy_image(&mut MemorySource::new(bundle), &job, &mut reporter)
+    }
+
+    #[test]
+    fn an_image_lands_bit_exact_in_every_read_back_mode() {
+        // Not a whole number of chunks nor of batches: the tails take the odd paths.
+        let t = setup((3 << 20) + 12345);
+        for mode in [ReadBack::Crc, ReadBack::Sha256, ReadBack::Off] {
+            std::fs::write(&t.slot.device, vec![0u8; t.image.len() + (1 << 20)]).unwrap();
+            copy(&t, t.image.clone(), &t.entry, mode).unwrap();
+            let got = std::fs::read(&t.slot.device).unwrap();
+            assert_eq!(&got[..t.image.len()], &t.image[..], "{mode:?}");
+        }
+    }
+
+    #[test]
+    fn a_chunk_corrupted_at_every_fetch_is_never_written() {
+        let t = setup(1 << 20);
+        let mut bad = t.image.clone();
+        bad[5 * CHUNK as usize + 17] ^= 1;
+        let e = copy(&t, bad, &t.entry, ReadBack::Crc)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("chunk 5 of rootfs.img") && e.contains("after 4 attempts"),
+            "{e}"
+        );
+        let got = std::fs::read(&t.slot.device).unwrap();
+        let c5 = 5 * CHUNK as usize..6 * CHUNK as usize;
+        assert!(
+            got[c5].iter().all(|b| *b == 0),
+            "nothing of the bad chunk was written"
+        );
+    }
+
+    #[test]
+    fn a_read_back_that_differs_from_the_manifest_fails_the_copy() {
+        // The chunks are right but the whole-image CRC32 the manifest signed is not what
+        // the device returns: what a lost or misplaced write looks like to the read-back.
+        let t = setup(2 << 20);
+        let mut entry = t.entry.clone();
+        entry.crc32 ^= 0x8000_0000;
+        let e = copy(&t, t.image.clone(), &entry, ReadBack::Crc)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("read-back of rootfs.img from slot rootfs.1: CRC32 is"),
+            "{e}"
+        );
+        let mut entry = t.entry.clone();
+        entry.sha256 = "00".repeat(32);
+        copy(&t, t.image.clone(), &entry, ReadBack::Crc).unwrap();
+        let e = copy(&t, t.image.clone(), &entry, ReadBack::Sha256)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SHA-256 is"), "{e}");
+        copy(&t, t.image.clone(), &entry, ReadBack::Off).unwrap();
+    }
 
     #[test]
     fn runs_group_consecutive_chunks() {
