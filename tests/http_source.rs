@@ -360,21 +360,21 @@ fn a_bundle_replaced_on_the_server_is_noticed() {
     assert_eq!(src.len().unwrap(), data.len() as u64);
 }
 
+/// Before the server ever answered, a refused connection or a name that does not
+/// resolve is a wrong URL or a server that is down: said at once, not retried.
 #[test]
-fn an_unreachable_server_is_retried_a_bounded_number_of_times() {
+fn an_unreachable_server_is_reported_at_once() {
     let port = support::nginx::free_port();
-    let o = HttpOptions {
-        retries: 2,
-        ..opts()
-    };
-    let t = Instant::now();
-    let mut src = source(&format!("http://127.0.0.1:{port}/b.rota"), &o);
-    let err = src.len().unwrap_err();
-    let took = t.elapsed();
-    println!("refused: {took:?}: {err}");
-    assert!(matches!(err, SourceError::Io(_)), "{err:?}");
-    assert!(err.to_string().contains("after 3 failed attempts"), "{err}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_fails_fast(
+        &format!("http://127.0.0.1:{port}/b.rota"),
+        &opts(),
+        &["cannot reach", "connection refused"],
+    );
+    assert_fails_fast(
+        "https://updates.invalid/b.rota",
+        &opts(),
+        &["cannot reach", "dns error"],
+    );
 }
 
 #[test]
