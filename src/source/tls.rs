@@ -253,7 +253,8 @@ mod der {
         if year < 1970 {
             return None;
         }
-        let leap = |y: u64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+        let leap =
+            |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
         let mut days: u64 = (1970..year).map(|y| if leap(y) { 366 } else { 365 }).sum();
         const BEFORE: [u64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
         days += BEFORE[(month - 1) as usize] + day - 1;
