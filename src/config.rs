@@ -72,6 +72,9 @@ pub struct SystemSection {
     /// (`VERSION_ID=`) or a file holding just the version.
     #[serde(default)]
     pub version_file: Option<PathBuf>,
+    /// How versions are checked and ordered: `semver` (default) or `debian`.
+    #[serde(default)]
+    pub version_scheme: crate::version::VersionScheme,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

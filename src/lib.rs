@@ -16,6 +16,7 @@
 //! | [`mcu`] | relaying MCUboot images to microcontrollers over MCUmgr/SMP |
 //! | [`update`] | discovery: JSON feed and hawkBit DDI pollers |
 //! | [`cli`] | the `rota` command line |
+//! | [`version`] | version schemes (semver, Debian-like) and their ordering |
 //!
 //! [`fsutil`] holds the one atomic-write helper every persistent file goes through.
 
@@ -36,3 +37,4 @@ pub mod slot;
 pub mod source;
 pub mod state;
 pub mod update;
+pub mod version;

@@ -405,6 +405,124 @@ fn group_member_may_install_and_mark() {
     );
 }
 
+/// A RAUC client that runs as its own system user (rauc-hawkbit-updater: `User=rauc-hawkbit`,
+/// a user with its own primary group, made by meta-rauc's recipe) is refused by the bus
+/// until it joins the policy's group; with the shipped sysusers.d line
+/// (`systemd/rota-rauc-hawkbit.sysusers`, applied by the real `systemd-sysusers`) it may
+/// call InstallBundle and the native Install.
+#[test]
+fn a_client_with_its_own_user_gets_in_through_the_shipped_sysusers_line() {
+    const CLIENT: &str = "rota-test-hawkbit";
+    let (reader, _) = accounts();
+    let group = policy_group();
+    let client = {
+        let _lock = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+        match nix::unistd::User::from_name(CLIENT).unwrap() {
+            None => run_admin(&[
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/",
+                "--shell",
+                "/bin/false",
+                CLIENT,
+            ]),
+            Some(_) => {
+                // From an earlier run: out of the group again, as a fresh image has it.
+                let g = nix::unistd::Group::from_name(&group).unwrap().unwrap();
+                if g.mem.iter().any(|m| m == CLIENT) {
+                    run_admin(&["gpasswd", "--delete", CLIENT, &group]);
+                }
+            }
+        }
+        let u = nix::unistd::User::from_name(CLIENT).unwrap().unwrap();
+        Caller {
+            uid: u.uid.as_raw(),
+            gid: u.gid.as_raw(),
+            with_groups: true,
+        }
+    };
+    let (gw, bus, _svc) = setup();
+    let b1 = gw.bundle("update", "1.1.0", &pkg_support::pattern(150_000, 5));
+    let b1 = b1.to_str().unwrap();
+    let b2 = gw.bundle("update2", "1.2.0", &pkg_support::pattern(150_000, 6));
+    let b2 = b2.to_str().unwrap();
+
+    // What the issue saw: AccessDenied ... member="InstallBundle".
+    assert_denied_by_bus(
+        &call(
+            &bus,
+            Some(client),
+            RAUC,
+            &["InstallBundle", "sa{sv}", b1, "0"],
+        ),
+        "InstallBundle by a client user outside the group",
+    );
+
+    // The shipped line, for this test's user name, through the real systemd-sysusers.
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/rota-rauc-hawkbit.sysusers"
+    ))
+    .unwrap();
+    let lines: Vec<String> = shipped
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| l.replace("rauc-hawkbit", CLIENT))
+        .collect();
+    assert_eq!(lines, [format!("m {CLIENT} {group}")], "{shipped}");
+    {
+        let _lock = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cmd = pkg_support::tool("systemd-sysusers", "systemd");
+        cmd.arg("--inline").args(&lines);
+        pkg_support::run_ok(&mut cmd);
+    }
+
+    assert_ok(
+        &call(
+            &bus,
+            Some(client),
+            RAUC,
+            &["InstallBundle", "sa{sv}", b1, "0"],
+        ),
+        "InstallBundle by the client user in the group",
+    );
+    let st = wait_for_result(&bus, "activated");
+    assert_eq!(st["last_install"]["version"], "1.1.0", "{st:#}");
+    assert_ok(
+        &call(&bus, Some(client), NATIVE, &["Install", "sa{sv}", b2, "0"]),
+        "native Install by the client user in the group",
+    );
+    let start = Instant::now();
+    loop {
+        let st = status(&bus);
+        if st["last_install"]["version"] == "1.2.0" && st["last_install"]["result"] == "activated" {
+            break;
+        }
+        assert!(
+            st["last_install"]["result"] != "failed" && start.elapsed() < Duration::from_secs(120),
+            "{st:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Everyone else is still refused.
+    assert_denied_by_bus(
+        &call(
+            &bus,
+            Some(reader),
+            RAUC,
+            &["InstallBundle", "sa{sv}", b1, "0"],
+        ),
+        "InstallBundle by a user outside the group",
+    );
+    assert_denied_by_bus(
+        &call(&bus, Some(reader), NATIVE, &["Install", "sa{sv}", b1, "0"]),
+        "Install by a user outside the group",
+    );
+}
+
 #[test]
 fn service_refuses_a_bundle_the_caller_cannot_read() {
     let (reader, operator) = accounts();

@@ -360,21 +360,21 @@ fn a_bundle_replaced_on_the_server_is_noticed() {
     assert_eq!(src.len().unwrap(), data.len() as u64);
 }
 
+/// Before the server ever answered, a refused connection or a name that does not
+/// resolve is a wrong URL or a server that is down: said at once, not retried.
 #[test]
-fn an_unreachable_server_is_retried_a_bounded_number_of_times() {
+fn an_unreachable_server_is_reported_at_once() {
     let port = support::nginx::free_port();
-    let o = HttpOptions {
-        retries: 2,
-        ..opts()
-    };
-    let t = Instant::now();
-    let mut src = source(&format!("http://127.0.0.1:{port}/b.rota"), &o);
-    let err = src.len().unwrap_err();
-    let took = t.elapsed();
-    println!("refused: {took:?}: {err}");
-    assert!(matches!(err, SourceError::Io(_)), "{err:?}");
-    assert!(err.to_string().contains("after 3 failed attempts"), "{err}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_fails_fast(
+        &format!("http://127.0.0.1:{port}/b.rota"),
+        &opts(),
+        &["cannot reach", "connection refused"],
+    );
+    assert_fails_fast(
+        "https://updates.invalid/b.rota",
+        &opts(),
+        &["cannot reach", "dns error"],
+    );
 }
 
 #[test]
@@ -683,4 +683,111 @@ fn messages_do_not_echo_secrets() {
         src.describe(),
         format!("{}?<redacted>", site.http("b.rota"))
     );
+}
+
+/// A self-signed server certificate made as most people make one (`openssl req -x509`:
+/// basicConstraints CA:TRUE), pinned in `[http] ca`: accepted as curl accepts it; with
+/// the wrong host name, or when another certificate is pinned, refused in plain words.
+#[test]
+fn a_pinned_self_signed_server_certificate_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let selfsigned = |name: &str, san: &str| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(d)
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args([
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+            ])
+            .args(["-days", "30", "-subj", &format!("/CN={name}"), "-addext"])
+            .arg(format!("subjectAltName={san}"))
+            .output()
+            .expect("openssl must be installed");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        d.join(format!("{name}.pem"))
+    };
+    let good = selfsigned("server", "IP:127.0.0.1,DNS:localhost");
+    let misnamed = selfsigned("misnamed", "DNS:other.example");
+    let stranger = selfsigned("stranger", "IP:127.0.0.1,DNS:localhost");
+    let text = std::fs::read_to_string(&good).unwrap();
+    let shown = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("CA:TRUE"),
+        "the case of the issue: a CA:TRUE self-signed certificate"
+    );
+    assert!(text.contains("BEGIN CERTIFICATE"));
+
+    let www = d.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let data = pattern(200_000, 4);
+    std::fs::write(www.join("b.rota"), &data).unwrap();
+    let (p1, p2) = (support::nginx::free_port(), support::nginx::free_port());
+    let server = |port: u16, name: &str| {
+        format!(
+            "server {{ listen 127.0.0.1:{port} ssl; ssl_certificate {c}; ssl_certificate_key {k}; root {r}; }}\n",
+            c = d.join(format!("{name}.pem")).display(),
+            k = d.join(format!("{name}.key")).display(),
+            r = www.display()
+        )
+    };
+    let mut ng = support::nginx::launch(
+        &d.join("nginx"),
+        &format!("{}{}", server(p1, "server"), server(p2, "misnamed")),
+        &[p1, p2],
+    );
+    let url = |port: u16| format!("https://127.0.0.1:{port}/b.rota");
+    let pinned = |ca: &std::path::Path| HttpOptions {
+        ca: Some(ca.to_owned()),
+        ..opts()
+    };
+
+    // Pinned: read, bit-exact.
+    let mut src = source(&url(p1), &pinned(&good));
+    assert_eq!(read_all(&mut src, 0, data.len() as u64).unwrap(), data);
+    // The same certificate among others in the file.
+    let both = d.join("both.pem");
+    std::fs::write(
+        &both,
+        format!("{}{}", std::fs::read_to_string(&stranger).unwrap(), text),
+    )
+    .unwrap();
+    let mut src = source(&url(p1), &pinned(&both));
+    assert_eq!(read_all(&mut src, 100, 1000).unwrap(), &data[100..1100]);
+    // Pinned, but not valid for the host name.
+    assert_fails_fast(
+        &url(p2),
+        &pinned(&misnamed),
+        &["TLS failure", "not valid for this host name"],
+    );
+    // Another certificate pinned, or none: plain words saying what to do, not the raw
+    // CaUsedAsEndEntity.
+    for o in [pinned(&stranger), opts()] {
+        let (msg, _) = failure(&url(p1), &o);
+        assert!(!msg.contains("CaUsedAsEndEntity"), "{msg}");
+        assert!(
+            msg.contains("not signed by a trusted CA")
+                || msg.contains("put exactly that certificate into [http] ca"),
+            "{msg}"
+        );
+    }
+    support::procs::terminate(&mut ng);
 }

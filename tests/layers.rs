@@ -8,7 +8,14 @@ use std::path::Path;
 
 /// Top-level modules by layer, lowest first (the same table as ARCHITECTURE.md).
 const LAYERS: &[&[&str]] = &[
-    &["model", "fsutil", "failpoint", "panics", "device"],
+    &[
+        "model",
+        "fsutil",
+        "failpoint",
+        "panics",
+        "device",
+        "version",
+    ],
     &["config"],
     &["source", "bundle", "slot", "boot", "state"],
     &["mcu", "install"],

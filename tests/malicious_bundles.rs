@@ -954,7 +954,14 @@ fn tar_padding_is_accepted_but_trailing_data_is_not() {
         "[update]\ncompatible = \"acme-gateway\"\nversion = \"1.0.0\"\n[[image]]\nslot-class = \"rootfs\"\nfile = \"rootfs.ext4\"\n",
     )
     .unwrap();
-    rota::bundle::writer::create(&d.join("in"), &d.join("b.rota"), &key, 65536).unwrap();
+    rota::bundle::writer::create(
+        &d.join("in"),
+        &d.join("b.rota"),
+        &key,
+        65536,
+        rota::version::VersionScheme::Semver,
+    )
+    .unwrap();
     std::fs::create_dir(d.join("x")).unwrap();
     let tar = |args: &[&str]| {
         let st = std::process::Command::new("tar")

@@ -248,6 +248,13 @@ fn flipped_byte_or_foreign_key_is_refused_before_any_request() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("signed by another key"), "{e}");
+    // Expected and found are two different hashes, each named once.
+    let hashes: Vec<&str> = e
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .filter(|w| w.len() >= 16)
+        .collect();
+    assert_eq!(hashes.len(), 2, "{e}");
+    assert_ne!(hashes[0], hashes[1], "{e}");
 
     // Not signed at all, while the node has a key.
     let unsigned = fx.dir.path().join("unsigned.bin");
@@ -736,4 +743,30 @@ fn lost_reset_request_is_sent_again_once_the_node_shows_it_did_not_reset() {
     let d = sim.dev();
     assert_eq!(d.stats.resets, 1, "exactly one reset must reach the node");
     assert_eq!(d.stats.dropped, 1);
+}
+
+/// An answer with the request's sequence number but the wrong op is reported at once as
+/// what arrived, not after the timeouts as "no answer".
+#[test]
+fn an_answer_with_the_wrong_op_is_reported_at_once() {
+    let fx = Fixture::new();
+    let (sim, addr) = udp_sim(SimConfig::default());
+    let timeout = Duration::from_secs(5);
+    let cfg = fx.with_key(tools::udp_node(&addr, timeout));
+    let image = fx.image(20_000, "1.2.1");
+    sim.set_faults(Faults {
+        wrong_op: true,
+        ..Default::default()
+    });
+    let start = std::time::Instant::now();
+    let e = relay("sensor", &cfg, &image, &fx.data_dir())
+        .unwrap_err()
+        .to_string();
+    let took = start.elapsed();
+    assert!(
+        e.contains("the answer does not fit the request: op WriteResponse group 0 command 6 arrived, op ReadResponse group 0 command 6 expected"),
+        "{e}"
+    );
+    assert!(!e.contains("no answer"), "{e}");
+    assert!(took < timeout, "took {took:?}: {e}");
 }

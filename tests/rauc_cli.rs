@@ -503,3 +503,134 @@ fn bundles_by_url_inspect_and_install() {
     assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
     assert_eq!(gw.fw_printenv()["BOOT_ORDER"], "B A");
 }
+
+/// The RAUC interface's signals, in order, as (what, value): "Progress", "Operation",
+/// "LastError" (PropertiesChanged) and "Completed".
+fn rauc_signals(msgs: &[Value]) -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    for m in msgs {
+        if m["member"] == "Completed" && m["interface"] == RAUC[2] {
+            out.push(("Completed".to_owned(), m["payload"]["data"][0].clone()));
+        }
+        if m["member"] == "PropertiesChanged" && m["payload"]["data"][0] == RAUC[2] {
+            if let Some(props) = m["payload"]["data"][1].as_object() {
+                for (k, v) in props {
+                    out.push((k.clone(), v["data"].clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// RAUC signals a property only when its value changes, and a client (rauc-hawkbit-updater)
+/// posts each Progress as feedback: every step once, none lost — the same steps the native
+/// interface reports. At the end RAUC's order: LastError, Completed, then Operation idle.
+#[test]
+fn rauc_signals_each_progress_step_once_and_completed_before_idle() {
+    let mut gw = Gateway::new(true);
+    gw.start_service();
+    let (bundle, _) = gw.bundle(
+        "s",
+        "acme-gateway",
+        "1.4.0",
+        pattern(3 << 20, 21),
+        "release",
+    );
+    let (bad, _) = gw.bundle(
+        "bad",
+        "other-device",
+        "1.5.0",
+        pattern(70_000, 22),
+        "release",
+    );
+    for (path, result) in [(&bundle, 0), (&bad, 1)] {
+        let monitor = gw.monitor("type='signal',sender='de.pengutronix.rauc'");
+        call(&gw, "InstallBundle", &["sa{sv}", path_str(path), "0"]).success();
+        wait_for("the install to end", 60, || {
+            property(&gw, "Operation") == "s \"idle\""
+        });
+        let msgs = monitor.stop();
+        let sigs = rauc_signals(&msgs);
+        let shown = || {
+            sigs.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        // Progress: never the same value twice in a row.
+        let progress: Vec<&Value> = sigs
+            .iter()
+            .filter(|(k, _)| k == "Progress")
+            .map(|(_, v)| v)
+            .collect();
+        assert!(!progress.is_empty(), "{}", shown());
+        for w in progress.windows(2) {
+            assert_ne!(w[0], w[1], "a Progress value signalled twice:\n{}", shown());
+        }
+        // Every step the native interface reported (percent, message) appears, in order.
+        let mut native: Vec<(Value, Value)> = Vec::new();
+        for m in &msgs {
+            if m["member"] == "PropertiesChanged" && m["payload"]["data"][0] == "io.rota.Agent1" {
+                if let Some(p) = m["payload"]["data"][1].get("Progress") {
+                    let step = (p["data"][0].clone(), p["data"][1].clone());
+                    if native.last() != Some(&step) {
+                        native.push(step);
+                    }
+                }
+            }
+        }
+        let rauc: Vec<(Value, Value)> = progress
+            .iter()
+            .map(|p| (p[0].clone(), p[1].clone()))
+            .collect();
+        assert_eq!(
+            rauc,
+            native,
+            "RAUC steps differ from the native ones:\n{}",
+            shown()
+        );
+        // Operation installing comes before the first Progress.
+        let pos = |what: &str, pred: &dyn Fn(&Value) -> bool| {
+            sigs.iter()
+                .rposition(|(k, v)| k == what && pred(v))
+                .unwrap_or_else(|| panic!("no {what}:\n{}", shown()))
+        };
+        let installing = sigs
+            .iter()
+            .position(|(k, v)| k == "Operation" && v == "installing")
+            .unwrap_or_else(|| panic!("no Operation installing:\n{}", shown()));
+        let first_progress = sigs.iter().position(|(k, _)| k == "Progress").unwrap();
+        assert!(installing < first_progress, "{}", shown());
+        // The end: LastError, Completed, then Operation idle, and nothing after it.
+        let last_error = pos("LastError", &|_| true);
+        let completed = pos("Completed", &|v| v == result);
+        let idle = pos("Operation", &|v| v == "idle");
+        assert!(
+            last_error < completed && completed < idle && idle == sigs.len() - 1,
+            "order at the end:\n{}",
+            shown()
+        );
+        if result == 1 {
+            assert!(
+                sigs[last_error]
+                    .1
+                    .as_str()
+                    .unwrap()
+                    .contains("other-device"),
+                "{}",
+                shown()
+            );
+        }
+        // The getters answer with what was signalled.
+        assert_eq!(
+            property(&gw, "Progress"),
+            format!(
+                "(isi) {} {} {}",
+                progress.last().unwrap()[0],
+                progress.last().unwrap()[1],
+                progress.last().unwrap()[2]
+            )
+        );
+    }
+}

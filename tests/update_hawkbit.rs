@@ -429,3 +429,34 @@ fn a_refused_token_backs_off_and_says_why() {
         fourth.elapsed()
     );
 }
+
+/// The simulator keeps the feedback's time as the client sent it: `time`
+/// ("YYYYMMDDTHHMMSS", rauc-hawkbit-updater) or `timestamp` (ms, rota).
+#[test]
+fn the_simulator_records_the_feedback_time_as_sent() {
+    let sim = HawkbitSim::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("b.rota");
+    std::fs::write(&file, pattern(4096, 1)).unwrap();
+    let id = sim.deploy(&file, "1.1.0", "forced", "forced", None);
+    let status = |execution: &str, detail: &str| json!({"execution": execution, "result": {"finished": "none"}, "details": [detail]});
+    assert_eq!(
+        sim.client_feedback(
+            &id,
+            json!({"id": id, "time": "20240101T120000", "status": status("proceeding", "10% Installing")})
+        ),
+        200
+    );
+    assert_eq!(
+        sim.client_feedback(
+            &id,
+            json!({"timestamp": 1_700_000_000_000u64, "status": status("proceeding", "20% Copying")})
+        ),
+        200
+    );
+    let fb = sim.action(&id)["feedback"].clone();
+    assert_eq!(fb[0]["time"], "20240101T120000", "{fb:#}");
+    assert!(fb[0].get("timestamp").is_none(), "{fb:#}");
+    assert_eq!(fb[1]["timestamp"], 1_700_000_000_000u64, "{fb:#}");
+    assert!(fb[1].get("time").is_none(), "{fb:#}");
+}

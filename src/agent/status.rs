@@ -40,6 +40,14 @@ impl Agent {
             .as_ref()
             .ok()
             .and_then(|b| b.primary().map(str::to_owned));
+        // The booted slot with no record (the factory image, a lost state file) runs the
+        // version its os-release or `[system] version-file` names.
+        let running_version = device
+            .config
+            .system
+            .version_file
+            .as_deref()
+            .and_then(|f| crate::install::plan::read_version_file(f).ok());
         let slots = device
             .config
             .slots()
@@ -78,7 +86,16 @@ impl Agent {
                     state: role,
                     boot_status,
                     boot_attempts_left: left,
-                    version: st.map(|x| x.version.clone()).filter(|v| !v.is_empty()),
+                    version: st
+                        .filter(|x| !x.version.is_empty())
+                        .map(|x| x.version.clone())
+                        .or_else(|| {
+                            if is_booted {
+                                running_version.clone()
+                            } else {
+                                None
+                            }
+                        }),
                     sha256: st.map(|x| x.sha256.clone()).filter(|v| !v.is_empty()),
                     size: st.map(|x| x.size).filter(|n| *n > 0),
                     installed_at: st.map(|x| x.installed_at.clone()).filter(|v| !v.is_empty()),

@@ -112,13 +112,14 @@ impl Manifest {
         toml::to_string(self).map_err(|e| BundleError::Manifest(format!("cannot serialize: {e}")))
     }
 
-    pub fn version(&self) -> Result<semver::Version, BundleError> {
-        semver::Version::parse(&self.update.version).map_err(|e| {
-            BundleError::Manifest(format!(
-                "version {:?} is not semver: {e}",
-                self.update.version
-            ))
-        })
+    /// The version, parsed with the device's `[system] version-scheme`.
+    pub fn version(
+        &self,
+        scheme: crate::version::VersionScheme,
+    ) -> Result<crate::version::Version, BundleError> {
+        scheme
+            .parse(&self.update.version)
+            .map_err(BundleError::Manifest)
     }
 
     pub fn validate(&self) -> Result<(), BundleError> {
@@ -143,7 +144,12 @@ impl Manifest {
                 ));
             }
         }
-        self.version()?;
+        // The scheme is the device's choice: here the version need only be one of them
+        // (the Debian syntax takes every semver version); the install parses it with
+        // the configured scheme.
+        crate::version::VersionScheme::Debian
+            .parse(&self.update.version)
+            .map_err(BundleError::Manifest)?;
         if self.images.is_empty() {
             return bad("no [[image]]".into());
         }

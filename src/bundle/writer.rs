@@ -79,11 +79,13 @@ fn header(name: &str, size: u64) -> Result<tar::Header, BundleError> {
 }
 
 /// Builds `out` from `dir/manifest.toml` and the images it names, signed with `key`.
+/// The version must be one of `scheme` (the devices' `[system] version-scheme`).
 pub fn create(
     dir: &Path,
     out: &Path,
     key: &SigningKey,
     chunk_size: u32,
+    scheme: crate::version::VersionScheme,
 ) -> Result<Manifest, BundleError> {
     check_chunk_size(chunk_size).map_err(BundleError::Manifest)?;
     let input_path = dir.join(MANIFEST_NAME);
@@ -91,6 +93,9 @@ pub fn create(
     let text = crate::fsutil::read_regular_text(&input_path, 4 * super::MAX_MANIFEST_SIZE)
         .map_err(|e| io_err(&input_path, e))?;
     let input = InputManifest::parse(&text, &input_path)?;
+    scheme
+        .parse(&input.update.version)
+        .map_err(|e| BundleError::Manifest(format!("{}: {e}", input_path.display())))?;
     let mut images = Vec::new();
     let mut sources: Vec<(PathBuf, ChunkIndex)> = Vec::new();
     for (i, img) in input.images.iter().enumerate() {
@@ -195,12 +200,27 @@ mod tests {
         let out = t.path().join("b.rota");
 
         source(t.path(), 1 << 20);
-        let e = create(t.path(), &out, &key, 4096).unwrap_err().to_string();
+        let e = create(
+            t.path(),
+            &out,
+            &key,
+            4096,
+            crate::version::VersionScheme::Semver,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("readers accept at most 1048576"), "{e}");
         assert!(!out.exists());
 
         source(t.path(), 900 << 10);
-        create(t.path(), &out, &key, 4096).unwrap();
+        create(
+            t.path(),
+            &out,
+            &key,
+            4096,
+            crate::version::VersionScheme::Semver,
+        )
+        .unwrap();
         let mut src = crate::source::file::FileSource::open(&out).unwrap();
         let b = super::super::reader::open(&mut src, &ring).unwrap();
         assert_eq!(

@@ -399,13 +399,22 @@ fn print_status(st: &serde_json::Value) {
         }
     }
     if let Some(li) = st["last_install"].as_object() {
+        let field = |k: &str| li.get(k).and_then(|v| v.as_str()).unwrap_or("");
+        // An install that failed early has no version or slot yet: say how far it got
+        // rather than print blanks.
+        let what = match (field("version"), field("slot")) {
+            ("", _) => "failed before the bundle was read".to_owned(),
+            (v, "") => format!("{v}, before a slot was written"),
+            (v, slot) => format!("{v} → {slot}"),
+        };
         println!(
-            "last install: {} → {} ({}), transaction {}",
-            li.get("version").and_then(|v| v.as_str()).unwrap_or(""),
-            li.get("slot").and_then(|v| v.as_str()).unwrap_or(""),
-            li.get("result").and_then(|v| v.as_str()).unwrap_or(""),
-            li.get("transaction").and_then(|v| v.as_str()).unwrap_or("")
+            "last install: {what} ({}), transaction {}",
+            field("result"),
+            field("transaction")
         );
+        if !field("error").is_empty() && field("error") != s(&st["last_error"]) {
+            println!("              {}", field("error"));
+        }
     }
     for m in st["mcu"].as_array().into_iter().flatten() {
         println!(

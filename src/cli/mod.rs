@@ -89,6 +89,10 @@ pub enum BundleCommand {
         /// Chunk size in bytes (power of two, 4 KiB to 16 MiB)
         #[arg(long, value_name = "BYTES")]
         chunk_size: Option<u32>,
+        /// The devices' version scheme: semver or debian (default: `[system]
+        /// version-scheme` of the file given with --config, else semver)
+        #[arg(long, value_name = "SCHEME")]
+        version_scheme: Option<crate::version::VersionScheme>,
     },
     /// Show the manifest; with a keyring, check the signature
     Info {
@@ -155,8 +159,36 @@ impl Cli {
     }
 }
 
+/// The commands that read no configuration: the client commands ask the running
+/// service (which reads its own), keygen and bundle info/verify work on files alone.
+fn ignores_config(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Keygen { .. } => Some("keygen"),
+        Command::Bundle(BundleCommand::Info { .. }) => Some("bundle info"),
+        Command::Bundle(BundleCommand::Verify { .. }) => Some("bundle verify"),
+        Command::Install { .. } => Some("install"),
+        Command::Cancel => Some("cancel"),
+        Command::Status { .. } => Some("status"),
+        Command::Mark { .. } => Some("mark"),
+        Command::Poll => Some("poll"),
+        Command::Bundle(BundleCommand::Create { .. }) | Command::Mcu(_) | Command::Service => None,
+    }
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> CliResult {
+    if let (Some(path), Some(name)) = (&cli.config, ignores_config(&cli.command)) {
+        // Accepting and ignoring it would let a user believe another config was used.
+        return Err(Failure::Usage(format!(
+            "--config {} does not apply to `rota {name}`: {}",
+            path.display(),
+            if matches!(name, "keygen" | "bundle info" | "bundle verify") {
+                "it reads no system configuration (bundle info/verify take --keyring)"
+            } else {
+                "it asks the running service, which uses the config it was started with (`rota --config PATH service`)"
+            }
+        )));
+    }
     let config_path = cli.config_path();
     match cli.command {
         Command::Keygen { out_dir, name } => keygen::run(&out_dir, &name),
@@ -165,7 +197,20 @@ pub fn run(cli: Cli) -> CliResult {
             out,
             key,
             chunk_size,
-        }) => bundle::create(&dir, &out, &key, chunk_size),
+            version_scheme,
+        }) => {
+            let scheme = match (version_scheme, &cli.config) {
+                (Some(s), _) => s,
+                (None, Some(path)) => {
+                    crate::config::Config::load(path)
+                        .map_err(|e| Failure::Usage(e.to_string()))?
+                        .system
+                        .version_scheme
+                }
+                (None, None) => crate::version::VersionScheme::default(),
+            };
+            bundle::create(&dir, &out, &key, chunk_size, scheme)
+        }
         Command::Bundle(BundleCommand::Info {
             bundle,
             keyring,

@@ -9,6 +9,7 @@ use crate::bundle::{Bundle, ImageEntry, ImageTarget};
 use crate::config::{McuSection, SlotConfig};
 use crate::model::{InstallRequest, SlotContent};
 use crate::state::State;
+use crate::version::Version;
 
 /// One image and where it goes.
 #[derive(Debug, Clone)]
@@ -62,7 +63,7 @@ pub fn make(
     }
     let new_version = bundle
         .manifest
-        .version()
+        .version(ctx.config.system.version_scheme)
         .map_err(|e| InstallError::Refused(e.to_string()))?;
     if !req.force_version {
         check_downgrade(ctx, state, &new_version)?;
@@ -280,20 +281,21 @@ pub fn read_version_file(path: &std::path::Path) -> Result<String, String> {
 fn check_downgrade(
     ctx: &Context<'_>,
     state: &State,
-    new_version: &semver::Version,
+    new_version: &Version,
 ) -> Result<(), InstallError> {
     let refuse = |m: String| Err(InstallError::Refused(m));
+    let scheme = ctx.config.system.version_scheme;
     match running_version(ctx, state) {
-        Some((running, from)) => match semver::Version::parse(&running) {
-            Ok(v) if *new_version < v => refuse(format!(
-                "bundle version {new_version} is lower than the booted slot's {v} (use --force-version to downgrade)"
+        Some((running, from)) => match scheme.parse(&running) {
+            Ok(v) if new_version.compare(&v) == Some(std::cmp::Ordering::Less) => refuse(format!(
+                "bundle version {new_version} is lower than the booted slot's {v} ({scheme} order; use --force-version to downgrade)"
             )),
             Ok(_) => Ok(()),
             Err(e) if state.lost.is_some() => refuse(format!(
-                "the running version {running:?} ({from}) is not semver ({e}) and rota's state was lost, so the downgrade check cannot be made (use --force-version if {new_version} is meant)"
+                "the running version ({from}): {e}; rota's state was lost, so the downgrade check cannot be made (use --force-version if {new_version} is meant)"
             )),
             Err(e) => {
-                log::warn!("booted slot's version {running:?} ({from}) is not semver ({e}); not comparing");
+                log::warn!("booted slot's version ({from}): {e}; not comparing");
                 Ok(())
             }
         },

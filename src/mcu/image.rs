@@ -440,8 +440,10 @@ fn parse_mcuboot(
         for t in tlvs.iter().filter(|t| t.kind == TLV_KEYHASH) {
             let v = &data[t.off..t.off + t.len];
             if v != key_hash.as_slice() {
+                // Both sides once: the image's KEYHASH names the key it was signed with,
+                // against the same hash of the node's configured key.
                 return Err(format!(
-                    "signed by another key: the image's KEYHASH is {}, the node's key {key_id} hashes to {}",
+                    "signed by another key: the image was signed by the key with KEYHASH {}, the node's configured key has KEYHASH {}",
                     short_hex(v),
                     short_hex(&key_hash)
                 ));

@@ -23,6 +23,8 @@ pub mod relayer;
 
 use crate::agent::{AgentEvent, AgentHandle};
 use crate::config::Config;
+use crate::model::{Operation, Progress};
+use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 use zbus::Connection;
 
@@ -92,6 +94,7 @@ pub async fn serve(
 ) -> Result<Served, String> {
     let Claimed { conn, rauc_compat } = claimed;
     let export_failed = |e: zbus::Error| format!("cannot export the D-Bus interfaces: {e}");
+    let published = Arc::new(Mutex::new(Published::from_snapshot(&agent.snapshot())));
     let group = config
         .dbus
         .group
@@ -100,7 +103,7 @@ pub async fn serve(
     conn.object_server()
         .at(
             OBJECT_PATH,
-            native::Agent1::new(agent.clone(), group.clone()),
+            native::Agent1::new(agent.clone(), group.clone(), published.clone()),
         )
         .await
         .map_err(export_failed)?;
@@ -108,7 +111,7 @@ pub async fn serve(
         conn.object_server()
             .at(
                 RAUC_OBJECT_PATH,
-                rauc::Installer::new(agent.clone(), config.clone()),
+                rauc::Installer::new(agent.clone(), config.clone(), published.clone()),
             )
             .await
             .map_err(export_failed)?;
@@ -118,7 +121,7 @@ pub async fn serve(
         .await
         .map_err(export_failed)?;
     let (completed_tx, completed) = watch::channel(None);
-    let forwarder = Forwarder::new(&conn, rauc_compat)
+    let forwarder = Forwarder::new(&conn, rauc_compat, published)
         .await
         .map_err(export_failed)?;
     tokio::spawn(forwarder.run(agent, completed_tx));
@@ -129,14 +132,101 @@ pub async fn serve(
     })
 }
 
+/// What the forwarder decided to signal last. The getters of both `Progress` properties
+/// and of RAUC's `Operation` answer with it, so a PropertiesChanged carries the value
+/// that was decided from the event — not a later snapshot read when the signal goes out,
+/// which repeated one value and lost steps in between.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Published {
+    /// io.rota.Agent1 Progress: every field counts as a change.
+    pub native_progress: Progress,
+    /// RAUC's Progress (percent, message, depth): a change of these three only, as RAUC
+    /// signals it (a client posts each as feedback).
+    pub rauc_progress: (i32, String, i32),
+    /// RAUC's Operation. At the end of an install it turns `idle` only after `Completed`
+    /// went out (RAUC's order: LastError, Completed, then Operation).
+    pub rauc_operation: Operation,
+}
+
+pub(crate) type SharedPublished = Arc<Mutex<Published>>;
+
+impl Published {
+    fn from_snapshot(snap: &crate::agent::Snapshot) -> Published {
+        Published {
+            native_progress: snap.progress.clone(),
+            rauc_progress: rauc_progress(&snap.progress),
+            rauc_operation: snap.operation,
+        }
+    }
+}
+
+fn rauc_progress(p: &Progress) -> (i32, String, i32) {
+    (i32::from(p.percent), p.message.clone(), p.depth.max(1))
+}
+
+/// A copy of the published values (a poisoned lock still holds them).
+pub(crate) fn published(p: &SharedPublished) -> Published {
+    p.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// What one event changes of the published values.
+#[derive(Debug, Default, PartialEq)]
+struct Moves {
+    native_progress: bool,
+    rauc_progress: bool,
+    /// RAUC's Operation turned (to installing at once; to idle with Completed).
+    rauc_operation: bool,
+}
+
+/// Decides, from `ev`, which published values change, and records them.
+fn decide(p: &mut Published, ev: &AgentEvent) -> Moves {
+    let mut m = Moves::default();
+    let progress = match ev {
+        AgentEvent::Progress(p) => Some(p),
+        AgentEvent::Changed(snap) => Some(&snap.progress),
+        _ => None,
+    };
+    if let Some(now) = progress {
+        if *now != p.native_progress {
+            p.native_progress = now.clone();
+            m.native_progress = true;
+        }
+        let r = rauc_progress(now);
+        if r != p.rauc_progress {
+            p.rauc_progress = r;
+            m.rauc_progress = true;
+        }
+    }
+    match ev {
+        AgentEvent::Changed(snap)
+            if snap.operation == Operation::Installing
+                && p.rauc_operation != Operation::Installing =>
+        {
+            p.rauc_operation = Operation::Installing;
+            m.rauc_operation = true;
+        }
+        AgentEvent::Completed { .. } if p.rauc_operation != Operation::Idle => {
+            p.rauc_operation = Operation::Idle;
+            m.rauc_operation = true;
+        }
+        _ => {}
+    }
+    m
+}
+
 /// Turns agent events into PropertiesChanged and Completed on both interfaces.
 struct Forwarder {
     native: zbus::object_server::InterfaceRef<native::Agent1>,
     rauc: Option<zbus::object_server::InterfaceRef<rauc::Installer>>,
+    published: SharedPublished,
 }
 
 impl Forwarder {
-    async fn new(conn: &Connection, rauc_compat: bool) -> zbus::Result<Forwarder> {
+    async fn new(
+        conn: &Connection,
+        rauc_compat: bool,
+        published: SharedPublished,
+    ) -> zbus::Result<Forwarder> {
         let native = conn
             .object_server()
             .interface::<_, native::Agent1>(OBJECT_PATH)
@@ -150,14 +240,15 @@ impl Forwarder {
         } else {
             None
         };
-        Ok(Forwarder { native, rauc })
+        Ok(Forwarder {
+            native,
+            rauc,
+            published,
+        })
     }
 
     async fn run(self, agent: AgentHandle, completed: watch::Sender<Option<String>>) {
         let mut events = agent.subscribe();
-        // The Progress last published: a snapshot change re-publishes it only if it moved
-        // (RAUC clients print every Progress change).
-        let mut published = agent.snapshot().progress;
         loop {
             let ev = match events.recv().await {
                 Ok(ev) => ev,
@@ -168,17 +259,16 @@ impl Forwarder {
                 }
                 Err(_) => break,
             };
-            let now = match &ev {
-                AgentEvent::Progress(p) => p.clone(),
-                AgentEvent::Changed(snap) => snap.progress.clone(),
-                _ => published.clone(),
-            };
-            let progress = now != published;
-            published = now;
-            if let Err(err) = self.native(&ev, progress).await {
+            // Decided here, once; the getters answer with what was decided until the
+            // next event (this task is the only writer and awaits each signal).
+            let moves = decide(
+                &mut self.published.lock().unwrap_or_else(|e| e.into_inner()),
+                &ev,
+            );
+            if let Err(err) = self.native(&ev, &moves).await {
                 log::warn!("D-Bus: cannot emit io.rota.Agent1 signals: {err}");
             }
-            if let Err(err) = self.rauc(&ev, progress).await {
+            if let Err(err) = self.rauc(&ev, &moves).await {
                 log::warn!("D-Bus: cannot emit de.pengutronix.rauc.Installer signals: {err}");
             }
             if let AgentEvent::Completed { transaction, .. } = ev {
@@ -187,10 +277,10 @@ impl Forwarder {
         }
     }
 
-    async fn native(&self, ev: &AgentEvent, progress: bool) -> zbus::Result<()> {
+    async fn native(&self, ev: &AgentEvent, moves: &Moves) -> zbus::Result<()> {
         let n = self.native.get().await;
         let e = self.native.signal_emitter();
-        if progress {
+        if moves.native_progress {
             n.progress_changed(e).await?;
         }
         match ev {
@@ -214,22 +304,35 @@ impl Forwarder {
         }
     }
 
-    async fn rauc(&self, ev: &AgentEvent, progress: bool) -> zbus::Result<()> {
+    /// RAUC's order: Operation `installing` before the first Progress of an install; at
+    /// the end LastError (with the Changed event before Completed), then `Completed`, then
+    /// Operation `idle`.
+    async fn rauc(&self, ev: &AgentEvent, moves: &Moves) -> zbus::Result<()> {
         let Some(r) = &self.rauc else { return Ok(()) };
         let i = r.get().await;
         let e = r.signal_emitter();
-        if progress {
-            i.progress_changed(e).await?;
-        }
         match ev {
-            AgentEvent::Progress(_) => Ok(()),
+            AgentEvent::Progress(_) => {
+                if moves.rauc_progress {
+                    i.progress_changed(e).await?;
+                }
+                Ok(())
+            }
             AgentEvent::Changed(_) => {
-                i.operation_changed(e).await?;
+                if moves.rauc_operation {
+                    i.operation_changed(e).await?;
+                }
+                if moves.rauc_progress {
+                    i.progress_changed(e).await?;
+                }
                 i.last_error_changed(e).await
             }
-            // LastError went out with the Changed event that precedes Completed.
             AgentEvent::Completed { result, .. } => {
-                rauc::Installer::completed(e, result.code()).await
+                rauc::Installer::completed(e, result.code()).await?;
+                if moves.rauc_operation {
+                    i.operation_changed(e).await?;
+                }
+                Ok(())
             }
             AgentEvent::PollRequested | AgentEvent::McuRelayDue => Ok(()),
         }

@@ -273,11 +273,21 @@ pub struct Agent1 {
     agent: AgentHandle,
     /// Besides root, members of this group may change things.
     group: String,
+    /// The Progress last signalled (what the getter answers).
+    published: super::SharedPublished,
 }
 
 impl Agent1 {
-    pub fn new(agent: AgentHandle, group: String) -> Self {
-        Self { agent, group }
+    pub(crate) fn new(
+        agent: AgentHandle,
+        group: String,
+        published: super::SharedPublished,
+    ) -> Self {
+        Self {
+            agent,
+            group,
+            published,
+        }
     }
 }
 
@@ -396,7 +406,7 @@ impl Agent1 {
     #[zbus(property)]
     #[allow(clippy::type_complexity)]
     async fn progress(&self) -> (u32, String, u64, u64, u64, u64, u64, u64) {
-        let p = self.agent.snapshot().progress;
+        let p = super::published(&self.published).native_progress;
         (
             u32::from(p.percent),
             p.message,

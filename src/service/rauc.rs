@@ -32,6 +32,8 @@ use zbus::{interface, Connection};
 pub struct Installer {
     agent: AgentHandle,
     config: Config,
+    /// Progress and Operation as last signalled (what the getters answer).
+    published: super::SharedPublished,
     /// Inspections running now; each holds one blocking thread (see [`MAX_INSPECTIONS`]).
     inspections: Arc<Semaphore>,
 }
@@ -55,10 +57,15 @@ const INSPECT_KEYS: [&str; 5] = [
 ];
 
 impl Installer {
-    pub fn new(agent: AgentHandle, config: Config) -> Self {
+    pub(crate) fn new(
+        agent: AgentHandle,
+        config: Config,
+        published: super::SharedPublished,
+    ) -> Self {
         Self {
             agent,
             config,
+            published,
             inspections: Arc::new(Semaphore::new(MAX_INSPECTIONS)),
         }
     }
@@ -299,7 +306,10 @@ impl Installer {
 
     #[zbus(property)]
     async fn operation(&self) -> String {
-        self.agent.snapshot().operation.as_str().to_owned()
+        super::published(&self.published)
+            .rauc_operation
+            .as_str()
+            .to_owned()
     }
 
     #[zbus(property)]
@@ -309,8 +319,7 @@ impl Installer {
 
     #[zbus(property)]
     async fn progress(&self) -> (i32, String, i32) {
-        let p = self.agent.snapshot().progress;
-        (i32::from(p.percent), p.message, p.depth.max(1))
+        super::published(&self.published).rauc_progress
     }
 
     #[zbus(property)]

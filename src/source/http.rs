@@ -261,6 +261,26 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     redact::text(&s)
 }
 
+/// Why a request that never got an answer cannot have reached the server: the host name
+/// does not resolve ("dns error") or the connection was refused. `None` for everything
+/// else (timeouts, resets), which may heal.
+pub(crate) fn unreachable(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let chain = error_chain(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return Some("connection refused (no server listens on that port)".into());
+            }
+        }
+        cur = err.source();
+    }
+    chain
+        .to_ascii_lowercase()
+        .contains("dns error")
+        .then(|| format!("dns error: the host name does not resolve ({chain})"))
+}
+
 impl HttpSource {
     pub fn new(
         url: &str,
@@ -333,6 +353,15 @@ impl HttpSource {
                     }
                     if e.is_builder() {
                         return Err(fatal(format!("{at}: {}", error_chain(&e))));
+                    }
+                    // Before the source ever answered, a name that does not resolve or
+                    // a port nobody listens on is a wrong URL or a server that is down:
+                    // said at once, not after the whole retry budget. Once the bundle
+                    // was reached, the same errors are a link that dropped, and retried.
+                    if self.len.is_none() {
+                        if let Some(why) = unreachable(&e) {
+                            return Err(fatal(format!("cannot reach {at}: {why}")));
+                        }
                     }
                     return Ok(Attempt::Retry(error_chain(&e)));
                 }

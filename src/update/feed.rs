@@ -14,7 +14,7 @@
 //!
 //! | key | | meaning |
 //! |---|---|---|
-//! | `version` | required | semver of the bundle |
+//! | `version` | required | the bundle's version, in the `[system] version-scheme` |
 //! | `url` | required | the bundle: absolute `http(s)://…`, or relative to the feed's own URL |
 //! | `size` | optional | bundle size in bytes; checked against the server before installing, so a feed updated before its bundle finished uploading is not acted on |
 //! | `compatible` | optional | if present, must equal `[system] compatible`, else the feed is ignored with an error |
@@ -23,7 +23,7 @@
 //! Other keys are ignored, so feeds can carry more for other tools. The feed may be at
 //! most [`super::net::MAX_JSON`] bytes.
 //!
-//! The poller installs the feed's version when it is newer (semver) than the booted
+//! The poller installs the feed's version when it is newer (in the configured version scheme) than the booted
 //! slot's, or when the booted version is unknown (a factory image) and that version was
 //! not installed already. A version that was rolled back is not tried again; a version
 //! whose install failed is tried [`MAX_ATTEMPTS`] times in all. The bundle's signature,
@@ -33,7 +33,9 @@ use super::{booted_version, verdict, Ctx, PollError, Verdict};
 use crate::config::UpdateSection;
 use crate::model::{AgentError, InstallRequest, InstallResult, Location, UpdateResult};
 use crate::source::redact;
+use crate::version::{Version, VersionScheme};
 use serde::Deserialize;
+use std::cmp::Ordering;
 use std::time::Duration;
 
 /// Installs of one version that may fail before the poller stops trying it.
@@ -66,14 +68,12 @@ pub enum Decision {
 pub fn check(
     feed: &Feed,
     feed_url: &reqwest::Url,
-) -> Result<(semver::Version, reqwest::Url), String> {
+    scheme: VersionScheme,
+) -> Result<(Version, reqwest::Url), String> {
     let shown = redact::url(feed_url.as_str());
-    let version = semver::Version::parse(feed.version.trim()).map_err(|e| {
-        format!(
-            "feed {shown}: version {:?} is not semver: {e}",
-            feed.version
-        )
-    })?;
+    let version = scheme
+        .parse(&feed.version)
+        .map_err(|e| format!("feed {shown}: {e}"))?;
     if feed.url.trim().is_empty() {
         return Err(format!("feed {shown}: \"url\" is empty"));
     }
@@ -92,7 +92,7 @@ pub fn check(
 /// Whether to install `version`, given the device and what the poller remembers.
 pub fn decide(
     feed: &Feed,
-    version: &semver::Version,
+    version: &Version,
     compatible: &str,
     status: &crate::model::StatusReport,
     state: &super::store::PollerState,
@@ -112,14 +112,12 @@ pub fn decide(
     }
     let booted = booted_version(status);
     if let Some(b) = booted.as_deref() {
-        match semver::Version::parse(b) {
-            Ok(b) if *version <= b => {
+        match version.scheme().parse(b) {
+            Ok(b) if version.compare(&b) != Some(Ordering::Greater) => {
                 return Decision::Nothing(format!("up to date: running {b}, the feed offers {v}"))
             }
             Ok(_) => {}
-            Err(_) => log::warn!(
-                "poller: the booted slot's version {b:?} is not semver; comparing by name"
-            ),
+            Err(e) => log::warn!("poller: the booted slot's version: {e}; comparing by name"),
         }
     }
     if let Some(li) = status.last_install.as_ref().filter(|l| l.version == v) {
@@ -180,7 +178,7 @@ impl FeedPoller {
 
     pub async fn poll(&mut self, ctx: &mut Ctx) -> Result<Duration, PollError> {
         let feed: Feed = self.api.get_json(self.url.as_str()).await?;
-        let (version, bundle) = check(&feed, &self.url).map_err(PollError)?;
+        let (version, bundle) = check(&feed, &self.url, ctx.version_scheme).map_err(PollError)?;
         let status = ctx
             .agent
             .status()
@@ -197,8 +195,8 @@ impl FeedPoller {
             ctx.result(msg);
             return Ok(ctx.interval);
         }
-        let newer = match booted_version(&status).and_then(|b| semver::Version::parse(&b).ok()) {
-            Some(b) => version > b,
+        let newer = match booted_version(&status).and_then(|b| version.scheme().parse(&b).ok()) {
+            Some(b) => version.compare(&b) == Some(Ordering::Greater),
             None => true,
         };
         ctx.publish(|s| {
@@ -409,7 +407,7 @@ mod tests {
     #[test]
     fn urls_resolve_against_the_feed() {
         let base = reqwest::Url::parse("https://cdn.example.com/acme/stable.json").unwrap();
-        let (v, u) = check(&feed("1.5.0"), &base).unwrap();
+        let (v, u) = check(&feed("1.5.0"), &base, VersionScheme::Semver).unwrap();
         assert_eq!(v.to_string(), "1.5.0");
         assert_eq!(u.as_str(), "https://cdn.example.com/acme/b.rota");
         let abs = Feed {
@@ -417,7 +415,10 @@ mod tests {
             ..feed("1.5.0")
         };
         assert_eq!(
-            check(&abs, &base).unwrap().1.as_str(),
+            check(&abs, &base, VersionScheme::Semver)
+                .unwrap()
+                .1
+                .as_str(),
             "http://other.example.com/x.rota"
         );
         let up = Feed {
@@ -425,22 +426,29 @@ mod tests {
             ..feed("1.5.0")
         };
         assert_eq!(
-            check(&up, &base).unwrap().1.as_str(),
+            check(&up, &base, VersionScheme::Semver).unwrap().1.as_str(),
             "https://cdn.example.com/v/x.rota"
         );
-        assert!(check(&feed("1.5"), &base)
+        assert!(check(&feed("1.5"), &base, VersionScheme::Semver)
             .unwrap_err()
             .contains("not semver"));
+        // With the Debian scheme, board versions are read and ordered.
+        let (v, _) = check(&feed("2024.10"), &base, VersionScheme::Debian).unwrap();
+        assert_eq!(v.to_string(), "2024.10");
         let ftp = Feed {
             url: "ftp://x/y.rota".into(),
             ..feed("1.5.0")
         };
-        assert!(check(&ftp, &base).unwrap_err().contains("not http(s)"));
+        assert!(check(&ftp, &base, VersionScheme::Semver)
+            .unwrap_err()
+            .contains("not http(s)"));
         let empty = Feed {
             url: " ".into(),
             ..feed("1.5.0")
         };
-        assert!(check(&empty, &base).unwrap_err().contains("empty"));
+        assert!(check(&empty, &base, VersionScheme::Semver)
+            .unwrap_err()
+            .contains("empty"));
     }
 
     #[test]
@@ -457,7 +465,7 @@ mod tests {
     #[test]
     fn decides_by_semver_history_and_compatible() {
         let s = PollerState::default();
-        let v = |x: &str| semver::Version::parse(x).unwrap();
+        let v = |x: &str| VersionScheme::Semver.parse(x).unwrap();
         let d =
             |f: &Feed, st: &StatusReport, s: &PollerState| decide(f, &v(&f.version), "acme", st, s);
         assert_eq!(

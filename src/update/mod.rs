@@ -132,6 +132,8 @@ pub struct Ctx {
     saved: PollerState,
     status: watch::Sender<PollStatus>,
     pub compatible: String,
+    /// `[system] version-scheme`: how the feed's version is read and ordered.
+    pub version_scheme: crate::version::VersionScheme,
     pub interval: Duration,
     /// `[http]` settings for the server and the bundles it names.
     pub http: HttpOptions,
@@ -273,6 +275,7 @@ pub fn spawn_with_status(
         state,
         status: tx,
         compatible: cfg.system.compatible.clone(),
+        version_scheme: cfg.system.version_scheme,
         interval: up.interval.clamp(MIN_INTERVAL, MAX_INTERVAL),
         http: HttpOptions::from_config(&cfg.http),
         keyring: cfg.keyring.paths.clone(),

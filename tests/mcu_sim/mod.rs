@@ -63,6 +63,8 @@ pub struct Faults {
     pub self_confirm: bool,
     /// Answer nothing at all.
     pub silent: bool,
+    /// Answer with the other response op (a read response to a write and back).
+    pub wrong_op: bool,
 }
 
 /// Fixed properties of the simulated device.
@@ -312,7 +314,12 @@ impl Device {
         } else {
             h.version
         };
-        smp::encode(h.op.response(), version, h.group, h.cmd, h.seq, &body).ok()
+        let op = match (self.faults.wrong_op, h.op.response()) {
+            (true, Op::ReadResponse) => Op::WriteResponse,
+            (true, Op::WriteResponse) => Op::ReadResponse,
+            (_, op) => op,
+        };
+        smp::encode(op, version, h.group, h.cmd, h.seq, &body).ok()
     }
 
     /// Whether the next answer must be corrupted (counts it).

@@ -281,8 +281,14 @@ class Handler(BaseHTTPRequestHandler):
                 return self.send_json(400, {"message": "invalid feedback"})
             st = fb["status"]
             ex, fin = st["execution"], st["result"]["finished"]
+            # The time as the client sent it: `time` ("YYYYMMDDTHHMMSS", what
+            # rauc-hawkbit-updater and older servers use) and/or `timestamp` (ms, newer
+            # servers; what rota sends). Absent fields stay absent.
             entry = {"execution": ex, "finished": fin, "details": st.get("details", []),
-                     "id": fb.get("id"), "timestamp": fb.get("timestamp")}
+                     "id": fb.get("id")}
+            for key in ("time", "timestamp"):
+                if key in fb:
+                    entry[key] = fb[key]
             if channel == "deploymentBase":
                 a["feedback"].append(entry)
                 if not a["active"]:

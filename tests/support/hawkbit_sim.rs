@@ -95,6 +95,24 @@ impl HawkbitSim {
             .to_owned()
     }
 
+    /// Posts `body` as a client's feedback on action `id` (with the accepted token);
+    /// returns the HTTP status.
+    #[allow(dead_code)]
+    pub fn client_feedback(&self, id: &str, body: Value) -> u16 {
+        self.http
+            .post(format!(
+                "{}/DEFAULT/controller/v1/{CONTROLLER}/deploymentBase/{id}/feedback",
+                self.url()
+            ))
+            .header("Authorization", format!("TargetToken {TOKEN}"))
+            .header("Content-Type", "application/json")
+            .body(body.to_string())
+            .send()
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub fn change(&self, id: &str, body: Value) {
         self.post(&format!("/_sim/actions/{id}"), body);
     }

@@ -74,6 +74,30 @@ pub trait Transport: Send {
                 {
                     return Ok(packet)
                 }
+                // A response with this request's sequence number is its answer, whatever
+                // else it says: report what arrived at once instead of waiting out the
+                // timeout as if nothing had. (A request op, e.g. an echo of ours on a
+                // serial console, is not an answer and is skipped.)
+                Ok(h) if h.seq == req.seq && h.op.is_response() => {
+                    return Err(McuError::Protocol {
+                        what: format!(
+                            "{} group command {} (sequence {}) over {}",
+                            smp::group_name(req.group),
+                            req.cmd,
+                            req.seq,
+                            self.describe()
+                        ),
+                        message: format!(
+                            "the answer does not fit the request: op {:?} group {} command {} arrived, op {:?} group {} command {} expected",
+                            h.op,
+                            h.group,
+                            h.cmd,
+                            req.op.response(),
+                            req.group,
+                            req.cmd
+                        ),
+                    })
+                }
                 Ok(h) => log::debug!(
                     "{}: skipping packet op {:?} group {} cmd {} seq {} while waiting for seq {}",
                     self.describe(),
