@@ -7,7 +7,7 @@
 #   keys/{release,other}.{key,pub}.pem made by `rota keygen` (release is trusted), and
 #   system.toml naming them (paths relative to it).
 #
-#   sim-gateway.sh create DIR [--slot-size BYTES] [--dbus 'k = v'] [--http 'k = v']
+#   sim-gateway.sh create DIR [--slot-size BYTES] [--dbus|--http|--install 'k = v']
 #   sim-gateway.sh start DIR          a private system bus, then `rota service` on it
 #   sim-gateway.sh start-service DIR  `rota service` (stderr to DIR/service.log)
 #   sim-gateway.sh stop-service DIR   SIGTERM to the service, and waits for it
@@ -35,7 +35,7 @@ create() {
   while (($#)); do
     case $1 in
       --slot-size) size=$2; shift 2 ;;
-      --dbus|--http) tables+=$(printf '\n[%s]\n%s\n' "${1#--}" "$2")$'\n'; shift 2 ;;
+      --dbus|--http|--install) tables+=$(printf '\n[%s]\n%s\n' "${1#--}" "$2")$'\n'; shift 2 ;;
       *) usage ;;
     esac
   done

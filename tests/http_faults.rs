@@ -49,6 +49,8 @@ fn opts() -> HttpOptions {
         retries: 4,
         stall_timeout: Duration::from_millis(800),
         connect_timeout: Duration::from_secs(2),
+        // The range machinery alone: a one-byte probe, nothing held.
+        prefetch: 1,
         ..Default::default()
     }
 }

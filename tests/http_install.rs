@@ -158,6 +158,33 @@ fn adaptive_update_downloads_only_changed_chunks() {
     );
 }
 
+/// Opening a bundle costs one round trip: the first request fetches the bundle's head
+/// (manifest, signature, chunk index), then come the end-of-archive check and the data.
+/// (Before, every metadata read was a request of its own: about ten before the data.)
+#[test]
+fn a_network_install_reads_all_bundle_metadata_with_its_first_request() {
+    let (gw, ng) = setup("");
+    let image = publish(&gw, "meta", "1.1.0", pattern(3 << 20, 43));
+    gw.rota(&["install", &ng.url(ng.http, false, "meta.rota")])
+        .success();
+    assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
+    // A marker request after the install: once its line is logged, so are the install's.
+    let marker = ng.url(ng.http, false, "marker-after-install");
+    let _ = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", &marker])
+        .status();
+    ng.requests_to_when(ng.http, |l| {
+        l.iter().any(|x| x.contains("marker-after-install"))
+    });
+    let lines = ng.range_log();
+    let bundle: Vec<&String> = lines.iter().filter(|l| l.contains("/meta.rota")).collect();
+    assert_eq!(
+        bundle.len(),
+        3,
+        "head (metadata), end-of-archive check, one data range: {bundle:#?}"
+    );
+}
+
 /// Data that moved keeps being reused: rota recorded slot B's chunk index when it
 /// installed v1 there, so v2 — v1 shifted by one chunk, with one new chunk in front — is
 /// found chunk by chunk wherever it lies in the running slot. Without that record (the

@@ -59,6 +59,9 @@ fn opts() -> HttpOptions {
         retries: 3,
         stall_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
+        // The range machinery alone: a one-byte probe, nothing held (the installer's
+        // metadata prefetch is tested in http_install.rs).
+        prefetch: 1,
         ..Default::default()
     }
 }

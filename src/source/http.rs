@@ -44,6 +44,16 @@ const CANCEL_POLL: Duration = Duration::from_millis(50);
 const MAX_ERROR_BODY: usize = 512;
 /// Largest number of extra headers accepted (config plus install request).
 const MAX_HEADERS: usize = 64;
+/// Bytes the first request fetches by default: the manifest, signature and chunk index of
+/// a bundle whose first image is up to ~200 MiB (64 KiB chunks), in one round trip. What of
+/// it is image data is served from memory later, not fetched again.
+pub const HEAD_BYTES: u64 = 128 << 10;
+/// A read of at most this many bytes past the head is a metadata read (a tar header, the
+/// archive's end) ...
+const SMALL_READ: u64 = 4096;
+/// ... and fetches this much, so the reads after it (the end-of-archive trailer, at most
+/// a tar record) come from memory.
+const READ_AHEAD: u64 = 16 << 10;
 
 /// How to reach the server: `[http]` from the config, overridden per install.
 #[derive(Debug, Clone)]
@@ -62,6 +72,8 @@ pub struct HttpOptions {
     pub no_verify: bool,
     /// A redirect to another origin: follow it without the extra headers, or refuse it.
     pub cross_origin_redirects: CrossOriginRedirects,
+    /// Bytes the first request fetches and keeps (at least 1): the bundle's metadata.
+    pub prefetch: u64,
 }
 
 /// A client's TLS configuration, see [`HttpOptions::client_tls`].
@@ -89,6 +101,7 @@ impl HttpOptions {
             retries: c.retries,
             no_verify: false,
             cross_origin_redirects: c.cross_origin_redirects,
+            prefetch: HEAD_BYTES,
         }
     }
 
@@ -197,6 +210,13 @@ pub struct HttpSource {
     retries: u32,
     len: Option<u64>,
     validator: Option<String>,
+    prefetch: u64,
+    /// The read-ahead of the last small read past the head: (offset, bytes).
+    near: (u64, Vec<u8>),
+    /// The bundle's first bytes, fetched by the first request: the manifest, signature
+    /// and (for a typical image) its chunk index are read from here, so opening a bundle
+    /// costs one round trip instead of one per metadata read.
+    head: Vec<u8>,
     fetched: Arc<AtomicU64>,
     cancel: Arc<AtomicBool>,
 }
@@ -317,10 +337,13 @@ impl HttpSource {
             shown,
             headers,
             cross_origin: opts.cross_origin_redirects,
+            prefetch: opts.prefetch,
             tls_error,
             retries: opts.retries,
             len: None,
             validator: None,
+            head: Vec::new(),
+            near: (0, Vec::new()),
             fetched: Arc::new(AtomicU64::new(0)),
             cancel,
         })
@@ -488,12 +511,13 @@ impl HttpSource {
         self.backoff(*failures)
     }
 
-    /// Learns the size and validator with a one-byte request.
+    /// Learns the size and validator with the first request, which also fetches the
+    /// first [`HEAD_BYTES`] of the bundle (its metadata).
     fn probe(&mut self) -> Result<u64, SourceError> {
         let mut failures = 0;
         let mut resp = loop {
             self.cancelled()?;
-            match self.request(0, 0)? {
+            match self.request(0, self.prefetch.max(1) - 1)? {
                 Attempt::Ok(r) => break r,
                 Attempt::Retry(why) => self.failed(&mut failures, 0, &why)?,
             }
@@ -517,12 +541,41 @@ impl HttpSource {
             .or_else(|| resp.headers().get(LAST_MODIFIED))
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let mut one = [0u8; 1];
-        if let Ok(n) = resp.read(&mut one) {
-            self.fetched.fetch_add(n as u64, Ordering::Relaxed);
+        // Best effort: whatever of the head arrives is kept; the rest is read on demand.
+        let want = total.min(self.prefetch.max(1)) as usize;
+        let mut head = Vec::with_capacity(want);
+        let _ = (&mut resp).take(want as u64).read_to_end(&mut head);
+        self.fetched.fetch_add(head.len() as u64, Ordering::Relaxed);
+        // A one-byte probe is only a probe: nothing is held.
+        if self.prefetch > 1 {
+            self.head = head;
         }
         self.len = Some(total);
         Ok(total)
+    }
+
+    /// `offset..offset + len` from memory if it is all there: the head fetched by the first
+    /// request, or the last small read's read-ahead.
+    fn cached(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let end = offset.checked_add(len)?;
+        if end <= self.head.len() as u64 {
+            return Some(&self.head[offset as usize..end as usize]);
+        }
+        let (at, block) = (&self.near.0, &self.near.1);
+        (offset >= *at && end <= at + block.len() as u64)
+            .then(|| &block[(offset - at) as usize..(end - at) as usize])
+    }
+
+    fn read_exact_at_uncached(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
+        let cancel = self.cancel.clone();
+        let mut r = self.read_range(offset, buf.len() as u64)?;
+        r.read_exact(buf).map_err(|e| {
+            if cancel.load(Ordering::Relaxed) {
+                SourceError::Cancelled
+            } else {
+                SourceError::Io(e.to_string())
+            }
+        })
     }
 
     /// The validator (ETag or Last-Modified) learned by the first request, if the server sent one.
@@ -540,15 +593,22 @@ impl ByteSource for HttpSource {
     }
 
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), SourceError> {
-        let cancel = self.cancel.clone();
-        let mut r = self.read_range(offset, buf.len() as u64)?;
-        r.read_exact(buf).map_err(|e| {
-            if cancel.load(Ordering::Relaxed) {
-                SourceError::Cancelled
-            } else {
-                SourceError::Io(e.to_string())
-            }
-        })
+        let total = self.len()?;
+        if let Some(bytes) = self.cached(offset, buf.len() as u64) {
+            buf.copy_from_slice(bytes);
+            return Ok(());
+        }
+        // A small read past the head (a tar header, the end of the archive): read ahead a
+        // little, so the next ones (the end-of-archive trailer) need no request.
+        let ahead = READ_AHEAD.min(total.saturating_sub(offset));
+        if self.prefetch > 1 && (buf.len() as u64) <= SMALL_READ && ahead >= buf.len() as u64 {
+            let mut block = vec![0u8; ahead as usize];
+            self.read_exact_at_uncached(offset, &mut block)?;
+            buf.copy_from_slice(&block[..buf.len()]);
+            self.near = (offset, block);
+            return Ok(());
+        }
+        self.read_exact_at_uncached(offset, buf)
     }
 
     fn read_range(
@@ -564,6 +624,21 @@ impl ByteSource for HttpSource {
                 end,
                 len: total,
             });
+        }
+        if let Some(bytes) = self.cached(offset, len) {
+            return Ok(Box::new(std::io::Cursor::new(bytes)));
+        }
+        // A range that starts in the head: its first part from memory, the rest fetched.
+        let held = self.head.len() as u64;
+        if offset < held {
+            let from_head = std::io::Cursor::new(&self.head[offset as usize..]);
+            return Ok(Box::new(from_head.chain(RangeReader {
+                src: self,
+                pos: held,
+                end,
+                resp: None,
+                failures: 0,
+            })));
         }
         Ok(Box::new(RangeReader {
             src: self,

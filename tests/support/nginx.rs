@@ -179,6 +179,8 @@ impl Nginx {
         let servers = format!(
             "log_format hdrs '$server_port $request_method $request_uri token=$http_x_fleet_token auth=$http_authorization';\n\
                access_log {w}/logs/headers.log hdrs;\n\
+               log_format ranges '$server_port $request_uri $http_range';\n\
+               access_log {w}/logs/ranges.log ranges;\n\
                server {{ listen 127.0.0.1:{http}; root {r};\n\
                  location /private/ {{ deny all; }}\n\
                  location /auth/ {{ auth_basic \"rota\"; auth_basic_user_file {w}/htpasswd; }}\n\
@@ -223,6 +225,15 @@ impl Nginx {
     /// (`-` for a header that was not sent).
     pub fn header_log(&self) -> Vec<String> {
         std::fs::read_to_string(self.work.join("logs/headers.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// `<port> <uri> <Range header>` of every request, in the order nginx finished them.
+    pub fn range_log(&self) -> Vec<String> {
+        std::fs::read_to_string(self.work.join("logs/ranges.log"))
             .unwrap_or_default()
             .lines()
             .map(str::to_owned)
