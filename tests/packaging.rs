@@ -6,8 +6,11 @@
 //!   work on 32-bit targets, and the env's on-disk bytes (little-endian CRC) are
 //!   exactly what U-Boot's `mkenvimage` writes.
 
+#[path = "support/bitbake.rs"]
+mod bitbake;
 mod pkg_support;
 
+use bitbake::LAYER;
 use pkg_support::{pattern, run_ok, tool, Bus, Gateway, Service};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -480,8 +483,6 @@ fn env_bytes_equal_mkenvimage_output() {
 
 // ---------------------------------------------------------------- Yocto layer
 
-const LAYER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/yocto-layer/meta-rota");
-
 /// The `-e 's#@NAME@#${VAR}#'` substitutions of the rota recipe's do_install.
 fn recipe_substitutions() -> Vec<(String, String)> {
     let recipe =
@@ -561,56 +562,8 @@ fn yocto_system_toml_template_renders_a_valid_config() {
     }
 }
 
-/// Runs the shell function `header` (e.g. `IMAGE_CMD:rota () {`) of a layer file as
-/// bitbake would: bitbake variables expanded from `vars` (every `${UPPER_CASE}` in the
-/// body must have a value; lower-case ones are left, as bitbake leaves unknown
-/// variables), `bbfatal` failing, and `bin` first in PATH.
-fn run_bitbake_shell(file: &str, header: &str, vars: &[(&str, String)], bin: &Path) -> Output {
-    let text = std::fs::read_to_string(format!("{LAYER}/{file}")).unwrap();
-    let header = format!("{header}\n");
-    let start = text
-        .find(&header)
-        .unwrap_or_else(|| panic!("{header:?} in {file}"))
-        + header.len();
-    let end = start + text[start..].find("\n}\n").unwrap();
-    let mut body = text[start..end].to_owned();
-    let mut unknown = Vec::new();
-    let mut i = 0;
-    while let Some(off) = body[i..].find("${") {
-        let s = i + off;
-        let e = s + body[s..].find('}').unwrap();
-        let name = &body[s + 2..e];
-        if name
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-        {
-            match vars.iter().find(|(k, _)| *k == name) {
-                Some((_, v)) => {
-                    body.replace_range(s..=e, v);
-                    i = s + v.len();
-                    continue;
-                }
-                None => unknown.push(name.to_owned()),
-            }
-        }
-        i = e + 1;
-    }
-    assert!(
-        unknown.is_empty(),
-        "bitbake variables in {file} without a test value: {unknown:?}"
-    );
-    let script = format!("set -e\nbbfatal() {{ echo \"FATAL: $*\" >&2; exit 1; }}\n{body}\n");
-    let path = std::env::var("PATH").unwrap();
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .env("PATH", format!("{}:{path}", bin.display()))
-        .output()
-        .unwrap()
-}
-
 fn run_image_cmd(vars: &[(&str, String)], bin: &Path) -> Output {
-    run_bitbake_shell(
+    bitbake::run_shell(
         "classes/rota-bundle.bbclass",
         "IMAGE_CMD:rota () {",
         vars,
@@ -637,7 +590,7 @@ fn boot_script_recipe_prepends_board_defaults_and_compiles() {
     };
     let recipe = "recipes-bsp/u-boot/rota-boot-script_0.1.0.bb";
     tool("mkimage", "u-boot-tools");
-    let out = run_bitbake_shell(
+    let out = bitbake::run_shell(
         recipe,
         "do_compile() {",
         &vars(hook),
@@ -670,7 +623,7 @@ fn boot_script_recipe_prepends_board_defaults_and_compiles() {
         .any(|w| w == &upstream.as_bytes()[..upstream.len().min(200)]));
 
     // No hook configured: no rota_boot line.
-    let out = run_bitbake_shell(
+    let out = bitbake::run_shell(
         recipe,
         "do_compile() {",
         &vars(""),
