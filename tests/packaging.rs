@@ -813,6 +813,26 @@ bootname = "B"
         "default data-dir {} is read-only under rota.service",
         config.system.data_dir.display()
     );
+    // ... on the shared data partition: the unit waits for its mount, tmpfiles makes it.
+    assert_eq!(config.system.data_dir, Path::new("/data/rota"));
+    assert!(
+        unit_values(&unit, "RequiresMountsFor")
+            .iter()
+            .any(|m| config.system.data_dir.starts_with(m)),
+        "rota.service does not wait for the mount of the data-dir"
+    );
+    let tmpfiles = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/rota.tmpfiles"
+    ))
+    .unwrap();
+    assert!(
+        tmpfiles.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 5 && f[..5] == ["d", "/data/rota", "0700", "root", "root"]
+        }),
+        "rota.tmpfiles does not create the data-dir 0700: {tmpfiles}"
+    );
     let lock = Path::new(rota::boot::uboot_env::LOCK_FILE);
     assert!(
         is_writable(lock.parent().unwrap()),
