@@ -10,6 +10,11 @@
 //! writes it to the *other* copy with flag + 1, so a power cut at any instant leaves one
 //! valid copy; the active copy is never touched. rota never invents an env: with no valid
 //! copy it refuses to write, because U-Boot would otherwise drop its built-in defaults.
+//!
+//! An env in an eMMC boot partition (`/dev/mmcblkXbootY`, as on i.MX boards) is
+//! write-protected by the kernel while `/sys/block/mmcblkXbootY/force_ro` is 1: like
+//! libubootenv, rota writes 0 there just before it writes the copy and 1 again right
+//! after (also when the write failed), and leaves an attribute that was 0 alone.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -256,10 +261,57 @@ pub fn encode(vars: &EnvVars, len: usize) -> Result<Vec<u8>, EnvError> {
     Ok(data)
 }
 
+/// An eMMC boot partition unlocked for writing (`force_ro` set to 0); locked again
+/// (`force_ro` back to 1) when dropped.
+#[derive(Debug)]
+pub struct Unlocked {
+    attribute: PathBuf,
+}
+
+impl Unlocked {
+    /// Unlocks `device` if it is an eMMC boot partition locked read-only: its name (symlinks
+    /// resolved, so `/dev/disk/by-path/...` works too) has a `block/<name>/force_ro`
+    /// attribute under `sysfs` that reads 1. `None` for any other device, or one already
+    /// writable.
+    pub fn unlock(sysfs: &Path, device: &Path) -> Result<Option<Unlocked>, EnvError> {
+        let real = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_owned());
+        let Some(name) = real.file_name() else {
+            return Ok(None);
+        };
+        let attribute = sysfs.join("block").join(name).join("force_ro");
+        let Ok(value) = std::fs::read_to_string(&attribute) else {
+            return Ok(None);
+        };
+        if value.trim() == "0" {
+            return Ok(None);
+        }
+        std::fs::write(&attribute, "0").map_err(|e| {
+            EnvError::Io(format!(
+                "{} is read-only (an eMMC boot partition) and writing 0 to {} failed: {e}",
+                device.display(),
+                attribute.display()
+            ))
+        })?;
+        Ok(Some(Unlocked { attribute }))
+    }
+}
+
+impl Drop for Unlocked {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(&self.attribute, "1") {
+            log::warn!(
+                "cannot lock the eMMC boot partition again ({} = 1): {e}",
+                self.attribute.display()
+            );
+        }
+    }
+}
+
 /// The U-Boot environment described by a `fw_env.config`.
 pub struct UbootEnv {
     config: FwEnvConfig,
     lock_path: PathBuf,
+    sysfs: PathBuf,
 }
 
 impl UbootEnv {
@@ -267,7 +319,15 @@ impl UbootEnv {
         Self {
             config,
             lock_path: PathBuf::from(LOCK_FILE),
+            sysfs: PathBuf::from(crate::device::SYSFS),
         }
+    }
+
+    /// The same env with sysfs (where `force_ro` of eMMC boot partitions is) at `sysfs`:
+    /// tests stand in a directory.
+    pub fn with_sysfs(mut self, sysfs: &Path) -> Self {
+        self.sysfs = sysfs.to_owned();
+        self
     }
 
     pub fn open(fw_env_config: &Path) -> Result<Self, EnvError> {
@@ -407,6 +467,8 @@ impl UbootEnv {
             image.push(flag);
         }
         image.extend_from_slice(&data);
+        // Locked again when this goes out of scope: after the sync, or on any error.
+        let _unlocked = Unlocked::unlock(&self.sysfs, &loc.device)?;
         let file = OpenOptions::new()
             .write(true)
             .open(&loc.device)
@@ -459,6 +521,115 @@ mod tests {
             .to_string();
         assert!(e.contains("overlap"), "{e}");
         assert!(FwEnvConfig::parse("", p).is_err());
+    }
+
+    /// An i.MX-style env: a redundant pair in an eMMC boot partition. The partition is a
+    /// file named like the kernel's device (`mmcblk2boot0`), and a directory stands in
+    /// for sysfs with its `block/mmcblk2boot0/force_ro`.
+    fn boot_partition_env(force_ro: &str) -> (tempfile::TempDir, UbootEnv, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let dev = t.path().join("mmcblk2boot0");
+        let mut vars = EnvVars::new();
+        vars.insert("BOOT_ORDER".into(), "A B".into());
+        let data = encode(&vars, 0x2000 - 5).unwrap();
+        let mut image = vec![0u8; 0x8000];
+        image[0x1000..0x1004].copy_from_slice(&crc32fast::hash(&data).to_le_bytes());
+        image[0x1004] = 1;
+        image[0x1005..0x3000].copy_from_slice(&data);
+        std::fs::write(&dev, image).unwrap();
+        let attr = t.path().join("sys/block/mmcblk2boot0/force_ro");
+        std::fs::create_dir_all(attr.parent().unwrap()).unwrap();
+        std::fs::write(&attr, force_ro).unwrap();
+        let text = format!("{d} 0x1000 0x2000\n{d} 0x5000 0x2000\n", d = dev.display());
+        let config = FwEnvConfig::parse(&text, Path::new("/etc/fw_env.config")).unwrap();
+        let env = UbootEnv::new(config).with_sysfs(&t.path().join("sys"));
+        (t, env, attr)
+    }
+
+    #[test]
+    fn an_emmc_boot_partition_is_unlocked_for_the_write_and_locked_again() {
+        let (t, env, attr) = boot_partition_env("1\n");
+        // The guard alone: 0 while held, 1 once dropped.
+        let g = Unlocked::unlock(&t.path().join("sys"), &t.path().join("mmcblk2boot0"))
+            .unwrap()
+            .expect("force_ro was 1");
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "0");
+        drop(g);
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1");
+        // An update: written (the real fw_printenv reads it), locked again.
+        env.update(|v| {
+            v.insert("BOOT_ORDER".into(), "B A".into());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1");
+        assert_eq!(env.read().unwrap()["BOOT_ORDER"], "B A");
+        let cfg = t.path().join("fw_env.config");
+        let dev = t.path().join("mmcblk2boot0");
+        std::fs::write(
+            &cfg,
+            format!("{d} 0x1000 0x2000\n{d} 0x5000 0x2000\n", d = dev.display()),
+        )
+        .unwrap();
+        let out = std::process::Command::new("fw_printenv")
+            .arg("-c")
+            .arg(&cfg)
+            .arg("BOOT_ORDER")
+            .output()
+            .expect("fw_printenv (libubootenv-tool)");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "BOOT_ORDER=B A"
+        );
+        // A partition someone left writable stays writable.
+        std::fs::write(&attr, "0\n").unwrap();
+        env.update(|v| {
+            v.insert("x".into(), "1".into());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "0\n");
+    }
+
+    #[test]
+    fn a_failed_write_locks_again_and_a_lock_that_cannot_be_lifted_writes_nothing() {
+        // The write fails after the unlock (an immutable file: even root cannot open it
+        // for writing): force_ro is 1 again, the error names the device.
+        let (t, env, attr) = boot_partition_env("1\n");
+        let dev = t.path().join("mmcblk2boot0");
+        let before = std::fs::read(&dev).unwrap();
+        let chattr = |flag: &str| {
+            let st = std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(&dev)
+                .status()
+                .expect("chattr (e2fsprogs)");
+            assert!(st.success(), "chattr {flag} (the temp dir must be on ext4)");
+        };
+        chattr("+i");
+        let err = env.update(|_| Ok(()));
+        chattr("-i");
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains(&dev.display().to_string()), "{err}");
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1");
+        assert_eq!(std::fs::read(&dev).unwrap(), before);
+        // force_ro cannot be written (root cannot write /proc/version): refused, the env
+        // untouched.
+        std::fs::remove_file(&attr).unwrap();
+        std::os::unix::fs::symlink("/proc/version", &attr).unwrap();
+        let err = env
+            .update(|v| {
+                v.insert("BOOT_ORDER".into(), "B A".into());
+                Ok(())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is read-only (an eMMC boot partition) and writing 0 to")
+                && err.contains("force_ro failed"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&dev).unwrap(), before, "nothing written");
     }
 
     #[test]
