@@ -671,6 +671,7 @@ fn rota_bundle_class_builds_a_verifiable_bundle() {
             ("ROTA_BUNDLE_DESCRIPTION", "July release".to_owned()),
             ("ROTA_BUNDLE_SLOT_CLASS", "rootfs".to_owned()),
             ("ROTA_BUNDLE_CHUNK_SIZE", "65536".to_owned()),
+            ("SOURCE_DATE_EPOCH", "1700000000".to_owned()),
             ("ROTA_BUNDLE_EXTRA_IMAGES", extra.to_owned()),
         ]
     };
@@ -717,6 +718,29 @@ fn rota_bundle_class_builds_a_verifiable_bundle() {
             "bundle info lacks {needle:?}: {info}"
         );
     }
+    // Reproducible: SOURCE_DATE_EPOCH is the build time and every member's mtime, and
+    // a second build is byte-identical.
+    assert!(
+        info.contains("\"build\":\"2023-11-14T22:13:20Z\""),
+        "{info}"
+    );
+    let verbose = run_ok(tool("tar", "tar").args(["tv", "--utc", "-f"]).arg(&bundle));
+    let verbose = String::from_utf8_lossy(&verbose.stdout);
+    assert!(
+        verbose.lines().all(|l| l.contains("2023-11-14 22:13")),
+        "{verbose}"
+    );
+    let first = std::fs::read(&bundle).unwrap();
+    std::fs::remove_file(&bundle).unwrap();
+    let out = run_image_cmd(
+        &vars(key.clone(), "slot-class:appfs:appfs.img"),
+        &d.join("bin"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::read(&bundle).unwrap() == first,
+        "two builds with the same SOURCE_DATE_EPOCH differ"
+    );
     // The image in the bundle is the image file, byte for byte.
     let list = run_ok(tool("tar", "tar").arg("tf").arg(&bundle));
     let members = String::from_utf8_lossy(&list.stdout);

@@ -9,13 +9,20 @@ fn failed(e: impl std::fmt::Display) -> Failure {
     Failure::Failed(e.to_string())
 }
 
-pub fn create(dir: &Path, out: &Path, key: &Path, chunk_size: Option<u32>) -> CliResult {
+pub fn create(
+    dir: &Path,
+    out: &Path,
+    key: &Path,
+    chunk_size: Option<u32>,
+    source_date_epoch: Option<u64>,
+) -> CliResult {
     let key = bundle::keys::load_signing_key(key).map_err(failed)?;
-    let m = bundle::writer::create(
+    let m = bundle::writer::create_reproducible(
         dir,
         out,
         &key,
         chunk_size.unwrap_or(bundle::DEFAULT_CHUNK_SIZE),
+        source_date_epoch,
     )
     .map_err(failed)?;
     let bytes: u64 = m.images.iter().map(|i| i.size).sum();

@@ -89,6 +89,10 @@ pub enum BundleCommand {
         /// Chunk size in bytes (power of two, 4 KiB to 16 MiB)
         #[arg(long, value_name = "BYTES")]
         chunk_size: Option<u32>,
+        /// Build time in seconds since 1970 (the manifest's build, every member's mtime):
+        /// the same inputs then make a byte-identical bundle
+        #[arg(long, value_name = "SECONDS", env = "SOURCE_DATE_EPOCH")]
+        source_date_epoch: Option<u64>,
     },
     /// Show the manifest; with a keyring, check the signature
     Info {
@@ -165,7 +169,8 @@ pub fn run(cli: Cli) -> CliResult {
             out,
             key,
             chunk_size,
-        }) => bundle::create(&dir, &out, &key, chunk_size),
+            source_date_epoch,
+        }) => bundle::create(&dir, &out, &key, chunk_size, source_date_epoch),
         Command::Bundle(BundleCommand::Info {
             bundle,
             keyring,

@@ -1,6 +1,7 @@
 //! The layer's shell functions and variables, run and read as bitbake would, without
 //! bitbake: used by tests/packaging.rs (the class and the recipes' tasks) and
 //! tests/uboot_boot.rs (the boot script exactly as the recipe builds it).
+#![allow(dead_code)]
 
 use std::path::Path;
 use std::process::{Command, Output};

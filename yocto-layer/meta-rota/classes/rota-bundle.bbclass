@@ -79,7 +79,13 @@ IMAGE_CMD:rota () {
     if [ -n "${ROTA_BUNDLE_CHUNK_SIZE}" ]; then
         chunk="--chunk-size ${ROTA_BUNDLE_CHUNK_SIZE}"
     fi
+    # Reproducible builds: the manifest's build time and the members' mtimes are
+    # SOURCE_DATE_EPOCH, so the same image and key give a byte-identical bundle.
+    epoch=""
+    if [ -n "${SOURCE_DATE_EPOCH}" ]; then
+        epoch="--source-date-epoch ${SOURCE_DATE_EPOCH}"
+    fi
     rota bundle create "$dir" "${IMGDEPLOYDIR}/${IMAGE_NAME}${IMAGE_NAME_SUFFIX}.rota" \
-        --key "${ROTA_SIGNING_KEY}" $chunk
+        --key "${ROTA_SIGNING_KEY}" $chunk $epoch
     rm -rf "$dir"
 }
