@@ -483,10 +483,10 @@ fn env_bytes_equal_mkenvimage_output() {
 
 // ---------------------------------------------------------------- Yocto layer
 
-/// The `-e 's#@NAME@#${VAR}#'` substitutions of the rota recipe's do_install.
+/// The `-e 's#@NAME@#${VAR}#'` substitutions of the rota-conf recipe's do_install.
 fn recipe_substitutions() -> Vec<(String, String)> {
     let recipe =
-        std::fs::read_to_string(format!("{LAYER}/recipes-core/rota/rota_0.1.0.bb")).unwrap();
+        std::fs::read_to_string(format!("{LAYER}/recipes-core/rota/rota-conf_0.1.0.bb")).unwrap();
     recipe
         .lines()
         .filter_map(|l| {
@@ -501,7 +501,7 @@ fn recipe_substitutions() -> Vec<(String, String)> {
 #[test]
 fn yocto_system_toml_template_renders_a_valid_config() {
     let template =
-        std::fs::read_to_string(format!("{LAYER}/recipes-core/rota/files/system.toml.in")).unwrap();
+        std::fs::read_to_string(format!("{LAYER}/recipes-core/rota/files/system.toml")).unwrap();
     let subs = recipe_substitutions();
     assert!(subs.len() >= 6, "found only {subs:?} in the recipe");
     // Every placeholder is filled by the recipe (KEYRING by its own sed), and back.
@@ -511,7 +511,7 @@ fn yocto_system_toml_template_renders_a_valid_config() {
     for p in &placeholders {
         assert!(
             *p == "KEYRING" || subs.iter().any(|(n, _)| n == p),
-            "@{p}@ in system.toml.in is never substituted by the recipe"
+            "@{p}@ in system.toml is never substituted by the recipe"
         );
     }
     for (n, _) in &subs {
@@ -534,7 +534,7 @@ fn yocto_system_toml_template_renders_a_valid_config() {
                 "BOOT_ATTEMPTS" => "3".into(),
                 "RAUC_COMPAT" => rauc_compat.into(),
                 "DBUS_GROUP" => "rota".into(),
-                "LOCALSTATEDIR" => "/var".into(),
+                "DATA_DIR" => "/data/rota".into(),
                 "SYSCONFDIR" => "/etc".into(),
                 // What the recipe's loop builds from ROTA_KEYRING_PEMS (two keys).
                 "KEYRING" => format!(
@@ -555,6 +555,7 @@ fn yocto_system_toml_template_renders_a_valid_config() {
         let config = rota::config::Config::load(&path)
             .unwrap_or_else(|e| panic!("the rendered system.toml does not load: {e}\n{text}"));
         assert_eq!(config.system.compatible, "raspberrypi4-64");
+        assert_eq!(config.system.data_dir, Path::new("/data/rota"));
         assert_eq!(config.dbus.rauc_compat, rauc_compat == "true");
         assert_eq!(config.dbus.group.as_deref(), Some("rota"));
         assert_eq!(config.keyring.paths.len(), 2);
@@ -632,6 +633,28 @@ fn boot_script_recipe_prepends_board_defaults_and_compiles() {
     assert!(out.status.success(), "do_compile: {}", stderr(&out));
     let cmd = std::fs::read_to_string(b.join("boot.cmd")).unwrap();
     assert!(!cmd.contains("setenv rota_boot"), "{cmd}");
+}
+
+/// The BSP bbappends install bootloader-env's fw_env.config files, as copies (a layer
+/// must not reach outside itself): they must not drift apart.
+#[test]
+fn the_bsp_bbappends_ship_the_fw_env_configs_of_bootloader_env() {
+    for (bsp, ours) in [("raspberrypi", "rpi"), ("freescale-layer", "imx")] {
+        let copy =
+            format!("{LAYER}/dynamic-layers/{bsp}/recipes-bsp/u-boot/files/fw_env.config.rota");
+        let orig =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/bootloader-env/fw_env.config.").to_owned() + ours;
+        assert_eq!(
+            std::fs::read_to_string(&copy).unwrap(),
+            std::fs::read_to_string(&orig).unwrap(),
+            "{copy} differs from {orig}"
+        );
+        let cfg = rota::boot::uboot_env::FwEnvConfig::load(Path::new(&copy)).unwrap();
+        assert!(
+            cfg.is_redundant(),
+            "{copy}: the board examples use a redundant env"
+        );
+    }
 }
 
 #[test]

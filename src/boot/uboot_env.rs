@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub type EnvVars = BTreeMap<String, String>;
@@ -362,8 +362,19 @@ impl UbootEnv {
     }
 
     fn read_copy(&self, loc: &EnvLocation) -> Result<Copy, EnvError> {
-        let f = File::open(&loc.device)
-            .map_err(|e| EnvError::Io(format!("{}: {e}", loc.device.display())))?;
+        let f = match File::open(&loc.device) {
+            Ok(f) => f,
+            // U-Boot makes a redundant env in files (uboot.env, uboot-redund.env on a FAT
+            // boot partition) one saveenv at a time: the second file may not exist yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.config.is_redundant() => {
+                return Ok(Copy {
+                    flag: 0,
+                    vars: None,
+                    problem: format!("{}: {e}", loc.device.display()),
+                })
+            }
+            Err(e) => return Err(EnvError::Io(format!("{}: {e}", loc.device.display()))),
+        };
         let mut buf = vec![0u8; loc.size as usize];
         if let Err(e) = f.read_exact_at(&mut buf, loc.offset) {
             return Ok(Copy {
@@ -469,8 +480,16 @@ impl UbootEnv {
         image.extend_from_slice(&data);
         // Locked again when this goes out of scope: after the sync, or on any error.
         let _unlocked = Unlocked::unlock(&self.sysfs, &loc.device)?;
+        // The other copy of a redundant env in files may not exist yet (see read_copy):
+        // create it when the valid copy is a regular file, never in place of a device.
+        let create = self.config.is_redundant()
+            && std::fs::metadata(&self.config.copies[active].device).is_ok_and(|m| m.is_file())
+            && std::fs::symlink_metadata(&loc.device).is_err();
         let file = OpenOptions::new()
             .write(true)
+            .create(create)
+            .truncate(false)
+            .mode(0o644)
             .open(&loc.device)
             .map_err(|e| EnvError::Io(format!("{}: {e}", loc.device.display())))?;
         // Two writes, so the power-cut campaign can cut between them (a torn copy).
@@ -481,6 +500,10 @@ impl UbootEnv {
                 file.write_all_at(&image[half..], loc.offset + half as u64)
             })
             .and_then(|_| file.sync_all())
+            .and_then(|_| match loc.device.parent().filter(|_| create) {
+                Some(dir) => crate::fsutil::sync_dir(dir),
+                None => Ok(()),
+            })
             .map_err(|e| {
                 EnvError::Io(format!(
                     "{} at {:#x}: write failed: {e}",
@@ -630,6 +653,66 @@ mod tests {
             "{err}"
         );
         assert_eq!(std::fs::read(&dev).unwrap(), before, "nothing written");
+    }
+
+    /// Raspberry Pi: a redundant env in two files on the FAT boot partition, of which
+    /// U-Boot has written only the first so far.
+    #[test]
+    fn the_second_file_of_a_redundant_env_is_made_by_the_first_write() {
+        let t = tempfile::tempdir().unwrap();
+        let (first, second) = (
+            t.path().join("uboot.env"),
+            t.path().join("uboot-redund.env"),
+        );
+        let mut vars = EnvVars::new();
+        vars.insert("BOOT_ORDER".into(), "A B".into());
+        let data = encode(&vars, 0x4000 - 5).unwrap();
+        let mut image = crc32fast::hash(&data).to_le_bytes().to_vec();
+        image.push(1);
+        image.extend_from_slice(&data);
+        std::fs::write(&first, &image).unwrap();
+        let text = format!(
+            "{} 0x0 0x4000\n{} 0x0 0x4000\n",
+            first.display(),
+            second.display()
+        );
+        let cfg_path = t.path().join("fw_env.config");
+        std::fs::write(&cfg_path, &text).unwrap();
+        let env = UbootEnv::new(FwEnvConfig::parse(&text, &cfg_path).unwrap());
+        assert_eq!(env.read().unwrap()["BOOT_ORDER"], "A B");
+        env.update(|v| {
+            v.insert("BOOT_ORDER".into(), "B A".into());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read(&first).unwrap(),
+            image,
+            "the valid copy untouched"
+        );
+        assert_eq!(std::fs::metadata(&second).unwrap().len(), 0x4000);
+        let out = std::process::Command::new("fw_printenv")
+            .arg("-c")
+            .arg(&cfg_path)
+            .arg("BOOT_ORDER")
+            .output()
+            .expect("fw_printenv (libubootenv-tool)");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "BOOT_ORDER=B A"
+        );
+        // The next write goes to the first file again.
+        env.update(|v| {
+            v.insert("BOOT_ORDER".into(), "A B".into());
+            Ok(())
+        })
+        .unwrap();
+        assert_ne!(std::fs::read(&first).unwrap(), image);
+        assert_eq!(env.read().unwrap()["BOOT_ORDER"], "A B");
+        // A single env whose file is missing is an error, not an empty env.
+        let single = format!("{} 0x0 0x4000\n", t.path().join("missing.env").display());
+        let env = UbootEnv::new(FwEnvConfig::parse(&single, &cfg_path).unwrap());
+        assert!(env.read().unwrap_err().to_string().contains("missing.env"));
     }
 
     #[test]
