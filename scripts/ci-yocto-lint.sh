@@ -6,7 +6,9 @@
 #  2. rota-crates.inc is current with Cargo.lock, and its checksums equal the sha256 of
 #     the .crate files cargo downloaded (where cargo's cache has them);
 #  3. LIC_FILES_CHKSUM matches the source tree, and every file a recipe takes from the
-#     rota tree (${S}/...) or from its files/ directory exists.
+#     rota tree (${S}/...) or from its files/ directory exists;
+#  4. scripts/check-yocto-series.py: on every series in LAYERSERIES_COMPAT, S and
+#     UNPACKDIR resolve to where that series unpacks the sources.
 # Needs: oelint-adv (pip), in PATH, .venv/bin or /work/venv/bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -71,7 +73,7 @@ done < <(grep -ho 'file://[^ "]*md5=[0-9a-f]*' "$LAYER"/recipes-*/*/*.inc "$LAYE
 missing=0
 while read -r rel; do
   compgen -G "$rel" >/dev/null || { echo "ci-yocto-lint: a recipe uses \${S}/$rel, which does not exist" >&2; missing=1; }
-done < <(grep -hv '^[[:space:]]*#' "$LAYER"/recipes-*/*/*.bb | grep -o '\${S}/[A-Za-z0-9_./*-]*' | sed 's#^\${S}/##' | sort -u)
+done < <(grep -l '^require .*rota-source.inc' "$LAYER"/recipes-*/*/*.bb | xargs grep -hv '^[[:space:]]*#' | grep -o '\${S}/[A-Za-z0-9_./*-]*' | sed 's#^\${S}/##' | sort -u)
 for bb in "$LAYER"/recipes-*/*/*.bb; do
   for f in $(grep -v '^[[:space:]]*#' "$bb" | grep '^SRC_URI' | grep -o 'file://[^ ";]*' | sed 's#file://##'); do
     [[ -e "$(dirname "$bb")/files/$f" || -e "$(dirname "$bb")/$(basename "$bb" .bb | sed 's/_[^_]*$//')/$f" ]] ||
@@ -79,4 +81,8 @@ for bb in "$LAYER"/recipes-*/*/*.bb; do
   done
 done
 ((missing == 0)) || fail "files referenced by recipes are missing"
+
+# Every claimed series: S and UNPACKDIR as that series' bitbake.conf makes them, and
+# every file:// of the recipes and bbappends present (see the script for its limits).
+python3 scripts/check-yocto-series.py | tail -1
 echo "ci-yocto-lint: OK"

@@ -12,7 +12,7 @@ require recipes-core/rota/rota-source.inc
 # dynamic-layers bbappends make it rota's redundant layout), so the image holds one
 # /etc/fw_env.config. Other boards: set ROTA_FW_ENV_CONFIG to a file of your own in a
 # bbappend (SRC_URI += "file://fw_env.config.myboard",
-# ROTA_FW_ENV_CONFIG = "${UNPACKDIR}/fw_env.config.myboard").
+# ROTA_FW_ENV_CONFIG = "${UNPACKDIR}/fw_env.config.myboard", ${WORKDIR} on scarthgap).
 ROTA_FW_ENV_CONFIG ?= ""
 # Set to "1" when the board's U-Boot recipe ships /etc/fw_env.config itself.
 ROTA_FW_ENV_FROM_UBOOT ?= "0"

@@ -13,9 +13,8 @@ LIC_FILES_CHKSUM = "file://${COMMON_LICENSE_DIR}/MIT;md5=0835ade698e0bcf8506ecda
 
 SRC_URI = "file://data.mount file://boot.mount"
 
-# scarthgap has no UNPACKDIR: files are unpacked into WORKDIR there.
-UNPACKDIR ?= "${WORKDIR}"
-S = "${UNPACKDIR}"
+# Where the files are unpacked: UNPACKDIR (styhead and later), WORKDIR on scarthgap.
+S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
 
 inherit systemd
 
@@ -34,11 +33,11 @@ do_compile[noexec] = "1"
 do_install() {
     install -d ${D}${systemd_system_unitdir}
     sed -e 's#@DEVICE@#${ROTA_DATA_DEVICE}#' -e 's#@FSTYPE@#${ROTA_DATA_FSTYPE}#' \
-        ${UNPACKDIR}/data.mount > ${D}${systemd_system_unitdir}/data.mount
+        ${S}/data.mount > ${D}${systemd_system_unitdir}/data.mount
     chmod 0644 ${D}${systemd_system_unitdir}/data.mount
     if [ -n "${ROTA_BOOT_DEVICE}" ]; then
         sed -e 's#@DEVICE@#${ROTA_BOOT_DEVICE}#' -e 's#@FSTYPE@#${ROTA_BOOT_FSTYPE}#' \
-            ${UNPACKDIR}/boot.mount > ${D}${systemd_system_unitdir}/boot.mount
+            ${S}/boot.mount > ${D}${systemd_system_unitdir}/boot.mount
         chmod 0644 ${D}${systemd_system_unitdir}/boot.mount
     fi
 }

@@ -16,9 +16,8 @@ require rota-settings.inc
 
 SRC_URI = "file://system.toml"
 
-# scarthgap has no UNPACKDIR: files are unpacked into WORKDIR there.
-UNPACKDIR ?= "${WORKDIR}"
-S = "${UNPACKDIR}"
+# Where the files are unpacked: UNPACKDIR (styhead and later), WORKDIR on scarthgap.
+S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
 
 inherit allarch
 
@@ -58,7 +57,7 @@ do_install() {
         -e 's#@RAUC_COMPAT@#${ROTA_RAUC_COMPAT}#' \
         -e 's#@DBUS_GROUP@#${ROTA_DBUS_GROUP}#' \
         -e 's#@SYSCONFDIR@#${sysconfdir}#' \
-        ${UNPACKDIR}/system.toml > ${D}${sysconfdir}/rota/system.toml
+        ${S}/system.toml > ${D}${sysconfdir}/rota/system.toml
     chmod 0644 ${D}${sysconfdir}/rota/system.toml
     keys=""
     for pem in ${ROTA_KEYRING_PEMS}; do
