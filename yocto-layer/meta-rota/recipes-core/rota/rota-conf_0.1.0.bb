@@ -19,7 +19,6 @@ SRC_URI = "file://system.toml"
 # Where the files are unpacked: UNPACKDIR (styhead and later), WORKDIR on scarthgap.
 S = "${@d.getVar('UNPACKDIR') or d.getVar('WORKDIR')}"
 
-inherit allarch
 
 # Must equal the compatible of the bundles (rota-bundle.bbclass uses the same default).
 ROTA_COMPATIBLE ??= "${MACHINE}"
@@ -37,6 +36,10 @@ ROTA_RAUC_COMPAT ?= "false"
 # installed into /etc/rota/keys/. Required: rota does not start without a key. Two keys
 # (current and next) allow key rotation.
 ROTA_KEYRING_PEMS ?= ""
+# An env in an eMMC boot partition: rota.service (whose /sys is read-only) may write this
+# force_ro attribute, which rota lifts for each env write (a drop-in of rota.service).
+ROTA_ENV_FORCE_RO ?= ""
+ROTA_ENV_FORCE_RO:mx8m-generic-bsp ?= "/sys/block/mmcblk2boot0/force_ro"
 
 # The slot devices differ per machine.
 PACKAGE_ARCH = "${MACHINE_ARCH}"
@@ -69,6 +72,14 @@ do_install() {
         bbfatal "ROTA_KEYRING_PEMS is empty: name the release public key(s) rota must trust (rota keygen writes NAME.pub.pem); rota does not start without one"
     fi
     sed -i -e "s#@KEYRING@#${keys%, }#" ${D}${sysconfdir}/rota/system.toml
+    if [ -n "${ROTA_ENV_FORCE_RO}" ]; then
+        install -d ${D}${systemd_system_unitdir}/rota.service.d
+        printf '[Service]\nReadWritePaths=-%s\n' "${ROTA_ENV_FORCE_RO}" \
+            > ${D}${systemd_system_unitdir}/rota.service.d/env-force-ro.conf
+        chmod 0644 ${D}${systemd_system_unitdir}/rota.service.d/env-force-ro.conf
+    fi
 }
+
+FILES:${PN} += "${systemd_system_unitdir}/rota.service.d"
 
 CONFFILES:${PN} = "${sysconfdir}/rota/system.toml"
