@@ -183,8 +183,7 @@ fn spawn_on_board(gw: &mut Gateway, bootname: &str) {
 fn booting_the_other_slot_keeps_the_state_on_the_default_data_dir() {
     // The mount point of the board's data partition; an existing /data is only covered
     // inside the service's namespace.
-    let made_data = !Path::new("/data").exists();
-    std::fs::create_dir_all("/data").unwrap();
+    let _data = MountPoint::make("/data");
     let mut gw = Gateway::new(false);
     set_config(&gw, "data-dir = \"data\"\n", "");
     make_pki(&gw.path("pki"));
@@ -258,7 +257,26 @@ fn booting_the_other_slot_keeps_the_state_on_the_default_data_dir() {
     assert!(!gw.path("root-B/var/lib/rota").exists());
     gw.stop_service();
     drop(ng);
-    if made_data {
-        let _ = std::fs::remove_dir("/data");
+}
+
+/// An empty directory made for a mount point, removed on drop (also when the test fails)
+/// if this test made it.
+struct MountPoint(Option<&'static str>);
+
+impl MountPoint {
+    fn make(path: &'static str) -> MountPoint {
+        if Path::new(path).exists() {
+            return MountPoint(None);
+        }
+        std::fs::create_dir_all(path).unwrap();
+        MountPoint(Some(path))
+    }
+}
+
+impl Drop for MountPoint {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            let _ = std::fs::remove_dir(p);
+        }
     }
 }
