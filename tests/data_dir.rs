@@ -153,6 +153,8 @@ fn a_data_dir_on_a_slot_is_refused_at_start_and_at_install() {
         "A B",
         "nothing was installed"
     );
+    // Nothing of the service may hold the mount when the guards unmount and detach.
+    gw.stop_service();
 }
 
 /// The service in a namespace where `/var/lib` is slot `bootname`'s and `/data` is shared.
