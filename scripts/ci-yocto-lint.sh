@@ -6,7 +6,9 @@
 #  2. rota-crates.inc is current with Cargo.lock, and its checksums equal the sha256 of
 #     the .crate files cargo downloaded (where cargo's cache has them);
 #  3. LIC_FILES_CHKSUM matches the source tree, and every file a recipe takes from the
-#     rota tree (${S}/...) or from its files/ directory exists.
+#     rota tree (${S}/...) or from its files/ directory exists;
+#  4. scripts/check-yocto-series.py: on every series in LAYERSERIES_COMPAT, S and
+#     UNPACKDIR resolve to where that series unpacks the sources.
 # Needs: oelint-adv (pip), in PATH, .venv/bin or /work/venv/bin.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +17,7 @@ fail() { echo "ci-yocto-lint: $*" >&2; exit 1; }
 
 OELINT=$(command -v oelint-adv || true)
 for v in .venv/bin/oelint-adv /work/venv/bin/oelint-adv; do
-  [[ -n $OELINT ]] || { [[ -x $v ]] && OELINT=$v; }
+  [[ -n $OELINT ]] || { [[ -x $v ]] && OELINT=$(realpath "$v"); }
 done
 [[ -n $OELINT ]] || fail "oelint-adv is missing: pip install oelint-adv (into .venv)"
 
@@ -57,6 +59,8 @@ echo "ci-yocto-lint: $checked crate checksums match cargo's downloaded .crate fi
 # LIC_FILES_CHKSUM: file://PATH;beginline=B;endline=E;md5=SUM against this tree.
 while read -r spec; do
   path=${spec%%;*}; path=${path#file://}
+  # OE-core's license texts (recipes without sources of their own) are not in this tree.
+  [[ $path == '${COMMON_LICENSE_DIR}'/* ]] && { echo "ci-yocto-lint: LIC_FILES_CHKSUM $path is OE-core's"; continue; }
   b=$(sed -n 's/.*beginline=\([0-9]*\).*/\1/p' <<<"$spec"); e=$(sed -n 's/.*endline=\([0-9]*\).*/\1/p' <<<"$spec")
   want=$(sed -n 's/.*md5=\([0-9a-f]*\).*/\1/p' <<<"$spec")
   [[ -f $path ]] || fail "LIC_FILES_CHKSUM names $path, which does not exist"
@@ -69,12 +73,16 @@ done < <(grep -ho 'file://[^ "]*md5=[0-9a-f]*' "$LAYER"/recipes-*/*/*.inc "$LAYE
 missing=0
 while read -r rel; do
   compgen -G "$rel" >/dev/null || { echo "ci-yocto-lint: a recipe uses \${S}/$rel, which does not exist" >&2; missing=1; }
-done < <(grep -hv '^[[:space:]]*#' "$LAYER"/recipes-*/*/*.bb | grep -o '\${S}/[A-Za-z0-9_./*-]*' | sed 's#^\${S}/##' | sort -u)
+done < <(grep -l '^require .*rota-source.inc' "$LAYER"/recipes-*/*/*.bb | xargs grep -hv '^[[:space:]]*#' | grep -o '\${S}/[A-Za-z0-9_./*-]*' | sed 's#^\${S}/##' | sort -u)
 for bb in "$LAYER"/recipes-*/*/*.bb; do
-  for f in $(grep -v '^[[:space:]]*#' "$bb" | grep -o 'file://[^ ";]*' | sed 's#file://##'); do
+  for f in $(grep -v '^[[:space:]]*#' "$bb" | grep '^SRC_URI' | grep -o 'file://[^ ";]*' | sed 's#file://##'); do
     [[ -e "$(dirname "$bb")/files/$f" || -e "$(dirname "$bb")/$(basename "$bb" .bb | sed 's/_[^_]*$//')/$f" ]] ||
       { echo "ci-yocto-lint: $bb fetches file://$f, which is not in its files/ directory" >&2; missing=1; }
   done
 done
 ((missing == 0)) || fail "files referenced by recipes are missing"
+
+# Every claimed series: S and UNPACKDIR as that series' bitbake.conf makes them, and
+# every file:// of the recipes and bbappends present (see the script for its limits).
+python3 scripts/check-yocto-series.py | tail -1
 echo "ci-yocto-lint: OK"

@@ -37,6 +37,8 @@ fi
 PIP_PACKAGES=(imgtool 'smpclient[serial]' smp oelint-adv)
 .venv/bin/python -c 'import imgtool, smpclient, smp' 2>/dev/null && command -v .venv/bin/oelint-adv >/dev/null ||
   .venv/bin/pip install -q --disable-pip-version-check "${PIP_PACKAGES[@]}"
+# Debian's arm64 kernel that tests/uboot_boot.rs boots from a slot (cached by version).
+bash scripts/fetch-test-kernel.sh >/dev/null
 # The test runner (the Rust toolchain images here ship it; built from crates.io if not).
 command -v cargo-nextest >/dev/null || cargo install --locked --quiet cargo-nextest
 echo "setup-deps: all tools present"

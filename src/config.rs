@@ -517,8 +517,10 @@ pub fn check_aliases(slots: &[SlotConfig], sysfs: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// On the data partition both slots share (RAUC and Mender integrations mount it at
+/// `/data` too); the service refuses a data-dir on a slot device.
 fn default_data_dir() -> PathBuf {
-    PathBuf::from("/var/lib/rota")
+    PathBuf::from("/data/rota")
 }
 fn default_cmdline() -> PathBuf {
     PathBuf::from("/proc/cmdline")

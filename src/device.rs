@@ -149,6 +149,29 @@ pub fn block_overlap(sysfs: &Path, a: u64, b: u64) -> Option<String> {
     }
 }
 
+/// The kernel's name of block device `dev` (`mmcblk0p2`, `loop3`), per sysfs.
+pub fn block_name(sysfs: &Path, dev: u64) -> Option<String> {
+    let dir = std::fs::canonicalize(sysfs.join("dev/block").join(dev_name(dev))).ok()?;
+    Some(dir.file_name()?.to_string_lossy().into_owned())
+}
+
+/// The file behind loop device `dev` (or behind the loop device holding partition `dev`),
+/// per sysfs `loop/backing_file`; `None` for any other device.
+pub fn loop_backing_file(sysfs: &Path, dev: u64) -> Option<PathBuf> {
+    let dir = std::fs::canonicalize(sysfs.join("dev/block").join(dev_name(dev))).ok()?;
+    let disk = if dir.join("partition").exists() {
+        dir.parent()?.to_owned()
+    } else {
+        dir
+    };
+    let text = std::fs::read_to_string(disk.join("loop/backing_file")).ok()?;
+    let path = text.trim_end_matches('\n');
+    // The kernel appends " (deleted)" once the file is unlinked.
+    Some(PathBuf::from(
+        path.strip_suffix(" (deleted)").unwrap_or(path),
+    ))
+}
+
 /// A mounted filesystem whose device is `rdev` or overlaps it, per `mountinfo` (the text
 /// of `/proc/self/mountinfo`): returns its mount point and device.
 pub fn mounted(sysfs: &Path, mountinfo: &str, rdev: u64) -> Option<(String, u64)> {

@@ -6,8 +6,11 @@
 //!   work on 32-bit targets, and the env's on-disk bytes (little-endian CRC) are
 //!   exactly what U-Boot's `mkenvimage` writes.
 
+#[path = "support/bitbake.rs"]
+mod bitbake;
 mod pkg_support;
 
+use bitbake::LAYER;
 use pkg_support::{pattern, run_ok, tool, Bus, Gateway, Service};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -480,12 +483,10 @@ fn env_bytes_equal_mkenvimage_output() {
 
 // ---------------------------------------------------------------- Yocto layer
 
-const LAYER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/yocto-layer/meta-rota");
-
-/// The `-e 's#@NAME@#${VAR}#'` substitutions of the rota recipe's do_install.
+/// The `-e 's#@NAME@#${VAR}#'` substitutions of the rota-conf recipe's do_install.
 fn recipe_substitutions() -> Vec<(String, String)> {
     let recipe =
-        std::fs::read_to_string(format!("{LAYER}/recipes-core/rota/rota_0.1.0.bb")).unwrap();
+        std::fs::read_to_string(format!("{LAYER}/recipes-core/rota/rota-conf_0.1.0.bb")).unwrap();
     recipe
         .lines()
         .filter_map(|l| {
@@ -500,7 +501,7 @@ fn recipe_substitutions() -> Vec<(String, String)> {
 #[test]
 fn yocto_system_toml_template_renders_a_valid_config() {
     let template =
-        std::fs::read_to_string(format!("{LAYER}/recipes-core/rota/files/system.toml.in")).unwrap();
+        std::fs::read_to_string(format!("{LAYER}/recipes-core/rota/files/system.toml")).unwrap();
     let subs = recipe_substitutions();
     assert!(subs.len() >= 6, "found only {subs:?} in the recipe");
     // Every placeholder is filled by the recipe (KEYRING by its own sed), and back.
@@ -510,7 +511,7 @@ fn yocto_system_toml_template_renders_a_valid_config() {
     for p in &placeholders {
         assert!(
             *p == "KEYRING" || subs.iter().any(|(n, _)| n == p),
-            "@{p}@ in system.toml.in is never substituted by the recipe"
+            "@{p}@ in system.toml is never substituted by the recipe"
         );
     }
     for (n, _) in &subs {
@@ -533,7 +534,7 @@ fn yocto_system_toml_template_renders_a_valid_config() {
                 "BOOT_ATTEMPTS" => "3".into(),
                 "RAUC_COMPAT" => rauc_compat.into(),
                 "DBUS_GROUP" => "rota".into(),
-                "LOCALSTATEDIR" => "/var".into(),
+                "DATA_DIR" => "/data/rota".into(),
                 "SYSCONFDIR" => "/etc".into(),
                 // What the recipe's loop builds from ROTA_KEYRING_PEMS (two keys).
                 "KEYRING" => format!(
@@ -554,6 +555,7 @@ fn yocto_system_toml_template_renders_a_valid_config() {
         let config = rota::config::Config::load(&path)
             .unwrap_or_else(|e| panic!("the rendered system.toml does not load: {e}\n{text}"));
         assert_eq!(config.system.compatible, "raspberrypi4-64");
+        assert_eq!(config.system.data_dir, Path::new("/data/rota"));
         assert_eq!(config.dbus.rauc_compat, rauc_compat == "true");
         assert_eq!(config.dbus.group.as_deref(), Some("rota"));
         assert_eq!(config.keyring.paths.len(), 2);
@@ -561,56 +563,8 @@ fn yocto_system_toml_template_renders_a_valid_config() {
     }
 }
 
-/// Runs the shell function `header` (e.g. `IMAGE_CMD:rota () {`) of a layer file as
-/// bitbake would: bitbake variables expanded from `vars` (every `${UPPER_CASE}` in the
-/// body must have a value; lower-case ones are left, as bitbake leaves unknown
-/// variables), `bbfatal` failing, and `bin` first in PATH.
-fn run_bitbake_shell(file: &str, header: &str, vars: &[(&str, String)], bin: &Path) -> Output {
-    let text = std::fs::read_to_string(format!("{LAYER}/{file}")).unwrap();
-    let header = format!("{header}\n");
-    let start = text
-        .find(&header)
-        .unwrap_or_else(|| panic!("{header:?} in {file}"))
-        + header.len();
-    let end = start + text[start..].find("\n}\n").unwrap();
-    let mut body = text[start..end].to_owned();
-    let mut unknown = Vec::new();
-    let mut i = 0;
-    while let Some(off) = body[i..].find("${") {
-        let s = i + off;
-        let e = s + body[s..].find('}').unwrap();
-        let name = &body[s + 2..e];
-        if name
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-        {
-            match vars.iter().find(|(k, _)| *k == name) {
-                Some((_, v)) => {
-                    body.replace_range(s..=e, v);
-                    i = s + v.len();
-                    continue;
-                }
-                None => unknown.push(name.to_owned()),
-            }
-        }
-        i = e + 1;
-    }
-    assert!(
-        unknown.is_empty(),
-        "bitbake variables in {file} without a test value: {unknown:?}"
-    );
-    let script = format!("set -e\nbbfatal() {{ echo \"FATAL: $*\" >&2; exit 1; }}\n{body}\n");
-    let path = std::env::var("PATH").unwrap();
-    Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .env("PATH", format!("{}:{path}", bin.display()))
-        .output()
-        .unwrap()
-}
-
 fn run_image_cmd(vars: &[(&str, String)], bin: &Path) -> Output {
-    run_bitbake_shell(
+    bitbake::run_shell(
         "classes/rota-bundle.bbclass",
         "IMAGE_CMD:rota () {",
         vars,
@@ -637,7 +591,7 @@ fn boot_script_recipe_prepends_board_defaults_and_compiles() {
     };
     let recipe = "recipes-bsp/u-boot/rota-boot-script_0.1.0.bb";
     tool("mkimage", "u-boot-tools");
-    let out = run_bitbake_shell(
+    let out = bitbake::run_shell(
         recipe,
         "do_compile() {",
         &vars(hook),
@@ -670,7 +624,7 @@ fn boot_script_recipe_prepends_board_defaults_and_compiles() {
         .any(|w| w == &upstream.as_bytes()[..upstream.len().min(200)]));
 
     // No hook configured: no rota_boot line.
-    let out = run_bitbake_shell(
+    let out = bitbake::run_shell(
         recipe,
         "do_compile() {",
         &vars(""),
@@ -679,6 +633,28 @@ fn boot_script_recipe_prepends_board_defaults_and_compiles() {
     assert!(out.status.success(), "do_compile: {}", stderr(&out));
     let cmd = std::fs::read_to_string(b.join("boot.cmd")).unwrap();
     assert!(!cmd.contains("setenv rota_boot"), "{cmd}");
+}
+
+/// The BSP bbappends install bootloader-env's fw_env.config files, as copies (a layer
+/// must not reach outside itself): they must not drift apart.
+#[test]
+fn the_bsp_bbappends_ship_the_fw_env_configs_of_bootloader_env() {
+    for (bsp, ours) in [("raspberrypi", "rpi"), ("freescale-layer", "imx")] {
+        let copy =
+            format!("{LAYER}/dynamic-layers/{bsp}/recipes-bsp/u-boot/files/fw_env.config.rota");
+        let orig =
+            concat!(env!("CARGO_MANIFEST_DIR"), "/bootloader-env/fw_env.config.").to_owned() + ours;
+        assert_eq!(
+            std::fs::read_to_string(&copy).unwrap(),
+            std::fs::read_to_string(&orig).unwrap(),
+            "{copy} differs from {orig}"
+        );
+        let cfg = rota::boot::uboot_env::FwEnvConfig::load(Path::new(&copy)).unwrap();
+        assert!(
+            cfg.is_redundant(),
+            "{copy}: the board examples use a redundant env"
+        );
+    }
 }
 
 #[test]
@@ -718,6 +694,7 @@ fn rota_bundle_class_builds_a_verifiable_bundle() {
             ("ROTA_BUNDLE_DESCRIPTION", "July release".to_owned()),
             ("ROTA_BUNDLE_SLOT_CLASS", "rootfs".to_owned()),
             ("ROTA_BUNDLE_CHUNK_SIZE", "65536".to_owned()),
+            ("SOURCE_DATE_EPOCH", "1700000000".to_owned()),
             ("ROTA_BUNDLE_EXTRA_IMAGES", extra.to_owned()),
         ]
     };
@@ -764,6 +741,29 @@ fn rota_bundle_class_builds_a_verifiable_bundle() {
             "bundle info lacks {needle:?}: {info}"
         );
     }
+    // Reproducible: SOURCE_DATE_EPOCH is the build time and every member's mtime, and
+    // a second build is byte-identical.
+    assert!(
+        info.contains("\"build\":\"2023-11-14T22:13:20Z\""),
+        "{info}"
+    );
+    let verbose = run_ok(tool("tar", "tar").args(["tv", "--utc", "-f"]).arg(&bundle));
+    let verbose = String::from_utf8_lossy(&verbose.stdout);
+    assert!(
+        verbose.lines().all(|l| l.contains("2023-11-14 22:13")),
+        "{verbose}"
+    );
+    let first = std::fs::read(&bundle).unwrap();
+    std::fs::remove_file(&bundle).unwrap();
+    let out = run_image_cmd(
+        &vars(key.clone(), "slot-class:appfs:appfs.img"),
+        &d.join("bin"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        std::fs::read(&bundle).unwrap() == first,
+        "two builds with the same SOURCE_DATE_EPOCH differ"
+    );
     // The image in the bundle is the image file, byte for byte.
     let list = run_ok(tool("tar", "tar").arg("tf").arg(&bundle));
     let members = String::from_utf8_lossy(&list.stdout);
@@ -859,6 +859,26 @@ bootname = "B"
         is_writable(&config.system.data_dir),
         "default data-dir {} is read-only under rota.service",
         config.system.data_dir.display()
+    );
+    // ... on the shared data partition: the unit waits for its mount, tmpfiles makes it.
+    assert_eq!(config.system.data_dir, Path::new("/data/rota"));
+    assert!(
+        unit_values(&unit, "RequiresMountsFor")
+            .iter()
+            .any(|m| config.system.data_dir.starts_with(m)),
+        "rota.service does not wait for the mount of the data-dir"
+    );
+    let tmpfiles = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/rota.tmpfiles"
+    ))
+    .unwrap();
+    assert!(
+        tmpfiles.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() >= 5 && f[..5] == ["d", "/data/rota", "0700", "root", "root"]
+        }),
+        "rota.tmpfiles does not create the data-dir 0700: {tmpfiles}"
     );
     let lock = Path::new(rota::boot::uboot_env::LOCK_FILE);
     assert!(

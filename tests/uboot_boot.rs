@@ -5,6 +5,12 @@
 //! with boot.scr. A read-only pflash env supplies the board hooks: `rota_env_load` /
 //! `rota_env_save` move the env between RAM and the disk, `rota_boot` prints the chosen
 //! slot and powers off instead of starting a kernel.
+//!
+//! The last two tests boot a real kernel (Debian's arm64 Image) from the chosen slot's
+//! partition, once by the script's own boot path (GPT, i.MX-style) and once by the
+//! Raspberry Pi hook exactly as the rota-boot-script recipe builds it (MBR, a stand-in
+//! for the Pi firmware's device tree and cmdline.txt), and read the kernel's banner and
+//! command line on the serial console.
 
 mod support;
 use std::path::{Path, PathBuf};
@@ -83,6 +89,7 @@ fn build_disk(dir: &Path, env: &str) -> Disk {
         bootcmd=virtio scan; load virtio 0:1 ${scriptaddr} boot.scr && source ${scriptaddr}; poweroff\n\
         rota_env_load=virtio read ${loadaddr} 0x200 0x20; env import -c ${loadaddr} 0x4000\n\
         rota_env_save=env export -c -s 0x4000 ${loadaddr}; virtio write ${loadaddr} 0x200 0x20\n\
+        devtype=virtio\ndevnum=0\nrota_part_A=2\nrota_part_B=3\n\
         rota_boot=echo ROTA-TEST-BOOTED=${rota_slot}; poweroff\n";
     let board_txt = dir.join("board.txt");
     std::fs::write(&board_txt, board).unwrap();
@@ -331,4 +338,415 @@ fn a_two_digit_hex_counter_reads_as_no_attempts_to_the_boot_script() {
         Some("A"),
         "B with \"a\" is skipped"
     );
+}
+
+// ------------------------------------------------------------ a real kernel per slot
+//
+// The boots above stop at the board's `rota_boot`; these go on into Debian's arm64
+// kernel (scripts/fetch-test-kernel.sh fetches and caches it) loaded from the chosen
+// slot's partition, and read the kernel's own banner and command line on the serial
+// console. Only the chosen slot holds a kernel, so a load from the wrong partition
+// cannot boot. The kernel panics or waits for its root device afterwards (no initrd,
+// no virtio driver built in): the test stops QEMU as soon as the command line is out.
+
+/// Partition layout of the kernel disks, in 512-byte sectors: boot (boot.scr), slot A,
+/// slot B; the env sits at [`ENV_OFFSET`], before the first partition.
+const KPARTS: [(u64, u64); 3] = [(2048, 16384), (18432, 98304), (116736, 98304)];
+/// GPT partition UUIDs of slots A and B (the i.MX-style disk).
+const GPT_UUID_A: &str = "6a3b0c2e-9f1d-4e55-8a61-0c1b2d3e4f5a";
+const GPT_UUID_B: &str = "7d4e1f30-2a6b-4c88-9b72-1e2f3a4b5c6d";
+/// The DOS disk signature of the Raspberry Pi-style disk: PARTUUID is `<sig>-<nn>`.
+const DOS_SIGNATURE: &str = "5eed2a7c";
+
+/// Debian's arm64 kernel Image: `ROTA_TEST_KERNEL`, or what the fetch script cached.
+fn test_kernel() -> PathBuf {
+    if let Some(p) = std::env::var_os("ROTA_TEST_KERNEL") {
+        return PathBuf::from(p);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-test-kernel.sh");
+    let out = Command::new("bash").arg(&script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed (it needs the Debian mirror once; or set ROTA_TEST_KERNEL to an arm64 Image): {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+fn mkfs_ext4(dir: &Path, name: &str, files: &[(&str, &Path)], mib: u64) -> PathBuf {
+    let root = dir.join(format!("{name}.d"));
+    std::fs::create_dir_all(root.join("boot")).unwrap();
+    for (dest, src) in files {
+        std::fs::copy(src, root.join(dest)).unwrap();
+    }
+    let img = dir.join(format!("{name}.img"));
+    sh(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg(format!("{mib}M")));
+    img
+}
+
+fn dd_into(disk: &Path, part: &Path, seek_sectors: u64) {
+    sh(Command::new("dd")
+        .arg(format!("if={}", part.display()))
+        .arg(format!("of={}", disk.display()))
+        .arg(format!("seek={seek_sectors}"))
+        .args(["bs=512", "conv=notrunc", "status=none"]));
+}
+
+fn mkenvimage(dir: &Path, name: &str, size: &str, text: &str) -> PathBuf {
+    let txt = dir.join(format!("{name}.txt"));
+    std::fs::write(&txt, text).unwrap();
+    let img = dir.join(format!("{name}.bin"));
+    sh(Command::new("mkenvimage")
+        .args(["-s", size, "-o"])
+        .arg(&img)
+        .arg(&txt));
+    img
+}
+
+/// The partition table of a kernel disk.
+enum Table {
+    /// MBR, as on a Raspberry Pi SD card.
+    Dos,
+    /// GPT with [`GPT_UUID_A`] / [`GPT_UUID_B`], as on an i.MX eMMC.
+    Gpt,
+}
+
+/// A disk with boot.scr (`script`, already compiled) on partition 1, the kernel (and
+/// `dtb` as boot/virt.dtb) only on slot `kernel_slot`'s partition, the rota env `env`,
+/// and a read-only board env `board` in pflash.
+fn kernel_disk(
+    dir: &Path,
+    table: Table,
+    script: &Path,
+    kernel_slot: &str,
+    dtb: &Path,
+    env: &str,
+    board: &str,
+) -> Disk {
+    let kernel = test_kernel();
+    let boot = mkfs_ext4(dir, "bootpart", &[("boot.scr", script)], 8);
+    let with_kernel: [(&str, &Path); 2] = [("boot/Image", &kernel), ("boot/virt.dtb", dtb)];
+    let marker = dir.join("marker");
+    std::fs::write(&marker, "this slot holds no kernel\n").unwrap();
+    let without: [(&str, &Path); 1] = [("boot/no-kernel-here", &marker)];
+    let (a, b) = if kernel_slot == "A" {
+        (&with_kernel[..], &without[..])
+    } else {
+        (&without[..], &with_kernel[..])
+    };
+    let slot_a = mkfs_ext4(dir, "slot-a", a, 48);
+    let slot_b = mkfs_ext4(dir, "slot-b", b, 48);
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(112 << 20)
+        .unwrap();
+    let layout = match table {
+        Table::Dos => format!(
+            "label: dos\nlabel-id: 0x{DOS_SIGNATURE}\n\
+             start={}, size={}, type=c, bootable\nstart={}, size={}, type=83\nstart={}, size={}, type=83\n",
+            KPARTS[0].0, KPARTS[0].1, KPARTS[1].0, KPARTS[1].1, KPARTS[2].0, KPARTS[2].1
+        ),
+        Table::Gpt => format!(
+            "label: gpt\n\
+             start={}, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=boot\n\
+             start={}, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={GPT_UUID_A}, name=rootfs_a\n\
+             start={}, size={}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={GPT_UUID_B}, name=rootfs_b\n",
+            KPARTS[0].0, KPARTS[0].1, KPARTS[1].0, KPARTS[1].1, KPARTS[2].0, KPARTS[2].1
+        ),
+    };
+    let mut child = Command::new("sfdisk")
+        .args(["-q", "--no-reread", "--no-tell-kernel"])
+        .arg(&disk)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("sfdisk (fdisk) must be installed");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(layout.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "sfdisk {layout}");
+    for (img, (start, _)) in [boot, slot_a, slot_b].iter().zip(KPARTS) {
+        dd_into(&disk, img, start);
+    }
+    let env_img = mkenvimage(dir, "env", "0x4000", env);
+    dd_into(&disk, &env_img, ENV_OFFSET / 512);
+    let flash = mkenvimage(dir, "board", "0x40000", board);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&flash)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    Disk { disk, flash }
+}
+
+/// The board env shared by the kernel boots: the rota env on the disk at [`ENV_OFFSET`]
+/// (as on raw eMMC), addresses for a 512 MiB `virt` machine, and the boot command that, like distro boot, sets devtype/devnum and sources boot.scr from
+/// partition 1. `extra` is added to it (before the boot command runs).
+fn kernel_board_env(prelude: &str, extra: &str) -> String {
+    format!(
+        "bootdelay=0\n\
+         loadaddr=0x40200000\nscriptaddr=0x40100000\n\
+         kernel_addr_r=0x40400000\nfdt_addr_r=0x4c000000\n\
+         bootcmd={prelude}virtio scan; setenv devtype virtio; setenv devnum 0; \
+         load virtio 0:1 ${{scriptaddr}} boot.scr && source ${{scriptaddr}}; poweroff\n\
+         rota_env_load=virtio read ${{loadaddr}} 0x200 0x20; env import -c ${{loadaddr}} 0x4000\n\
+         rota_env_save=env export -c -s 0x4000 ${{loadaddr}}; virtio write ${{loadaddr}} 0x200 0x20\n\
+         {extra}"
+    )
+}
+
+fn qemu_args(mem: &str) -> Vec<String> {
+    [
+        "-M",
+        "virt",
+        "-cpu",
+        "cortex-a57",
+        "-m",
+        mem,
+        "-nographic",
+        "-nic",
+        "none",
+        "-no-reboot",
+        "-bios",
+        UBOOT,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// QEMU's own device tree for the machine the kernel boots on (`dumpdtb`).
+fn virt_dtb(dir: &Path) -> PathBuf {
+    let dtb = dir.join("virt.dtb");
+    let mut args = qemu_args("512");
+    args[1] = format!("virt,dumpdtb={}", dtb.display());
+    sh(Command::new("qemu-system-aarch64").args(&args));
+    dtb
+}
+
+/// What the kernel said about itself on the serial console.
+struct KernelBoot {
+    banner: String,
+    cmdline: String,
+    log: String,
+}
+
+/// Powers on and reads the serial console until the kernel has printed its banner and
+/// command line (then stops QEMU), or U-Boot gave up, QEMU ended or 45 s passed (then
+/// fails with the log).
+fn boot_kernel(d: &Disk) -> KernelBoot {
+    use std::io::Read;
+    let mut child = Command::new("qemu-system-aarch64")
+        .args(qemu_args("512"))
+        .arg("-drive")
+        .arg(format!(
+            "if=pflash,format=raw,unit=1,readonly=on,file={}",
+            d.flash.display()
+        ))
+        .arg("-drive")
+        .arg(format!(
+            "if=none,file={},format=raw,id=hd0",
+            d.disk.display()
+        ))
+        .args(["-device", "virtio-blk-device,drive=hd0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-aarch64 (qemu-system-arm) must be installed");
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(45);
+    let mut log = String::new();
+    let found = loop {
+        let line_with = |log: &str, key: &str| {
+            log.lines()
+                .find(|l| l.contains(key))
+                .map(|l| l.trim_end_matches('\r').to_owned())
+        };
+        let banner = line_with(&log, "Linux version ");
+        let cmdline = line_with(&log, "Kernel command line: ").filter(|l| {
+            // complete only once its line has ended
+            log.contains(&format!("{l}\n")) || log.contains(&format!("{l}\r"))
+        });
+        if let (Some(banner), Some(cmdline)) = (banner, cmdline) {
+            break Some((banner, cmdline));
+        }
+        if log.contains("rota: booting slot") && log.contains("failed") {
+            break None;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(bytes) => log.push_str(&String::from_utf8_lossy(&bytes)),
+            Err(_) => break None, // timed out, or QEMU ended
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = reader.join();
+    while let Ok(bytes) = rx.try_recv() {
+        log.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    let Some((banner, cmdline)) = found else {
+        panic!("the kernel did not start (no banner and command line on the console):\n{log}");
+    };
+    let cmdline = cmdline
+        .split_once("Kernel command line: ")
+        .map(|(_, c)| c.trim().to_owned())
+        .unwrap_or_default();
+    KernelBoot {
+        banner,
+        cmdline,
+        log,
+    }
+}
+
+/// The rota env as U-Boot left it on a kernel disk.
+fn disk_env(d: &Disk) -> std::collections::BTreeMap<String, String> {
+    let cfg = d.disk.with_extension("fw_env.config");
+    std::fs::write(
+        &cfg,
+        format!("{} {ENV_OFFSET:#x} 0x4000\n", d.disk.display()),
+    )
+    .unwrap();
+    let out = Command::new("fw_printenv")
+        .arg("-c")
+        .arg(&cfg)
+        .output()
+        .expect("fw_printenv (libubootenv-tool)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn compile_script(src: &Path, out: &Path) {
+    sh(Command::new("mkimage")
+        .args([
+            "-A", "arm64", "-O", "linux", "-T", "script", "-C", "none", "-n", "rota", "-d",
+        ])
+        .arg(src)
+        .arg(out));
+}
+
+/// i.MX-style: GPT eMMC, the board env naming the slot partitions, and the shipped
+/// boot.cmd's own boot path (kernel and ${fdtfile} from the slot, booti).
+#[test]
+fn default_boot_path_starts_the_kernel_of_slot_a_with_its_partition_as_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let script = d.join("boot.scr");
+    compile_script(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("bootloader-env/boot.cmd"),
+        &script,
+    );
+    let dtb = virt_dtb(d);
+    let board = kernel_board_env(
+        "",
+        "bootargs=console=ttyAMA0 earlycon\nfdtfile=virt.dtb\nrota_part_A=2\nrota_part_B=3\n",
+    );
+    let disk = kernel_disk(
+        d,
+        Table::Gpt,
+        &script,
+        "A",
+        &dtb,
+        "BOOT_ORDER=A B\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n",
+        &board,
+    );
+    let k = boot_kernel(&disk);
+    assert!(k.banner.contains("Linux version 6."), "{}", k.banner);
+    assert_eq!(
+        k.cmdline,
+        format!(
+            "console=ttyAMA0 earlycon root=PARTUUID={GPT_UUID_A} rootwait ro rauc.slot=A rota.slot=A"
+        ),
+        "{}",
+        k.log
+    );
+    assert_eq!(disk_env(&disk)["BOOT_A_LEFT"], "2", "the attempt was spent");
+}
+
+/// Raspberry Pi-style: an SD card with an MBR, the boot script exactly as the
+/// rota-boot-script recipe builds it for an `rpi` machine (its board defaults and its
+/// rpi hook), and a board env that stands in for the Pi firmware: a device tree at
+/// ${fdt_addr} whose /chosen/bootargs holds cmdline.txt (console, and the factory
+/// root=/dev/mmcblk0p2 that must not win).
+#[test]
+fn raspberry_pi_hook_starts_the_kernel_of_slot_b_with_its_partition_as_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let recipe = "recipes-bsp/u-boot/rota-boot-script_0.1.0.bb";
+    let hook = support::bitbake::layer_var(recipe, "ROTA_UBOOT_BOOT:rpi")
+        .replace("${KERNEL_BOOTCMD}", "booti");
+    let build = d.join("build");
+    std::fs::create_dir(&build).unwrap();
+    let vars: Vec<(&str, String)> = vec![
+        ("MACHINE", "raspberrypi4-64".into()),
+        ("ROTA_UBOOT_PART_A", "2".into()),
+        ("ROTA_UBOOT_PART_B", "3".into()),
+        ("ROTA_UBOOT_KERNEL", "boot/Image".into()),
+        ("ROTA_UBOOT_BOOT", hook),
+        ("S", env!("CARGO_MANIFEST_DIR").into()),
+        ("B", build.display().to_string()),
+        ("UBOOT_ARCH", "arm64".into()),
+    ];
+    let out =
+        support::bitbake::run_shell(recipe, "do_compile() {", &vars, Path::new("/nonexistent"));
+    assert!(
+        out.status.success(),
+        "do_compile: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dtb = virt_dtb(d);
+    // The "firmware": QEMU's device tree copied to ${fdt_addr}, cmdline.txt in /chosen.
+    let firmware = "fdt addr ${fdtcontroladdr}; fdt move ${fdtcontroladdr} ${fdt_addr} 0x100000; \
+        fdt set /chosen bootargs \"console=ttyAMA0 earlycon root=/dev/mmcblk0p2 rootfstype=ext4 fw.cmdline.txt\"; ";
+    let board = kernel_board_env(firmware, "fdt_addr=0x48000000\n");
+    let disk = kernel_disk(
+        d,
+        Table::Dos,
+        &build.join("boot.scr"),
+        "B",
+        &dtb,
+        "BOOT_ORDER=B A\nBOOT_A_LEFT=3\nBOOT_B_LEFT=3\n",
+        &board,
+    );
+    let k = boot_kernel(&disk);
+    assert!(k.banner.contains("Linux version 6."), "{}", k.banner);
+    // The firmware's arguments first, then U-Boot's board bootargs and the slot's.
+    assert_eq!(
+        k.cmdline,
+        format!(
+            "console=ttyAMA0 earlycon root=/dev/mmcblk0p2 rootfstype=ext4 fw.cmdline.txt \
+             root=PARTUUID={DOS_SIGNATURE}-03 rootwait ro rauc.slot=B rota.slot=B"
+        ),
+        "{}",
+        k.log
+    );
+    assert_eq!(disk_env(&disk)["BOOT_B_LEFT"], "2", "the attempt was spent");
 }

@@ -205,6 +205,13 @@ pub async fn start(config: Config) -> Result<AgentHandle, AgentError> {
         std::path::Path::new(crate::slot::identity::SYSFS),
     )
     .map_err(|m| AgentError::Failed(format!("invalid config {}: {m}", config.path.display())))?;
+    // Before the data directory is created: never make it on a slot.
+    crate::slot::check_data_dir(
+        &config.system.data_dir,
+        &config.slots(),
+        &crate::slot::Host::default(),
+    )
+    .map_err(|m| AgentError::Failed(format!("invalid config {}: {m}", config.path.display())))?;
     let keyring = Keyring::load(&config.keyring.paths).map_err(|e| failed(&e))?;
     let store = StateStore::open(&config.system.data_dir).map_err(|e| failed(&e))?;
     let booted = match crate::slot::booted_slot(&config) {
@@ -354,6 +361,15 @@ impl Agent {
 
     fn install(&mut self, req: InstallRequest) -> Result<String, AgentError> {
         self.busy()?;
+        // Checked at start; a mount since then (e.g. a slot over the data directory's
+        // parent) must not make the journal of this install vanish with the slot.
+        let config = &self.device.config;
+        crate::slot::check_data_dir(
+            &config.system.data_dir,
+            &config.slots(),
+            &crate::slot::Host::default(),
+        )
+        .map_err(AgentError::Failed)?;
         Ok(self.begin_install(req, false))
     }
 

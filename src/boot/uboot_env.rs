@@ -10,10 +10,15 @@
 //! writes it to the *other* copy with flag + 1, so a power cut at any instant leaves one
 //! valid copy; the active copy is never touched. rota never invents an env: with no valid
 //! copy it refuses to write, because U-Boot would otherwise drop its built-in defaults.
+//!
+//! An env in an eMMC boot partition (`/dev/mmcblkXbootY`, as on i.MX boards) is
+//! write-protected by the kernel while `/sys/block/mmcblkXbootY/force_ro` is 1: like
+//! libubootenv, rota writes 0 there just before it writes the copy and 1 again right
+//! after (also when the write failed), and leaves an attribute that was 0 alone.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 pub type EnvVars = BTreeMap<String, String>;
@@ -256,10 +261,57 @@ pub fn encode(vars: &EnvVars, len: usize) -> Result<Vec<u8>, EnvError> {
     Ok(data)
 }
 
+/// An eMMC boot partition unlocked for writing (`force_ro` set to 0); locked again
+/// (`force_ro` back to 1) when dropped.
+#[derive(Debug)]
+pub struct Unlocked {
+    attribute: PathBuf,
+}
+
+impl Unlocked {
+    /// Unlocks `device` if it is an eMMC boot partition locked read-only: its name (symlinks
+    /// resolved, so `/dev/disk/by-path/...` works too) has a `block/<name>/force_ro`
+    /// attribute under `sysfs` that reads 1. `None` for any other device, or one already
+    /// writable.
+    pub fn unlock(sysfs: &Path, device: &Path) -> Result<Option<Unlocked>, EnvError> {
+        let real = std::fs::canonicalize(device).unwrap_or_else(|_| device.to_owned());
+        let Some(name) = real.file_name() else {
+            return Ok(None);
+        };
+        let attribute = sysfs.join("block").join(name).join("force_ro");
+        let Ok(value) = std::fs::read_to_string(&attribute) else {
+            return Ok(None);
+        };
+        if value.trim() == "0" {
+            return Ok(None);
+        }
+        std::fs::write(&attribute, "0").map_err(|e| {
+            EnvError::Io(format!(
+                "{} is read-only (an eMMC boot partition) and writing 0 to {} failed: {e}",
+                device.display(),
+                attribute.display()
+            ))
+        })?;
+        Ok(Some(Unlocked { attribute }))
+    }
+}
+
+impl Drop for Unlocked {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(&self.attribute, "1") {
+            log::warn!(
+                "cannot lock the eMMC boot partition again ({} = 1): {e}",
+                self.attribute.display()
+            );
+        }
+    }
+}
+
 /// The U-Boot environment described by a `fw_env.config`.
 pub struct UbootEnv {
     config: FwEnvConfig,
     lock_path: PathBuf,
+    sysfs: PathBuf,
 }
 
 impl UbootEnv {
@@ -267,7 +319,15 @@ impl UbootEnv {
         Self {
             config,
             lock_path: PathBuf::from(LOCK_FILE),
+            sysfs: PathBuf::from(crate::device::SYSFS),
         }
+    }
+
+    /// The same env with sysfs (where `force_ro` of eMMC boot partitions is) at `sysfs`:
+    /// tests stand in a directory.
+    pub fn with_sysfs(mut self, sysfs: &Path) -> Self {
+        self.sysfs = sysfs.to_owned();
+        self
     }
 
     pub fn open(fw_env_config: &Path) -> Result<Self, EnvError> {
@@ -302,8 +362,19 @@ impl UbootEnv {
     }
 
     fn read_copy(&self, loc: &EnvLocation) -> Result<Copy, EnvError> {
-        let f = File::open(&loc.device)
-            .map_err(|e| EnvError::Io(format!("{}: {e}", loc.device.display())))?;
+        let f = match File::open(&loc.device) {
+            Ok(f) => f,
+            // U-Boot makes a redundant env in files (uboot.env, uboot-redund.env on a FAT
+            // boot partition) one saveenv at a time: the second file may not exist yet.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.config.is_redundant() => {
+                return Ok(Copy {
+                    flag: 0,
+                    vars: None,
+                    problem: format!("{}: {e}", loc.device.display()),
+                })
+            }
+            Err(e) => return Err(EnvError::Io(format!("{}: {e}", loc.device.display()))),
+        };
         let mut buf = vec![0u8; loc.size as usize];
         if let Err(e) = f.read_exact_at(&mut buf, loc.offset) {
             return Ok(Copy {
@@ -407,8 +478,18 @@ impl UbootEnv {
             image.push(flag);
         }
         image.extend_from_slice(&data);
+        // Locked again when this goes out of scope: after the sync, or on any error.
+        let _unlocked = Unlocked::unlock(&self.sysfs, &loc.device)?;
+        // The other copy of a redundant env in files may not exist yet (see read_copy):
+        // create it when the valid copy is a regular file, never in place of a device.
+        let create = self.config.is_redundant()
+            && std::fs::metadata(&self.config.copies[active].device).is_ok_and(|m| m.is_file())
+            && std::fs::symlink_metadata(&loc.device).is_err();
         let file = OpenOptions::new()
             .write(true)
+            .create(create)
+            .truncate(false)
+            .mode(0o644)
             .open(&loc.device)
             .map_err(|e| EnvError::Io(format!("{}: {e}", loc.device.display())))?;
         // Two writes, so the power-cut campaign can cut between them (a torn copy).
@@ -419,6 +500,10 @@ impl UbootEnv {
                 file.write_all_at(&image[half..], loc.offset + half as u64)
             })
             .and_then(|_| file.sync_all())
+            .and_then(|_| match loc.device.parent().filter(|_| create) {
+                Some(dir) => crate::fsutil::sync_dir(dir),
+                None => Ok(()),
+            })
             .map_err(|e| {
                 EnvError::Io(format!(
                     "{} at {:#x}: write failed: {e}",
@@ -459,6 +544,175 @@ mod tests {
             .to_string();
         assert!(e.contains("overlap"), "{e}");
         assert!(FwEnvConfig::parse("", p).is_err());
+    }
+
+    /// An i.MX-style env: a redundant pair in an eMMC boot partition. The partition is a
+    /// file named like the kernel's device (`mmcblk2boot0`), and a directory stands in
+    /// for sysfs with its `block/mmcblk2boot0/force_ro`.
+    fn boot_partition_env(force_ro: &str) -> (tempfile::TempDir, UbootEnv, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let dev = t.path().join("mmcblk2boot0");
+        let mut vars = EnvVars::new();
+        vars.insert("BOOT_ORDER".into(), "A B".into());
+        let data = encode(&vars, 0x2000 - 5).unwrap();
+        let mut image = vec![0u8; 0x8000];
+        image[0x1000..0x1004].copy_from_slice(&crc32fast::hash(&data).to_le_bytes());
+        image[0x1004] = 1;
+        image[0x1005..0x3000].copy_from_slice(&data);
+        std::fs::write(&dev, image).unwrap();
+        let attr = t.path().join("sys/block/mmcblk2boot0/force_ro");
+        std::fs::create_dir_all(attr.parent().unwrap()).unwrap();
+        std::fs::write(&attr, force_ro).unwrap();
+        let text = format!("{d} 0x1000 0x2000\n{d} 0x5000 0x2000\n", d = dev.display());
+        let config = FwEnvConfig::parse(&text, Path::new("/etc/fw_env.config")).unwrap();
+        let env = UbootEnv::new(config).with_sysfs(&t.path().join("sys"));
+        (t, env, attr)
+    }
+
+    #[test]
+    fn an_emmc_boot_partition_is_unlocked_for_the_write_and_locked_again() {
+        let (t, env, attr) = boot_partition_env("1\n");
+        // The guard alone: 0 while held, 1 once dropped.
+        let g = Unlocked::unlock(&t.path().join("sys"), &t.path().join("mmcblk2boot0"))
+            .unwrap()
+            .expect("force_ro was 1");
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "0");
+        drop(g);
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1");
+        // An update: written (the real fw_printenv reads it), locked again.
+        env.update(|v| {
+            v.insert("BOOT_ORDER".into(), "B A".into());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1");
+        assert_eq!(env.read().unwrap()["BOOT_ORDER"], "B A");
+        let cfg = t.path().join("fw_env.config");
+        let dev = t.path().join("mmcblk2boot0");
+        std::fs::write(
+            &cfg,
+            format!("{d} 0x1000 0x2000\n{d} 0x5000 0x2000\n", d = dev.display()),
+        )
+        .unwrap();
+        let out = std::process::Command::new("fw_printenv")
+            .arg("-c")
+            .arg(&cfg)
+            .arg("BOOT_ORDER")
+            .output()
+            .expect("fw_printenv (libubootenv-tool)");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "BOOT_ORDER=B A"
+        );
+        // A partition someone left writable stays writable.
+        std::fs::write(&attr, "0\n").unwrap();
+        env.update(|v| {
+            v.insert("x".into(), "1".into());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "0\n");
+    }
+
+    #[test]
+    fn a_failed_write_locks_again_and_a_lock_that_cannot_be_lifted_writes_nothing() {
+        // The write fails after the unlock (an immutable file: even root cannot open it
+        // for writing): force_ro is 1 again, the error names the device.
+        let (t, env, attr) = boot_partition_env("1\n");
+        let dev = t.path().join("mmcblk2boot0");
+        let before = std::fs::read(&dev).unwrap();
+        let chattr = |flag: &str| {
+            let st = std::process::Command::new("chattr")
+                .arg(flag)
+                .arg(&dev)
+                .status()
+                .expect("chattr (e2fsprogs)");
+            assert!(st.success(), "chattr {flag} (the temp dir must be on ext4)");
+        };
+        chattr("+i");
+        let err = env.update(|_| Ok(()));
+        chattr("-i");
+        let err = err.unwrap_err().to_string();
+        assert!(err.contains(&dev.display().to_string()), "{err}");
+        assert_eq!(std::fs::read_to_string(&attr).unwrap(), "1");
+        assert_eq!(std::fs::read(&dev).unwrap(), before);
+        // force_ro cannot be written (root cannot write /proc/version): refused, the env
+        // untouched.
+        std::fs::remove_file(&attr).unwrap();
+        std::os::unix::fs::symlink("/proc/version", &attr).unwrap();
+        let err = env
+            .update(|v| {
+                v.insert("BOOT_ORDER".into(), "B A".into());
+                Ok(())
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is read-only (an eMMC boot partition) and writing 0 to")
+                && err.contains("force_ro failed"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&dev).unwrap(), before, "nothing written");
+    }
+
+    /// Raspberry Pi: a redundant env in two files on the FAT boot partition, of which
+    /// U-Boot has written only the first so far.
+    #[test]
+    fn the_second_file_of_a_redundant_env_is_made_by_the_first_write() {
+        let t = tempfile::tempdir().unwrap();
+        let (first, second) = (
+            t.path().join("uboot.env"),
+            t.path().join("uboot-redund.env"),
+        );
+        let mut vars = EnvVars::new();
+        vars.insert("BOOT_ORDER".into(), "A B".into());
+        let data = encode(&vars, 0x4000 - 5).unwrap();
+        let mut image = crc32fast::hash(&data).to_le_bytes().to_vec();
+        image.push(1);
+        image.extend_from_slice(&data);
+        std::fs::write(&first, &image).unwrap();
+        let text = format!(
+            "{} 0x0 0x4000\n{} 0x0 0x4000\n",
+            first.display(),
+            second.display()
+        );
+        let cfg_path = t.path().join("fw_env.config");
+        std::fs::write(&cfg_path, &text).unwrap();
+        let env = UbootEnv::new(FwEnvConfig::parse(&text, &cfg_path).unwrap());
+        assert_eq!(env.read().unwrap()["BOOT_ORDER"], "A B");
+        env.update(|v| {
+            v.insert("BOOT_ORDER".into(), "B A".into());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            std::fs::read(&first).unwrap(),
+            image,
+            "the valid copy untouched"
+        );
+        assert_eq!(std::fs::metadata(&second).unwrap().len(), 0x4000);
+        let out = std::process::Command::new("fw_printenv")
+            .arg("-c")
+            .arg(&cfg_path)
+            .arg("BOOT_ORDER")
+            .output()
+            .expect("fw_printenv (libubootenv-tool)");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "BOOT_ORDER=B A"
+        );
+        // The next write goes to the first file again.
+        env.update(|v| {
+            v.insert("BOOT_ORDER".into(), "A B".into());
+            Ok(())
+        })
+        .unwrap();
+        assert_ne!(std::fs::read(&first).unwrap(), image);
+        assert_eq!(env.read().unwrap()["BOOT_ORDER"], "A B");
+        // A single env whose file is missing is an error, not an empty env.
+        let single = format!("{} 0x0 0x4000\n", t.path().join("missing.env").display());
+        let env = UbootEnv::new(FwEnvConfig::parse(&single, &cfg_path).unwrap());
+        assert!(env.read().unwrap_err().to_string().contains("missing.env"));
     }
 
     #[test]

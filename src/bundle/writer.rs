@@ -64,13 +64,13 @@ fn hash_image(path: &Path, chunk_size: u32) -> Result<Hashed, BundleError> {
     })
 }
 
-fn header(name: &str, size: u64) -> Result<tar::Header, BundleError> {
+fn header(name: &str, size: u64, mtime: u64) -> Result<tar::Header, BundleError> {
     let mut h = tar::Header::new_ustar();
     h.set_path(name)
         .map_err(|e| BundleError::Format(format!("member name {name:?}: {e}")))?;
     h.set_size(size);
     h.set_mode(0o644);
-    h.set_mtime(0);
+    h.set_mtime(mtime);
     h.set_uid(0);
     h.set_gid(0);
     h.set_entry_type(tar::EntryType::Regular);
@@ -87,6 +87,31 @@ pub fn create(
     chunk_size: u32,
     scheme: crate::version::VersionScheme,
 ) -> Result<Manifest, BundleError> {
+    create_reproducible(dir, out, key, chunk_size, scheme, None)
+}
+
+/// [`create`] with a fixed build time (`SOURCE_DATE_EPOCH`, seconds since 1970): the
+/// manifest's `build` and every tar member's mtime are that time instead of now and 0,
+/// so the same inputs give a byte-identical bundle (ed25519 signatures are
+/// deterministic).
+pub fn create_reproducible(
+    dir: &Path,
+    out: &Path,
+    key: &SigningKey,
+    chunk_size: u32,
+    scheme: crate::version::VersionScheme,
+    source_date_epoch: Option<u64>,
+) -> Result<Manifest, BundleError> {
+    let build_time = match source_date_epoch {
+        Some(secs) => std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::from_secs(secs))
+            .filter(|_| secs <= 253_402_300_799) // 9999-12-31T23:59:59Z, RFC 3339's last
+            .ok_or_else(|| {
+                BundleError::Manifest(format!("SOURCE_DATE_EPOCH {secs} is past the year 9999"))
+            })?,
+        None => std::time::SystemTime::now(),
+    };
+    let mtime = source_date_epoch.unwrap_or(0);
     check_chunk_size(chunk_size).map_err(BundleError::Manifest)?;
     let input_path = dir.join(MANIFEST_NAME);
     // Read generously: the limit that matters is checked on the manifest as signed.
@@ -129,7 +154,7 @@ pub fn create(
             compatible: input.update.compatible,
             version: input.update.version,
             description: input.update.description,
-            build: Some(crate::state::now_rfc3339()),
+            build: Some(humantime::format_rfc3339_seconds(build_time).to_string()),
         },
         images,
     };
@@ -150,7 +175,7 @@ pub fn create(
     let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
     let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
     let mut append = |name: &str, size: u64, data: &mut dyn Read| -> Result<(), BundleError> {
-        tar.append(&header(name, size)?, data)
+        tar.append(&header(name, size, mtime)?, data)
             .map_err(|e| io_err(&tmp, e))
     };
     append(

@@ -15,14 +15,16 @@ pub fn create(
     key: &Path,
     chunk_size: Option<u32>,
     scheme: crate::version::VersionScheme,
+    source_date_epoch: Option<u64>,
 ) -> CliResult {
     let key = bundle::keys::load_signing_key(key).map_err(failed)?;
-    let m = bundle::writer::create(
+    let m = bundle::writer::create_reproducible(
         dir,
         out,
         &key,
         chunk_size.unwrap_or(bundle::DEFAULT_CHUNK_SIZE),
         scheme,
+        source_date_epoch,
     )
     .map_err(failed)?;
     let bytes: u64 = m.images.iter().map(|i| i.size).sum();

@@ -93,6 +93,10 @@ pub enum BundleCommand {
         /// version-scheme` of the file given with --config, else semver)
         #[arg(long, value_name = "SCHEME")]
         version_scheme: Option<crate::version::VersionScheme>,
+        /// Build time in seconds since 1970 (the manifest's build, every member's mtime):
+        /// the same inputs then make a byte-identical bundle
+        #[arg(long, value_name = "SECONDS", env = "SOURCE_DATE_EPOCH")]
+        source_date_epoch: Option<u64>,
     },
     /// Show the manifest; with a keyring, check the signature
     Info {
@@ -198,6 +202,7 @@ pub fn run(cli: Cli) -> CliResult {
             key,
             chunk_size,
             version_scheme,
+            source_date_epoch,
         }) => {
             let scheme = match (version_scheme, &cli.config) {
                 (Some(s), _) => s,
@@ -209,7 +214,7 @@ pub fn run(cli: Cli) -> CliResult {
                 }
                 (None, None) => crate::version::VersionScheme::default(),
             };
-            bundle::create(&dir, &out, &key, chunk_size, scheme)
+            bundle::create(&dir, &out, &key, chunk_size, scheme, source_date_epoch)
         }
         Command::Bundle(BundleCommand::Info {
             bundle,

@@ -84,6 +84,71 @@ pub fn find_slot(config: &Config, id: &str) -> Option<SlotConfig> {
 
 pub use crate::config::check_aliases;
 
+/// Refuses a data directory that lives on a slot: rota's state (versions, the install
+/// journal, hawkBit progress) must survive booting the other slot, so it belongs on
+/// storage both slots share. `data_dir` (or, before it exists, its nearest existing
+/// parent) is on a slot when its filesystem's device is a slot's block device or overlaps
+/// it, or is a loop device backed by a slot's image file. Filesystems without a block
+/// device (major 0: tmpfs, overlayfs, network filesystems) cannot be traced and pass.
+pub fn check_data_dir(data_dir: &Path, slots: &[SlotConfig], host: &Host) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(meta) = data_dir.ancestors().find_map(|p| std::fs::metadata(p).ok()) else {
+        return Ok(());
+    };
+    data_dir_on_slot(data_dir, meta.dev(), slots, host)
+}
+
+/// [`check_data_dir`] for a data directory whose filesystem is on device `dev`.
+fn data_dir_on_slot(
+    data_dir: &Path,
+    dev: u64,
+    slots: &[SlotConfig],
+    host: &Host,
+) -> Result<(), String> {
+    if nix::sys::stat::major(dev) == 0 {
+        return Ok(());
+    }
+    let sysfs = &host.sysfs;
+    let name = identity::block_name(sysfs, dev)
+        .map(|n| format!("/dev/{n} ({})", identity::dev_name(dev)))
+        .unwrap_or_else(|| format!("device {}", identity::dev_name(dev)));
+    for s in slots {
+        let Ok(id) = Identity::of_path(&s.device) else {
+            continue;
+        };
+        let what = match id {
+            Identity::Block { rdev } if rdev == dev => Some(format!(
+                "the device of slot {} ({})",
+                s.name,
+                s.device.display()
+            )),
+            Identity::Block { rdev } => identity::block_overlap(sysfs, dev, rdev).map(|why| {
+                format!(
+                    "which overlaps slot {}'s device {} ({why})",
+                    s.name,
+                    s.device.display()
+                )
+            }),
+            Identity::File { .. } => identity::loop_backing_file(sysfs, dev)
+                .filter(|f| Identity::of_path(f).ok() == Some(id))
+                .map(|f| {
+                    format!(
+                        "a loop device backed by {}, the image of slot {}",
+                        f.display(),
+                        s.name
+                    )
+                }),
+        };
+        if let Some(what) = what {
+            return Err(format!(
+                "[system] data-dir {} is on {name}, {what}: rota's state there (installed versions, the install journal, hawkBit progress) would be lost when the other slot boots, and the same update installed again. Put data-dir on storage both slots share: a data partition, e.g. mounted at /data with data-dir = \"/data/rota\" (the default)",
+                data_dir.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The slots the running system uses: the booted slot and every slot whose parent it is
 /// (RAUC's booted slot group). Empty when the booted slot is unknown.
 pub fn booted_group(config: &Config, booted: Option<&SlotConfig>) -> Vec<SlotConfig> {
@@ -547,6 +612,87 @@ mod tests {
             &host
         )
         .is_ok());
+    }
+
+    #[test]
+    fn a_data_dir_on_a_slot_device_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        blockdev(&d.join("a"), 250, 3);
+        blockdev(&d.join("disk"), 250, 0);
+        std::fs::write(d.join("b.img"), [0u8; 512]).unwrap();
+        std::fs::write(d.join("other.img"), [0u8; 512]).unwrap();
+        // Fake sysfs: disk "fake" (250:0) with partitions fake3 (250:3) and fake5 (250:5,
+        // apart from fake3); loop7 (7:7) backed by b.img, its partition loop7p1 (259:1);
+        // loop8 (7:8) backed by other.img.
+        let sys = d.join("sys");
+        std::fs::create_dir_all(sys.join("dev/block")).unwrap();
+        let add = |rel: &str, dev: &str, start: Option<u64>, backing: Option<&Path>| {
+            let dir = sys.join("devices/virtual/block").join(rel);
+            std::fs::create_dir_all(&dir).unwrap();
+            if let Some(start) = start {
+                std::fs::write(dir.join("partition"), "1").unwrap();
+                std::fs::write(dir.join("start"), format!("{start}")).unwrap();
+                std::fs::write(dir.join("size"), "100").unwrap();
+            }
+            if let Some(b) = backing {
+                std::fs::create_dir_all(dir.join("loop")).unwrap();
+                std::fs::write(dir.join("loop/backing_file"), format!("{}\n", b.display()))
+                    .unwrap();
+            }
+            std::os::unix::fs::symlink(&dir, sys.join("dev/block").join(dev)).unwrap();
+        };
+        add("fake", "250:0", None, None);
+        add("fake/fake3", "250:3", Some(0), None);
+        add("fake/fake5", "250:5", Some(500), None);
+        add("loop7", "7:7", None, Some(&d.join("b.img")));
+        add("loop7/loop7p1", "259:1", Some(0), None);
+        add("loop8", "7:8", None, Some(&d.join("other.img")));
+        let host = Host {
+            sysfs: sys,
+            mountinfo: d.join("mountinfo"),
+        };
+        let slots = [
+            slot("rootfs.0", &d.join("a"), Some("A"), None),
+            slot("rootfs.1", &d.join("b.img"), Some("B"), None),
+        ];
+        let data = Path::new("/data/rota");
+        let check =
+            |maj, min| data_dir_on_slot(data, nix::sys::stat::makedev(maj, min), &slots, &host);
+        let err = check(250, 3).unwrap_err();
+        assert!(
+            err.starts_with(&format!(
+                "[system] data-dir /data/rota is on /dev/fake3 (250:3), the device of slot rootfs.0 ({})",
+                d.join("a").display()
+            )),
+            "{err}"
+        );
+        assert!(err.contains("lost when the other slot boots"), "{err}");
+        let err = check(250, 0).unwrap_err();
+        assert!(
+            err.contains("/dev/fake (250:0), which overlaps slot rootfs.0's device"),
+            "{err}"
+        );
+        for (maj, min) in [(7, 7), (259, 1)] {
+            let err = check(maj, min).unwrap_err();
+            assert!(
+                err.contains(&format!(
+                    "a loop device backed by {}, the image of slot rootfs.1",
+                    d.join("b.img").display()
+                )),
+                "{maj}:{min}: {err}"
+            );
+        }
+        // Elsewhere: another partition of the disk, a loop device of another file, a
+        // device sysfs does not know, a filesystem without a device.
+        for (maj, min) in [(250, 5), (7, 8), (8, 1), (0, 42)] {
+            assert_eq!(check(maj, min), Ok(()), "{maj}:{min}");
+        }
+        // The real thing for a directory that does not exist yet: its parent decides.
+        assert_eq!(
+            check_data_dir(&d.join("not/yet/there"), &slots, &Host::default()),
+            Ok(())
+        );
     }
 
     #[test]

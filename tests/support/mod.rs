@@ -1,6 +1,7 @@
 //! Shared fixtures for integration tests.
 #![allow(dead_code)]
 
+pub mod bitbake;
 pub mod fault_proxy;
 pub mod fixture;
 pub mod gateway;

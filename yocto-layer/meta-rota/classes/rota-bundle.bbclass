@@ -16,9 +16,11 @@
 ROTA_COMPATIBLE ??= "${MACHINE}"
 # Private key (PEM, PKCS#8 ed25519) that signs the bundle. Required.
 ROTA_SIGNING_KEY ??= ""
-# Version of the update, semver ("1.4.0"); a device refuses versions lower than the one
-# it runs unless forced. DISTRO_VERSION is a default only if it is semver.
+# Version of the update; a device refuses versions lower than the one it runs unless
+# forced. Checked against ROTA_VERSION_SCHEME (rota-settings.inc: "semver" by default,
+# "debian" for DISTRO_VERSIONs like 1.0 or 2024.04), which the devices' system.toml uses.
 ROTA_BUNDLE_VERSION ??= "${DISTRO_VERSION}"
+ROTA_VERSION_SCHEME ??= "semver"
 ROTA_BUNDLE_DESCRIPTION ??= "${SUMMARY}"
 # Slot class the root file system goes to.
 ROTA_BUNDLE_SLOT_CLASS ??= "rootfs"
@@ -37,7 +39,7 @@ IMAGE_TYPEDEP:rota = "ext4"
 # nooelint: oelint.vars.mispell.unknown
 do_image_rota[depends] += "rota-native:do_populate_sysroot"
 # nooelint: oelint.vars.mispell.unknown
-do_image_rota[vardeps] += "ROTA_SIGNING_KEY ROTA_BUNDLE_VERSION ROTA_COMPATIBLE ROTA_BUNDLE_EXTRA_IMAGES"
+do_image_rota[vardeps] += "ROTA_SIGNING_KEY ROTA_BUNDLE_VERSION ROTA_VERSION_SCHEME ROTA_COMPATIBLE ROTA_BUNDLE_EXTRA_IMAGES"
 # nooelint: oelint.vars.mispell.unknown
 do_image_rota[doc] = "Builds a signed rota bundle (.rota) from the ext4 root file system"
 
@@ -79,7 +81,13 @@ IMAGE_CMD:rota () {
     if [ -n "${ROTA_BUNDLE_CHUNK_SIZE}" ]; then
         chunk="--chunk-size ${ROTA_BUNDLE_CHUNK_SIZE}"
     fi
+    # Reproducible builds: the manifest's build time and the members' mtimes are
+    # SOURCE_DATE_EPOCH, so the same image and key give a byte-identical bundle.
+    epoch=""
+    if [ -n "${SOURCE_DATE_EPOCH}" ]; then
+        epoch="--source-date-epoch ${SOURCE_DATE_EPOCH}"
+    fi
     rota bundle create "$dir" "${IMGDEPLOYDIR}/${IMAGE_NAME}${IMAGE_NAME_SUFFIX}.rota" \
-        --key "${ROTA_SIGNING_KEY}" $chunk
+        --key "${ROTA_SIGNING_KEY}" --version-scheme "${ROTA_VERSION_SCHEME}" $chunk $epoch
     rm -rf "$dir"
 }

@@ -23,10 +23,15 @@ ROTA_UBOOT_PART_B ?= "3"
 # Kernel image inside the root file system.
 ROTA_UBOOT_KERNEL ?= "boot/${KERNEL_IMAGETYPE}"
 # How to boot the chosen slot (U-Boot commands, no single quotes); empty uses the
-# script's default (kernel and ${fdtfile} from the slot, booti). The Raspberry Pi
-# firmware passes its own device tree (with overlays applied) at ${fdt_addr}: use it.
+# script's default (kernel and boot/${fdtfile} from the slot, booti). The script has set
+# ${rota_part} and put root=, rootwait, ro, rauc.slot= and rota.slot= into ${bootargs}
+# before it runs the hook.
 ROTA_UBOOT_BOOT ?= ""
-ROTA_UBOOT_BOOT:rpi ?= "load ${devtype} ${devnum}:${rota_part} ${kernel_addr_r} ${rota_kernel}; booti ${kernel_addr_r} - ${fdt_addr}"
+# Raspberry Pi: the firmware passes its own device tree (overlays applied) at ${fdt_addr},
+# with cmdline.txt in /chosen/bootargs. Those arguments (console=...) go first, the slot's
+# after them (the last root= wins); the kernel comes from the slot. KERNEL_BOOTCMD is
+# meta-raspberrypi's (booti on 64-bit, bootz on 32-bit machines).
+ROTA_UBOOT_BOOT:rpi ?= "fdt addr ${fdt_addr} && fdt get value rota_fw_args /chosen bootargs && setenv bootargs ${rota_fw_args} ${bootargs}; load ${devtype} ${devnum}:${rota_part} ${kernel_addr_r} ${rota_kernel} && ${KERNEL_BOOTCMD} ${kernel_addr_r} - ${fdt_addr}"
 
 do_compile() {
     {

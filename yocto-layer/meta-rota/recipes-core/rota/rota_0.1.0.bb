@@ -15,30 +15,7 @@ inherit cargo cargo-update-recipe-crates systemd useradd
 # symbols end up in rota-dbg.
 export CARGO_PROFILE_RELEASE_STRIP = "false"
 
-# --- what goes into /etc/rota/system.toml (override in local.conf or a bbappend) ---
-# Must equal the compatible of the bundles (rota-bundle.bbclass uses the same default):
-# set it once in local.conf or the distro config.
-ROTA_COMPATIBLE ??= "${MACHINE}"
-# Slots A and B: partitions 2 and 3 of the SD card (Raspberry Pi) or of the eMMC
-# (i.MX8M EVKs: mmcblk2), matching rota-boot-script's ROTA_UBOOT_PART_A/B.
-ROTA_SLOT_A_DEVICE ?= "/dev/mmcblk0p2"
-ROTA_SLOT_B_DEVICE ?= "/dev/mmcblk0p3"
-ROTA_SLOT_A_DEVICE:mx8m-generic-bsp ?= "/dev/mmcblk2p2"
-ROTA_SLOT_B_DEVICE:mx8m-generic-bsp ?= "/dev/mmcblk2p3"
-ROTA_BOOT_ATTEMPTS ?= "3"
-ROTA_RAUC_COMPAT ?= "false"
-# Members of this group may install and mark over D-Bus (the policy files are patched
-# to name it, and the group is created).
-ROTA_DBUS_GROUP ?= "rota"
-# Release public key(s) (SPKI PEM made by `rota keygen` or openssl) on the build host,
-# installed into /etc/rota/keys/. Required: rota does not start without a key. Two keys
-# (current and next) allow key rotation.
-ROTA_KEYRING_PEMS ?= ""
-
-SRC_URI += "file://system.toml.in"
-
-# Rebuild when a key file's content changes, not only its name.
-do_install[file-checksums] += "${@' '.join(p + ':True' for p in d.getVar('ROTA_KEYRING_PEMS').split())}"
+require rota-settings.inc
 
 USERADD_PACKAGES = "${PN}"
 GROUPADD_PARAM:${PN} = "--system ${ROTA_DBUS_GROUP}"
@@ -64,28 +41,16 @@ do_install:append:class-target() {
     install -m 0644 ${S}/dbus/io.rota.service ${D}${datadir}/dbus-1/system-services/
     install -m 0644 ${S}/dbus/*.xml ${D}${datadir}/dbus-1/interfaces/
 
-    # configuration
-    install -d ${D}${sysconfdir}/rota/keys
-    sed -e 's#@COMPATIBLE@#${ROTA_COMPATIBLE}#' \
-        -e 's#@SLOT_A_DEVICE@#${ROTA_SLOT_A_DEVICE}#' \
-        -e 's#@SLOT_B_DEVICE@#${ROTA_SLOT_B_DEVICE}#' \
-        -e 's#@BOOT_ATTEMPTS@#${ROTA_BOOT_ATTEMPTS}#' \
-        -e 's#@RAUC_COMPAT@#${ROTA_RAUC_COMPAT}#' \
-        -e 's#@DBUS_GROUP@#${ROTA_DBUS_GROUP}#' \
-        -e 's#@LOCALSTATEDIR@#${localstatedir}#' \
-        -e 's#@SYSCONFDIR@#${sysconfdir}#' \
-        ${UNPACKDIR}/system.toml.in > ${D}${sysconfdir}/rota/system.toml
-    chmod 0644 ${D}${sysconfdir}/rota/system.toml
-    keys=""
-    for pem in ${ROTA_KEYRING_PEMS}; do
-        name=$(basename "$pem")
-        install -m 0644 "$pem" ${D}${sysconfdir}/rota/keys/"$name"
-        keys="$keys\"${sysconfdir}/rota/keys/$name\", "
-    done
-    if [ -z "$keys" ]; then
-        bbfatal "ROTA_KEYRING_PEMS is empty: name the release public key(s) rota must trust (rota keygen writes NAME.pub.pem); rota does not start without one"
-    fi
-    sed -i -e "s#@KEYRING@#${keys%, }#" ${D}${sysconfdir}/rota/system.toml
+    # the group that may install (also made by useradd above; sysusers.d for images
+    # that create users at boot)
+    install -d ${D}${nonarch_libdir}/sysusers.d
+    sed -e 's/^g rota /g ${ROTA_DBUS_GROUP} /' ${S}/systemd/rota.sysusers \
+        > ${D}${nonarch_libdir}/sysusers.d/rota.conf
+    chmod 0644 ${D}${nonarch_libdir}/sysusers.d/rota.conf
+
+    # the state directory on the data partition (tmpfiles.d creates it at boot)
+    install -d ${D}${nonarch_libdir}/tmpfiles.d
+    install -m 0644 ${S}/systemd/rota.tmpfiles ${D}${nonarch_libdir}/tmpfiles.d/rota.conf
 }
 
 PACKAGES =+ "${PN}-rauc-compat"
@@ -99,22 +64,24 @@ FILES:${PN} += "\
     ${datadir}/dbus-1/system.d/io.rota.conf \
     ${datadir}/dbus-1/system-services/io.rota.service \
     ${datadir}/dbus-1/interfaces \
+    ${nonarch_libdir}/tmpfiles.d/rota.conf \
+    ${nonarch_libdir}/sysusers.d/rota.conf \
 "
 # RAUC's bus name: only with [dbus] rauc-compat = true, and never next to RAUC itself
 # (RDEPENDS/RCONFLICTS below).
 FILES:${PN}-rauc-compat += "${datadir}/dbus-1/system.d/de.pengutronix.rauc.conf"
 
-CONFFILES:${PN} = "\
-    ${sysconfdir}/rota/system.toml \
-    ${sysconfdir}/default/rota-mark-good \
-"
+CONFFILES:${PN} = "${sysconfdir}/default/rota-mark-good"
 
-# The dbus daemon; fw_env.config for the machine, and fw_printenv/fw_setenv for
-# inspecting what rota wrote.
-RDEPENDS:${PN} = "dbus"
+# The dbus daemon and the system configuration (rota-conf, or your replacement of it);
+# fw_env.config for the machine, and fw_printenv/fw_setenv for inspecting what rota
+# wrote; the mount of the data partition its state lives on.
+RDEPENDS:${PN} = "dbus rota-conf"
+# rota-native builds bundles: no configuration.
+RDEPENDS:${PN}:class-native = ""
 RDEPENDS:${PN}-rauc-compat = "${PN}"
 # ca-certificates: the trust store for https bundle and poll URLs without [http] ca.
-RRECOMMENDS:${PN} = "rota-fw-env-config libubootenv-bin ca-certificates"
+RRECOMMENDS:${PN} = "rota-fw-env-config rota-data-mount libubootenv-bin ca-certificates"
 RCONFLICTS:${PN}-rauc-compat = "rauc"
 
 BBCLASSEXTEND = "native"
