@@ -43,10 +43,16 @@ const WINDOW_BYTES: u64 = 8 << 20;
 const CHUNK_RETRIES: u32 = 3;
 /// Write batch and read-back block: aligned to this many bytes.
 pub const BATCH_BYTES: u64 = 1 << 20;
-/// Chunk bytes in flight in each queue (reader → workers, workers → writer).
-const QUEUE_BYTES: u64 = 4 << 20;
-/// Verified chunks the writer may hold back waiting for a batch to fill.
-const MAX_PENDING_BYTES: u64 = 4 << 20;
+/// Chunk buffers in the pipeline, in bytes: every chunk read, in a queue, being hashed or
+/// waiting for its batch lives in one of them, and the reader waits for a free one. This
+/// is what keeps memory flat.
+const POOL_BYTES: u64 = 6 << 20;
+/// Verified chunks the writer may hold back waiting for a batch to fill (less than the
+/// pool, so a hole in a batch can never starve the reader of buffers).
+const MAX_PENDING_BYTES: u64 = 2 << 20;
+/// How far the read-back stays behind the writer while the copy runs: far enough that the
+/// writeback the writer started has reached the device.
+const READ_BACK_LAG: u64 = 4 << 20;
 /// Alignment of `O_DIRECT` reads: a multiple of any block device's logical block size.
 const DIRECT_ALIGN: usize = 4096;
 
@@ -155,7 +161,8 @@ pub fn copy_image(
     reporter: &mut Reporter<'_>,
 ) -> Result<(), InstallError> {
     let index = job.index;
-    let depth = (QUEUE_BYTES / u64::from(index.chunk_size)).max(2) as usize;
+    let buffers = (POOL_BYTES / u64::from(index.chunk_size)).max(4) as usize;
+    let depth = buffers;
     let workers = worker_count();
     let direct = DirectReader::open(job.writer);
     let landed = Landed::default();
@@ -167,6 +174,10 @@ pub fn copy_image(
         let work_rx = Arc::new(Mutex::new(work_rx));
         let (write_tx, write_rx) = sync_channel::<ToWriter>(depth);
         let (verdict_tx, verdict_rx) = channel::<Verdict>();
+        let (pool_tx, pool_rx) = channel::<Vec<u8>>();
+        for _ in 0..buffers {
+            let _ = pool_tx.send(Vec::with_capacity(index.chunk_size as usize));
+        }
         let (done_tx, done_rx) = channel::<u64>();
         let overlapped = job.read_back != ReadBack::Off && direct.is_some();
         let read_back = s.spawn(move || -> Result<Option<ImageHasher>, InstallError> {
@@ -176,18 +187,31 @@ pub fn copy_image(
             }
         });
         let landed = &landed;
-        let writer =
-            s.spawn(move || write_stage(job, write_rx, overlapped.then_some(done_tx), landed));
+        let writer_pool = pool_tx.clone();
+        let writer = s.spawn(move || {
+            write_stage(
+                job,
+                write_rx,
+                overlapped.then_some(done_tx),
+                landed,
+                writer_pool,
+            )
+        });
         for _ in 0..workers {
-            let (work_rx, write_tx, verdict_tx) =
-                (work_rx.clone(), write_tx.clone(), verdict_tx.clone());
-            s.spawn(move || verify_stage(index, &work_rx, write_tx, verdict_tx));
+            let (work_rx, write_tx, verdict_tx, pool_tx) = (
+                work_rx.clone(),
+                write_tx.clone(),
+                verdict_tx.clone(),
+                pool_tx.clone(),
+            );
+            s.spawn(move || verify_stage(index, &work_rx, write_tx, verdict_tx, pool_tx));
         }
-        drop((work_rx, write_tx, verdict_tx));
+        drop((work_rx, write_tx, verdict_tx, pool_tx));
         let read = Reader {
             job,
             work: work_tx,
             verdicts: verdict_rx,
+            pool: pool_rx,
             in_flight: 0,
             corrupt: Vec::new(),
             probed: Vec::new(),
@@ -230,6 +254,8 @@ struct Reader<'a, 'j> {
     job: &'a Job<'j>,
     work: SyncSender<Work>,
     verdicts: Receiver<Verdict>,
+    /// Free chunk buffers (see [`POOL_BYTES`]).
+    pool: Receiver<Vec<u8>>,
     /// Chunks sent to the workers whose verdict has not come back.
     in_flight: usize,
     /// Fetched chunks that failed their hash, to fetch again.
@@ -309,6 +335,22 @@ impl Reader<'_, '_> {
         }
     }
 
+    /// A free buffer of `len` bytes, waiting for one if all are in the pipeline (taking
+    /// verdicts meanwhile).
+    fn buffer(&mut self, len: u64, reporter: &mut Reporter<'_>) -> Result<Vec<u8>, InstallError> {
+        loop {
+            check_cancel(self.job.cancel)?;
+            match self.pool.recv_timeout(std::time::Duration::from_millis(50)) {
+                Ok(mut b) => {
+                    b.resize(len as usize, 0);
+                    return Ok(b);
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => self.poll(reporter),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Err(self.stopped()),
+            }
+        }
+    }
+
     /// Takes the verdicts that are already there, without waiting.
     fn poll(&mut self, reporter: &mut Reporter<'_>) {
         while let Ok(v) = self.verdicts.try_recv() {
@@ -347,7 +389,7 @@ impl Reader<'_, '_> {
         for &c in candidates {
             check_cancel(self.job.cancel)?;
             let (off, len) = index.chunk_range(c);
-            let mut data = vec![0u8; len as usize];
+            let mut data = self.buffer(len, reporter)?;
             let found = match origin {
                 Origin::Target => {
                     self.job.writer.read_at(off, &mut data)?;
@@ -419,7 +461,7 @@ impl Reader<'_, '_> {
         for c in run {
             check_cancel(job.cancel)?;
             let (_, len) = index.chunk_range(c);
-            let mut data = vec![0u8; len as usize];
+            let mut data = self.buffer(len, reporter)?;
             reader.read_exact(&mut data).map_err(|e| {
                 if check_cancel(job.cancel).is_err() {
                     InstallError::Cancelled
@@ -465,13 +507,14 @@ fn verify_stage(
     work: &Mutex<Receiver<Work>>,
     to_writer: SyncSender<ToWriter>,
     verdicts: Sender<Verdict>,
+    pool: Sender<Vec<u8>>,
 ) {
     loop {
         let next = match work.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(w) = next else { return };
+        let Ok(mut w) = next else { return };
         let ok = index.verify(w.chunk, &w.data);
         // The verdict first: the reader counts on one for every chunk it handed out.
         let verdict = Verdict {
@@ -482,15 +525,23 @@ fn verify_stage(
         if verdicts.send(verdict).is_err() {
             return;
         }
-        if ok {
-            let msg = match w.origin {
-                Origin::Target => ToWriter::Present { chunk: w.chunk },
-                origin => ToWriter::Write {
+        let msg = match (ok, w.origin) {
+            (false, _) => None,
+            (true, Origin::Target) => Some(ToWriter::Present { chunk: w.chunk }),
+            (true, origin) => {
+                let data = std::mem::take(&mut w.data);
+                Some(ToWriter::Write {
                     chunk: w.chunk,
-                    data: w.data,
+                    data,
                     origin,
-                },
-            };
+                })
+            }
+        };
+        // A buffer not passed on goes back to the pool.
+        if w.data.capacity() > 0 {
+            let _ = pool.send(w.data);
+        }
+        if let Some(msg) = msg {
             if to_writer.send(msg).is_err() {
                 return;
             }
@@ -506,6 +557,7 @@ fn write_stage(
     incoming: Receiver<ToWriter>,
     done_to: Option<Sender<u64>>,
     landed: &Landed,
+    pool: Sender<Vec<u8>>,
 ) -> Result<(), InstallError> {
     let index = job.index;
     let per_batch = ((BATCH_BYTES / u64::from(index.chunk_size)) as usize).max(1);
@@ -539,11 +591,14 @@ fn write_stage(
                 batch_start = Some(*c);
             }
             batch.extend_from_slice(&data);
+            let _ = pool.send(data);
             done[*c] = true;
             let run_ends = chunks.get(i + 1) != Some(&(c + 1));
             if run_ends {
                 if let Some(first) = batch_start.take() {
-                    job.writer.write_at(index.chunk_range(first).0, &batch)?;
+                    let at = index.chunk_range(first).0;
+                    job.writer.write_at(at, &batch)?;
+                    job.writer.start_writeback(at, batch.len() as u64);
                 }
                 batch.clear();
             }
@@ -661,7 +716,7 @@ impl DirectReader {
             let upto = if complete >= size {
                 size
             } else {
-                complete / BATCH_BYTES * BATCH_BYTES
+                complete.saturating_sub(READ_BACK_LAG) / BATCH_BYTES * BATCH_BYTES
             };
             while pos < upto {
                 let len = (upto - pos).min(BATCH_BYTES) as usize;

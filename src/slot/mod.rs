@@ -369,6 +369,19 @@ impl SlotWriter {
         );
     }
 
+    /// Starts writing `offset..offset + len` to the device without waiting for it, and
+    /// lets the page cache forget what is already on the device (`POSIX_FADV_DONTNEED`
+    /// does both): a read-back of the range a moment later then finds it written, and an
+    /// install does not fill the page cache of a small device. Best effort.
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        let _ = nix::fcntl::posix_fadvise(
+            &self.file,
+            offset as i64,
+            len as i64,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
+    }
+
     /// [`Self::sync`], then [`Self::drop_cache`].
     pub fn sync_and_drop_cache(&self) -> Result<(), SlotError> {
         self.sync()?;
