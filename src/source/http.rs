@@ -62,6 +62,31 @@ pub struct HttpOptions {
     pub no_verify: bool,
     /// A redirect to another origin: follow it without the extra headers, or refuse it.
     pub cross_origin_redirects: CrossOriginRedirects,
+    /// Told each time a transfer is retried, before the backoff wait (the install shows
+    /// it as its progress message).
+    pub on_retry: Option<RetryNotice>,
+}
+
+/// A hook the source calls with the reason of each retry, e.g. `"server answered 500
+/// Internal Server Error (retry 1 of 8)"`. Set by the caller (the install) and called on
+/// the reading thread; it must not block.
+#[derive(Clone)]
+pub struct RetryNotice(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl RetryNotice {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        RetryNotice(Arc::new(f))
+    }
+
+    fn tell(&self, why: &str) {
+        (self.0)(why)
+    }
+}
+
+impl std::fmt::Debug for RetryNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetryNotice(..)")
+    }
 }
 
 /// A client's TLS configuration, see [`HttpOptions::client_tls`].
@@ -89,6 +114,7 @@ impl HttpOptions {
             retries: c.retries,
             no_verify: false,
             cross_origin_redirects: c.cross_origin_redirects,
+            on_retry: None,
         }
     }
 
@@ -195,6 +221,7 @@ pub struct HttpSource {
     /// Why no TLS client could be set up (an http URL with a bad `ca`): refuses https hops.
     tls_error: Option<String>,
     retries: u32,
+    on_retry: Option<RetryNotice>,
     len: Option<u64>,
     validator: Option<String>,
     fetched: Arc<AtomicU64>,
@@ -319,6 +346,7 @@ impl HttpSource {
             cross_origin: opts.cross_origin_redirects,
             tls_error,
             retries: opts.retries,
+            on_retry: opts.on_retry.clone(),
             len: None,
             validator: None,
             fetched: Arc::new(AtomicU64::new(0)),
@@ -485,6 +513,14 @@ impl HttpSource {
             *failures,
             self.retries
         );
+        if let Some(hook) = &self.on_retry {
+            hook.tell(&format!(
+                "{} (retry {} of {})",
+                redact::text(why),
+                *failures,
+                self.retries
+            ));
+        }
         self.backoff(*failures)
     }
 
