@@ -271,7 +271,10 @@ fn backticked(line: &str) -> Option<&str> {
 
 /// The last ```toml block of config.md: the complete example.
 fn example_file(md: &str) -> String {
-    let start = md.rfind("```toml\n").expect("config.md has a ```toml example") + 8;
+    let start = md
+        .rfind("```toml\n")
+        .expect("config.md has a ```toml example")
+        + 8;
     let len = md[start..].find("```").expect("the example block ends");
     md[start..start + len].to_owned()
 }
@@ -400,6 +403,14 @@ impl Member {
     /// How docs/dbus.md writes it: `Install(s source, a{sv} options) → s transaction`,
     /// `Completed(s transaction, i result, s message)`.
     fn signature(&self) -> String {
+        if self.kind == "signal" {
+            let args: Vec<String> = self
+                .args
+                .iter()
+                .map(|(n, t, _)| format!("{t} {n}"))
+                .collect();
+            return format!("{}({})", self.name, args.join(", "));
+        }
         let list = |dir: &str| {
             self.args
                 .iter()
@@ -528,7 +539,9 @@ fn members(xml: &str, iface: &str) -> Vec<Member> {
                 }
             }
             Token::Open(tag, a, _) => {
-                let m = open.as_mut().unwrap_or_else(|| panic!("<{tag}> outside a member"));
+                let m = open
+                    .as_mut()
+                    .unwrap_or_else(|| panic!("<{tag}> outside a member"));
                 match tag.as_str() {
                     "arg" => {
                         let dir = match (attr(&a, "direction"), m.kind) {
@@ -664,7 +677,10 @@ fn every_dbus_member_is_shipped_annotated_and_documented() {
             if m.doc.is_empty() {
                 problems.push(format!("{what}: no doc comment in src/service"));
             }
-            match shipped.iter().find(|s| s.kind == m.kind && s.name == m.name) {
+            match shipped
+                .iter()
+                .find(|s| s.kind == m.kind && s.name == m.name)
+            {
                 None => problems.push(format!("{what}: not in {file}")),
                 Some(s) if s != m => problems.push(format!(
                     "{what}: {file} differs from the service:\n  shipped {s:?}\n  served  {m:?}"
