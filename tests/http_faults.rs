@@ -5,7 +5,7 @@
 //! per-chunk hash is what catches it — and the range reads correctly the second time.
 
 mod support;
-use rota::source::http::{HttpOptions, HttpSource};
+use rota::source::http::{HttpOptions, HttpSource, RetryNotice};
 use rota::source::ByteSource;
 use std::io::Read;
 use std::sync::atomic::AtomicBool;
@@ -196,6 +196,35 @@ fn server_errors_are_retried_within_the_budget() {
     );
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     assert_eq!(b.proxy.connections(), 3);
+}
+
+/// Each retry is told to the `on_retry` hook with its reason and count, before the wait;
+/// a read without faults tells it nothing.
+#[test]
+fn each_retry_is_told_with_its_reason() {
+    let b = setup(27);
+    let heard = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let h = heard.clone();
+    let o = HttpOptions {
+        on_retry: Some(RetryNotice::new(move |why| {
+            h.lock().unwrap().push(why.to_owned())
+        })),
+        ..opts()
+    };
+    let mut src = open(&b, &o);
+    assert_eq!(src.len().unwrap(), SIZE as u64);
+    assert!(heard.lock().unwrap().is_empty(), "no fault, no notice");
+    b.proxy
+        .push([Fault::Cut { after: 200_000 }, Fault::Status500]);
+    let got = read_whole(&mut src);
+    assert!(got == b.data);
+    let heard = heard.lock().unwrap().clone();
+    assert_eq!(heard.len(), 2, "{heard:?}");
+    assert!(heard[0].ends_with("(retry 1 of 4)"), "{heard:?}");
+    assert!(
+        heard[1].starts_with("server answered 500") && heard[1].ends_with("(retry 2 of 4)"),
+        "{heard:?}"
+    );
 }
 
 #[test]

@@ -110,3 +110,81 @@ fn installs_are_bit_exact_through_a_faulty_link() {
         "a flipped byte was not caught by a chunk hash"
     );
 }
+
+/// While the source retries a dropped transfer, the install's progress says so:
+/// `retrying: <reason>` in the CLI's `--json` events (the D-Bus Progress message), and the
+/// next event from the copy replaces it. The slot still ends bit-exact.
+#[test]
+fn progress_says_retrying_while_the_source_retries() {
+    let mut gw = Gateway::new(false);
+    make_pki(&gw.path("pki"));
+    std::fs::create_dir_all(gw.path("www")).unwrap();
+    let cfg = std::fs::read_to_string(gw.path("system.toml")).unwrap();
+    std::fs::write(
+        gw.path("system.toml"),
+        format!("{cfg}[http]\nretries = 6\nstall-timeout = \"1s\"\nconnect-timeout = \"2s\"\n"),
+    )
+    .unwrap();
+    let ng = Nginx::start(&gw.path("www"), &gw.path("pki"), &gw.path("nginx"));
+    let proxy = FaultProxy::start(ng.http);
+    gw.start_service();
+    let size = 4 << 20;
+    let (path, image) = gw.bundle("r", "acme-gateway", "1.1.0", pattern(size, 41), "release");
+    std::fs::copy(&path, gw.path("www/r.rota")).unwrap();
+    // The image's first data request (1 MiB and more) is cut, its reconnection answered 500.
+    proxy.push_large(1 << 20, [Fault::Cut { after: 300_000 }, Fault::Status500]);
+    let out = gw
+        .rota(&["install", "--json", &proxy.url("r.rota")])
+        .success();
+    let faults: Vec<Fault> = proxy
+        .handed_out()
+        .into_iter()
+        .filter(|f| *f != Fault::Pass)
+        .collect();
+    assert_eq!(faults.len(), 2, "{faults:?}");
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let messages: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "progress")
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    let retrying: Vec<&&str> = messages
+        .iter()
+        .filter(|m| m.starts_with("retrying: "))
+        .collect();
+    assert!(!retrying.is_empty(), "no retrying message in {messages:?}");
+    assert!(
+        retrying
+            .iter()
+            .all(|m| m.contains("(retry ") && m.contains(" of 6)")),
+        "{retrying:?}"
+    );
+    assert!(
+        retrying.iter().any(|m| m.contains("server answered 500")),
+        "{retrying:?}"
+    );
+    // The copy's own message comes back once bytes flow again.
+    let last_retry = messages
+        .iter()
+        .rposition(|m| m.starts_with("retrying: "))
+        .unwrap();
+    assert!(
+        messages[last_retry + 1..]
+            .iter()
+            .any(|m| m.starts_with("Writing ")),
+        "{messages:?}"
+    );
+    let done = events
+        .iter()
+        .find(|e| e["event"] == "completed")
+        .expect("completed event");
+    assert_eq!(done["result"], 0, "{out}");
+    assert!(
+        gw.read("b.img")[..size] == image[..],
+        "slot B is not bit-exact"
+    );
+    println!("faults {faults:?}\nretrying messages: {retrying:?}");
+}

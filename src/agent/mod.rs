@@ -175,6 +175,8 @@ struct Device {
 
 enum WorkerMsg {
     Progress(Progress),
+    /// The source retries a transfer, for this reason.
+    Retrying(String),
     Done {
         transaction: String,
         reboot: bool,
@@ -441,9 +443,13 @@ impl Agent {
             let mut emit = |p: Progress| {
                 let _ = progress_tx.send(WorkerMsg::Progress(p));
             };
+            let retry_tx = worker_tx.clone();
+            let on_retry = crate::source::http::RetryNotice::new(move |why| {
+                let _ = retry_tx.send(WorkerMsg::Retrying(why.to_owned()));
+            });
             // A panic here aborts the service (crate::panics): the journal resumes the
             // install when systemd brings it back, and gives up after repeated deaths.
-            let result = install::run(&ctx, &tr, &req, resuming, cancel, &mut emit);
+            let result = install::run(&ctx, &tr, &req, resuming, cancel, &mut emit, Some(on_retry));
             let _ = worker_tx.send(WorkerMsg::Done {
                 transaction: tr,
                 reboot,
@@ -456,6 +462,14 @@ impl Agent {
     fn on_worker(&mut self, msg: WorkerMsg) {
         match msg {
             WorkerMsg::Progress(p) => {
+                self.snapshot.send_modify(|s| s.progress = p.clone());
+                let _ = self.events.send(AgentEvent::Progress(p));
+            }
+            // The numbers stay; the message says why nothing moves until the next
+            // progress event from the install replaces it.
+            WorkerMsg::Retrying(why) => {
+                let mut p = self.snapshot.borrow().progress.clone();
+                p.message = format!("retrying: {why}");
                 self.snapshot.send_modify(|s| s.progress = p.clone());
                 let _ = self.events.send(AgentEvent::Progress(p));
             }

@@ -149,7 +149,9 @@ pub(crate) fn check_cancel(cancel: &AtomicBool) -> Result<(), InstallError> {
 
 /// Runs one install to the end. `resuming` is true when a journal from an interrupted
 /// run of the same transaction exists: the target slot is then re-checked chunk by chunk
-/// and only what is missing or wrong is fetched again.
+/// and only what is missing or wrong is fetched again. `on_retry` hears why the HTTP
+/// source retries a transfer (while it waits, no byte flows and `emit` has nothing new to
+/// say): the caller shows it as `retrying: <reason>` until the next progress event.
 pub fn run(
     ctx: &Context<'_>,
     transaction: &str,
@@ -157,10 +159,13 @@ pub fn run(
     resuming: bool,
     cancel: Arc<AtomicBool>,
     emit: &mut dyn FnMut(Progress),
+    on_retry: Option<crate::source::http::RetryNotice>,
 ) -> Result<Summary, InstallError> {
     let mut reporter = Reporter::new(emit);
     reporter.step(1, "Opening bundle");
-    let http = crate::source::http::HttpOptions::from_config(&ctx.config.http).with_request(req);
+    let mut http =
+        crate::source::http::HttpOptions::from_config(&ctx.config.http).with_request(req);
+    http.on_retry = on_retry;
     let mut source = crate::source::open(&req.source, &http, cancel.clone())
         .map_err(|e| InstallError::Refused(e.to_string()))?;
     let remote = req.source.is_remote();

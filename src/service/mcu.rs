@@ -86,6 +86,7 @@ impl McuNode {
 
 #[interface(name = "io.rota.Mcu1")]
 impl McuNode {
+    /// The node's name, as in `[mcu.<name>]`.
     #[zbus(property)]
     fn name(&self) -> String {
         self.name.clone()
@@ -127,13 +128,15 @@ impl McuNode {
         self.progress.clone()
     }
 
+    /// Why the last relay or refresh failed; "" after a success.
     #[zbus(property)]
     fn last_error(&self) -> String {
         self.last_error.clone()
     }
 
-    /// Starts relaying the image file at `path` (absolute) to this node; the result
-    /// arrives as `Completed`.
+    /// Starts relaying the signed MCUboot image file at `path` (absolute, readable by the
+    /// caller) to this node and returns at once; the result arrives as `Completed`. Root
+    /// or the configured group only.
     async fn relay(
         &self,
         path: String,
@@ -176,7 +179,7 @@ impl McuNode {
     }
 
     /// Cancels the running relay (it stops after the current request and resumes
-    /// from the device's offset when started again).
+    /// from the device's offset when started again). Root or the configured group only.
     async fn cancel(
         &self,
         #[zbus(header)] header: zbus::message::Header<'_>,
@@ -212,6 +215,8 @@ impl McuNode {
         Ok(())
     }
 
+    /// Sent when a relay ends: `result` is confirmed, already-running, reverted, failed or
+    /// cancelled; `message` says more.
     #[zbus(signal)]
     async fn completed(
         emitter: &SignalEmitter<'_>,

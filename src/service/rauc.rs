@@ -194,6 +194,12 @@ fn inspect_info(b: &crate::bundle::Bundle) -> HashMap<String, OwnedValue> {
 
 #[interface(name = "de.pengutronix.rauc.Installer")]
 impl Installer {
+    /// Starts installing the bundle at `source` (an absolute path the caller can read, or
+    /// an http(s) URL) and returns at once; the end is signalled by `Completed`. `args`:
+    /// ignore-compatible b, ignore-version-limit b, transaction-id s,
+    /// require-manifest-hash s, tls-cert s, tls-key s, tls-ca s, tls-no-verify b,
+    /// http-headers as; any other key is "Unsupported key: <k>". Root or the configured
+    /// group only.
     async fn install_bundle(
         &self,
         source: String,
@@ -217,7 +223,8 @@ impl Installer {
         Ok(())
     }
 
-    /// Deprecated in RAUC; kept for old clients.
+    /// Deprecated in RAUC (use InstallBundle): installs `source` without options. Root or
+    /// the configured group only.
     async fn install(
         &self,
         source: String,
@@ -238,7 +245,8 @@ impl Installer {
         Ok(())
     }
 
-    /// Deprecated in RAUC: (compatible, version).
+    /// Deprecated in RAUC (use InspectBundle): the bundle's compatible and version, after
+    /// its signature was checked.
     #[zbus(out_args("compatible", "version"))]
     async fn info(
         &self,
@@ -252,8 +260,10 @@ impl Installer {
         Ok((b.manifest.update.compatible, b.manifest.update.version))
     }
 
-    /// The bundle's manifest as RAUC's nested dictionary; `args` takes only the access
-    /// keys (tls-*, http-headers).
+    /// The bundle's manifest, signature checked, as RAUC's nested dictionary
+    /// (manifest-hash, update, bundle, images); `args` takes only the access keys
+    /// (tls-cert, tls-key, tls-ca, tls-no-verify, http-headers). Open to every user; a
+    /// caller outside the group gets no device credentials sent to the server.
     #[zbus(out_args("info"))]
     async fn inspect_bundle(
         &self,
@@ -266,6 +276,9 @@ impl Installer {
         Ok(inspect_info(&b))
     }
 
+    /// Marks a slot: `state` is good, bad or active; `slot_identifier` is booted, other,
+    /// a slot name (rootfs.1) or a bootname. Returns the slot's name and what was done.
+    /// Root or the configured group only.
     #[zbus(out_args("slot_name", "message"))]
     async fn mark(
         &self,
@@ -280,6 +293,10 @@ impl Installer {
         Ok(self.agent.mark(how, &slot_identifier).await?)
     }
 
+    /// Every slot's status as (name, dictionary) with RAUC's keys: class, device, type,
+    /// bootname, parent, state, boot-status, boot-attempts-left, bundle.version,
+    /// bundle.compatible, bundle.hash, sha256, size, installed.timestamp,
+    /// installed.transaction, status.
     #[zbus(out_args("slot_status_array"))]
     async fn get_slot_status(
         &self,
@@ -287,6 +304,8 @@ impl Installer {
         slot_status(&self.agent).await
     }
 
+    /// The slot the bootloader tries first (its name, e.g. rootfs.1); an error when no
+    /// slot has boot attempts left.
     #[zbus(out_args("primary"))]
     async fn get_primary(&self) -> Result<String, RotaError> {
         let p = self.agent.snapshot().primary;
@@ -298,12 +317,13 @@ impl Installer {
         Ok(p)
     }
 
-    /// rota has no artifact repositories: always empty.
+    /// Artifact repositories and their artifacts: rota has none, so always empty.
     #[zbus(out_args("artifacts"))]
     async fn get_artifact_status(&self) -> Vec<HashMap<String, OwnedValue>> {
         Vec::new()
     }
 
+    /// "idle" or "installing"; turns idle only after Completed was sent.
     #[zbus(property)]
     async fn operation(&self) -> String {
         super::published(&self.published)
@@ -312,26 +332,33 @@ impl Installer {
             .to_owned()
     }
 
+    /// Why the last install failed; "" after a success.
     #[zbus(property)]
     async fn last_error(&self) -> String {
         self.agent.snapshot().last_error
     }
 
+    /// (percent 0-100, message, nesting depth) of the running or last install; changes
+    /// are signalled only when one of the three changes.
     #[zbus(property)]
     async fn progress(&self) -> (i32, String, i32) {
         super::published(&self.published).rauc_progress
     }
 
+    /// The device's compatible string ([system] compatible).
     #[zbus(property)]
     async fn compatible(&self) -> String {
         self.config.system.compatible.clone()
     }
 
+    /// Always "": rota has no variants.
     #[zbus(property)]
     async fn variant(&self) -> String {
         String::new()
     }
 
+    /// The version of the booted slot: what rota installed there, else the system's own
+    /// ([system] version-file); "" when unknown.
     #[zbus(property)]
     async fn system_version(&self) -> String {
         match self.agent.status().await {
@@ -345,11 +372,14 @@ impl Installer {
         }
     }
 
+    /// Bootname of the booted slot ("" when unknown).
     #[zbus(property)]
     async fn boot_slot(&self) -> String {
         self.agent.snapshot().boot_slot
     }
 
+    /// Sent when an install ends: 0 success, 1 failure (a cancelled install is a failure
+    /// here), after LastError and before Operation turns idle.
     #[zbus(signal)]
     pub async fn completed(emitter: &SignalEmitter<'_>, result: i32) -> zbus::Result<()>;
 }

@@ -74,6 +74,31 @@ pub struct HttpOptions {
     pub cross_origin_redirects: CrossOriginRedirects,
     /// Bytes the first request fetches and keeps (at least 1): the bundle's metadata.
     pub prefetch: u64,
+    /// Told each time a transfer is retried, before the backoff wait (the install shows
+    /// it as its progress message).
+    pub on_retry: Option<RetryNotice>,
+}
+
+/// A hook the source calls with the reason of each retry, e.g. `"server answered 500
+/// Internal Server Error (retry 1 of 8)"`. Set by the caller (the install) and called on
+/// the reading thread; it must not block.
+#[derive(Clone)]
+pub struct RetryNotice(Arc<dyn Fn(&str) + Send + Sync>);
+
+impl RetryNotice {
+    pub fn new(f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        RetryNotice(Arc::new(f))
+    }
+
+    fn tell(&self, why: &str) {
+        (self.0)(why)
+    }
+}
+
+impl std::fmt::Debug for RetryNotice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RetryNotice(..)")
+    }
 }
 
 /// A client's TLS configuration, see [`HttpOptions::client_tls`].
@@ -102,6 +127,7 @@ impl HttpOptions {
             no_verify: false,
             cross_origin_redirects: c.cross_origin_redirects,
             prefetch: HEAD_BYTES,
+            on_retry: None,
         }
     }
 
@@ -208,6 +234,7 @@ pub struct HttpSource {
     /// Why no TLS client could be set up (an http URL with a bad `ca`): refuses https hops.
     tls_error: Option<String>,
     retries: u32,
+    on_retry: Option<RetryNotice>,
     len: Option<u64>,
     validator: Option<String>,
     prefetch: u64,
@@ -340,6 +367,7 @@ impl HttpSource {
             prefetch: opts.prefetch,
             tls_error,
             retries: opts.retries,
+            on_retry: opts.on_retry.clone(),
             len: None,
             validator: None,
             head: Vec::new(),
@@ -508,6 +536,14 @@ impl HttpSource {
             *failures,
             self.retries
         );
+        if let Some(hook) = &self.on_retry {
+            hook.tell(&format!(
+                "{} (retry {} of {})",
+                redact::text(why),
+                *failures,
+                self.retries
+            ));
+        }
         self.backoff(*failures)
     }
 

@@ -71,6 +71,8 @@ fn range_len(range: &str) -> Option<u64> {
 #[derive(Default)]
 struct Plan {
     queue: VecDeque<Fault>,
+    /// Faults for requests of at least `.0` bytes (by their `Range`), in order.
+    large: (u64, VecDeque<Fault>),
     /// The plan, its generator state, and faults it handed out.
     random: Option<(RandomPlan, u64, u64)>,
     handed_out: Vec<Fault>,
@@ -100,7 +102,13 @@ impl Plan {
     fn next(&mut self, range: String) -> Fault {
         let len = range_len(&range);
         self.ranges.push(range);
-        let f = match self.queue.pop_front() {
+        let large = matches!(len, Some(l) if l >= self.large.0 && !self.large.1.is_empty());
+        let queued = if large {
+            self.large.1.pop_front()
+        } else {
+            self.queue.pop_front()
+        };
+        let f = match queued {
             Some(f) => f,
             None => match &mut self.random {
                 Some((p, state, given)) => {
@@ -219,6 +227,14 @@ impl FaultProxy {
         self.plan.lock().unwrap().queue.extend(faults);
     }
 
+    /// Queues faults for the next requests of at least `min_range` bytes (by their
+    /// `Range`), in order; smaller requests pass (or take the other queue).
+    pub fn push_large(&self, min_range: u64, faults: impl IntoIterator<Item = Fault>) {
+        let mut p = self.plan.lock().unwrap();
+        p.large.0 = min_range;
+        p.large.1.extend(faults);
+    }
+
     /// Hands out random faults once the queue is empty.
     pub fn random(&self, plan: RandomPlan) {
         self.plan.lock().unwrap().random =
@@ -229,6 +245,7 @@ impl FaultProxy {
     pub fn clear(&self) {
         let mut p = self.plan.lock().unwrap();
         p.queue.clear();
+        p.large.1.clear();
         p.random = None;
     }
 
