@@ -536,6 +536,7 @@ fn yocto_system_toml_template_renders_a_valid_config() {
                 "DBUS_GROUP" => "rota".into(),
                 "DATA_DIR" => "/data/rota".into(),
                 "SYSCONFDIR" => "/etc".into(),
+                "VERSION_SCHEME" => "debian".into(),
                 // What the recipe's loop builds from ROTA_KEYRING_PEMS (two keys).
                 "KEYRING" => format!(
                     "\"{}\", \"{}\"",
@@ -556,6 +557,10 @@ fn yocto_system_toml_template_renders_a_valid_config() {
             .unwrap_or_else(|e| panic!("the rendered system.toml does not load: {e}\n{text}"));
         assert_eq!(config.system.compatible, "raspberrypi4-64");
         assert_eq!(config.system.data_dir, Path::new("/data/rota"));
+        assert_eq!(
+            config.system.version_scheme,
+            rota::version::VersionScheme::Debian
+        );
         assert_eq!(config.dbus.rauc_compat, rauc_compat == "true");
         assert_eq!(config.dbus.group.as_deref(), Some("rota"));
         assert_eq!(config.keyring.paths.len(), 2);
@@ -691,6 +696,7 @@ fn rota_bundle_class_builds_a_verifiable_bundle() {
             ("IMAGE_NAME_SUFFIX", ".rootfs".to_owned()),
             ("ROTA_COMPATIBLE", "raspberrypi4-64".to_owned()),
             ("ROTA_BUNDLE_VERSION", "1.4.0".to_owned()),
+            ("ROTA_VERSION_SCHEME", "semver".to_owned()),
             ("ROTA_BUNDLE_DESCRIPTION", "July release".to_owned()),
             ("ROTA_BUNDLE_SLOT_CLASS", "rootfs".to_owned()),
             ("ROTA_BUNDLE_CHUNK_SIZE", "65536".to_owned()),
@@ -803,6 +809,19 @@ fn rota_bundle_class_builds_a_verifiable_bundle() {
         "a non-semver version must fail the image"
     );
     assert!(stderr(&out).contains("5.0+snapshot"), "{}", stderr(&out));
+    // The same DISTRO_VERSION-style version with ROTA_VERSION_SCHEME = "debian" is a bundle.
+    let out = run_image_cmd(
+        &vars(d.join("release.key.pem").display().to_string(), "")
+            .into_iter()
+            .map(|(k, v)| match k {
+                "ROTA_BUNDLE_VERSION" => (k, "5.0+snapshot".into()),
+                "ROTA_VERSION_SCHEME" => (k, "debian".into()),
+                _ => (k, v),
+            })
+            .collect::<Vec<_>>(),
+        &d.join("bin"),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 // ---------------------------------------------------------------- rota.service sandbox
