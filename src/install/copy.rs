@@ -212,6 +212,7 @@ pub fn copy_image(
             work: work_tx,
             verdicts: verdict_rx,
             pool: pool_rx,
+            spare: Vec::new(),
             in_flight: 0,
             corrupt: Vec::new(),
             probed: Vec::new(),
@@ -256,6 +257,9 @@ struct Reader<'a, 'j> {
     verdicts: Receiver<Verdict>,
     /// Free chunk buffers (see [`POOL_BYTES`]).
     pool: Receiver<Vec<u8>>,
+    /// Buffers taken from the pool and not passed on (a reuse candidate that was not
+    /// there): used before the pool.
+    spare: Vec<Vec<u8>>,
     /// Chunks sent to the workers whose verdict has not come back.
     in_flight: usize,
     /// Fetched chunks that failed their hash, to fetch again.
@@ -338,6 +342,10 @@ impl Reader<'_, '_> {
     /// A free buffer of `len` bytes, waiting for one if all are in the pipeline (taking
     /// verdicts meanwhile).
     fn buffer(&mut self, len: u64, reporter: &mut Reporter<'_>) -> Result<Vec<u8>, InstallError> {
+        if let Some(mut b) = self.spare.pop() {
+            b.resize(len as usize, 0);
+            return Ok(b);
+        }
         loop {
             check_cancel(self.job.cancel)?;
             match self.pool.recv_timeout(std::time::Duration::from_millis(50)) {
@@ -423,6 +431,7 @@ impl Reader<'_, '_> {
                     data,
                 })?;
             } else {
+                self.spare.push(data);
                 missing.push(c);
             }
             self.poll(reporter);
@@ -850,11 +859,22 @@ mod tests {
         entry: &ImageEntry,
         mode: ReadBack,
     ) -> Result<(), InstallError> {
+        copy_reusing(t, bundle, entry, mode, None).map(|_| ())
+    }
+
+    /// Copies with `active` as the running slot; returns (fetched, reused) bytes.
+    fn copy_reusing(
+        t: &Setup,
+        bundle: Vec<u8>,
+        entry: &ImageEntry,
+        mode: ReadBack,
+        active: Option<ActiveSlot>,
+    ) -> Result<(u64, u64), InstallError> {
         let writer = SlotWriter::open(&t.slot, None).unwrap();
         let cancel = AtomicBool::new(false);
         let reuse = Reuse {
             target: false,
-            active: None,
+            active,
         };
         let job = Job {
             member: &t.member,
@@ -865,9 +885,47 @@ mod tests {
             read_back: mode,
             cancel: &cancel,
         };
-        let mut emit = |_| {};
+        let mut last = crate::model::Progress::default();
+        let mut emit = |p: crate::model::Progress| last = p;
         let mut reporter = Reporter::new(&mut emit);
-        copy_image(&mut MemorySource::new(bundle), &job, &mut reporter)
+        copy_image(&mut MemorySource::new(bundle), &job, &mut reporter)?;
+        reporter.finish("done");
+        drop(reporter);
+        Ok((last.bytes_downloaded, last.bytes_reused))
+    }
+
+    #[test]
+    fn reuse_candidates_that_are_not_there_give_their_buffers_back() {
+        // More misses than the pool has buffers: each must go back, or the reader starves.
+        let t = setup(12 << 20);
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("a.img");
+        let mut running = vec![0xA5u8; t.image.len()];
+        // Two chunks of the new image sit elsewhere in the running slot.
+        let c = CHUNK as usize;
+        running[7 * c..8 * c].copy_from_slice(&t.image[..c]);
+        running[..c].copy_from_slice(&t.image[100 * c..101 * c]);
+        std::fs::write(&old, &running).unwrap();
+        let record = ChunkIndex {
+            chunk_size: CHUNK,
+            image_size: running.len() as u64,
+            hashes: running.chunks(c).map(sha256).collect(),
+        };
+        let locations = crate::install::slot_index::SlotIndex {
+            image_sha256: [0; 32],
+            index: record,
+        }
+        .locations();
+        let active = ActiveSlot {
+            reader: SlotReader::open(&old).unwrap(),
+            locations: Some(locations),
+        };
+        let (fetched, reused) =
+            copy_reusing(&t, t.image.clone(), &t.entry, ReadBack::Crc, Some(active)).unwrap();
+        assert_eq!(reused, 2 * CHUNK as u64, "the two moved chunks are found");
+        assert_eq!(fetched, t.image.len() as u64 - reused);
+        let got = std::fs::read(&t.slot.device).unwrap();
+        assert_eq!(&got[..t.image.len()], &t.image[..]);
     }
 
     #[test]
