@@ -222,6 +222,16 @@ fn slot_post_install_hook_edits_the_mounted_rootfs_in_a_clean_environment() {
     let out = gw.rota(&["install", "--json", path_str(&bundle)]).success();
     let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
     let tr = first["transaction"].as_str().unwrap().to_owned();
+    for step in [
+        "Running pre-install hook",
+        "Running slot-post-install hook for rootfs.1",
+        "Running post-install hook",
+    ] {
+        assert!(
+            out.contains(&format!("\"message\":\"{step}\"")),
+            "no progress step {step:?}: {out}"
+        );
+    }
     assert_eq!(boot_order(&gw), ("B A".into(), "3".into()));
 
     let order = std::fs::read_to_string(gw.path("order")).unwrap();
