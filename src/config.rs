@@ -47,6 +47,8 @@ pub struct Config {
     pub http: HttpSection,
     #[serde(default)]
     pub install: InstallSection,
+    #[serde(default)]
+    pub hooks: HooksSection,
     pub update: Option<UpdateSection>,
     /// Where the file was read from (set by [`Config::load`]); relative paths resolve against its directory.
     #[serde(skip)]
@@ -235,6 +237,44 @@ pub enum ReadBack {
     Off,
 }
 
+/// `[hooks]`: the integrator's programs, run at fixed points of every install (see
+/// `install::hooks`). They come from this root-owned file only, never from a bundle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct HooksSection {
+    /// Runs after the signature, compatible and version checks, before any slot is
+    /// touched; a non-zero exit refuses the install.
+    pub pre_install: Option<PathBuf>,
+    /// Runs after every image is written and read back, before the activation; a
+    /// non-zero exit fails the install and the new slot is never activated.
+    pub post_install: Option<PathBuf>,
+    /// Runs once per written slot, after its read-back and before `post-install`.
+    pub slot_post_install: Option<PathBuf>,
+    /// Slot classes whose file system is mounted read-write for `slot-post-install`
+    /// (`RAUC_SLOT_MOUNT_POINT`); slots of other classes get the hook unmounted.
+    #[serde(default)]
+    pub mount_classes: Vec<String>,
+    /// Where those file systems are mounted: `<mount-prefix>/<slot name>`.
+    #[serde(default = "default_mount_prefix")]
+    pub mount_prefix: PathBuf,
+    /// A hook still running after this long is killed and fails the install.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+}
+
+impl Default for HooksSection {
+    fn default() -> Self {
+        Self {
+            pre_install: None,
+            post_install: None,
+            slot_post_install: None,
+            mount_classes: Vec::new(),
+            mount_prefix: default_mount_prefix(),
+            timeout: default_hook_timeout(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct UpdateSection {
@@ -331,6 +371,18 @@ impl Config {
         {
             fix(p);
         }
+        let h = &mut self.hooks;
+        for p in [
+            &mut h.pre_install,
+            &mut h.post_install,
+            &mut h.slot_post_install,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        fix(&mut h.mount_prefix);
     }
 
     fn invalid(&self, message: impl Into<String>) -> ConfigError {
@@ -421,12 +473,44 @@ impl Config {
                 _ => {}
             }
         }
+        self.check_hooks()?;
         for h in &self.http.headers {
             if !h.contains(':') {
                 // The text is not quoted: a header missing its colon may be a bare secret.
                 return Err(self.invalid(format!(
                     "[http] headers: an entry ({} bytes) is not \"Name: value\"",
                     h.len()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[hooks]`: a hook path names a file (its owner and mode are checked when it runs);
+    /// `mount-classes` needs `slot-post-install` and names configured classes.
+    fn check_hooks(&self) -> Result<(), ConfigError> {
+        let h = &self.hooks;
+        for (key, p) in [
+            ("pre-install", &h.pre_install),
+            ("post-install", &h.post_install),
+            ("slot-post-install", &h.slot_post_install),
+        ] {
+            if p.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(self.invalid(format!("[hooks] {key} must name a program")));
+            }
+        }
+        if h.timeout.is_zero() {
+            return Err(self.invalid("[hooks] timeout must be longer than 0s"));
+        }
+        if !h.mount_classes.is_empty() && h.slot_post_install.is_none() {
+            return Err(self.invalid(
+                "[hooks] mount-classes is set but slot-post-install is not: nothing would use the mounts",
+            ));
+        }
+        for c in &h.mount_classes {
+            if !self.slot.contains_key(c) {
+                return Err(self.invalid(format!(
+                    "[hooks] mount-classes names {c:?}, which is no configured slot class"
                 )));
             }
         }
@@ -551,6 +635,12 @@ fn default_stall_timeout() -> Duration {
 }
 fn default_retries() -> u32 {
     8
+}
+fn default_mount_prefix() -> PathBuf {
+    PathBuf::from("/run/rota/mnt")
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_secs(60)
 }
 fn default_interval() -> Duration {
     Duration::from_secs(3600)
@@ -696,6 +786,51 @@ interval = "1h"
             .to_string();
         assert!(err.contains("is not \"Name: value\""), "{err}");
         assert!(!err.contains("SECRET123"), "{err}");
+    }
+
+    #[test]
+    fn hooks_are_optional_parsed_and_checked() {
+        let c = Config::parse(GOOD, Path::new("/etc/rota/system.toml")).unwrap();
+        assert_eq!(c.hooks.pre_install, None);
+        assert_eq!(c.hooks.timeout, Duration::from_secs(60));
+        assert_eq!(c.hooks.mount_prefix, PathBuf::from("/run/rota/mnt"));
+        let text = format!(
+            "{GOOD}\n[hooks]\npre-install = \"/usr/lib/rota/check-hw\"\npost-install = \"hooks/post\"\nslot-post-install = \"/usr/lib/rota/fixup\"\nmount-classes = [\"rootfs\"]\nmount-prefix = \"mnt\"\ntimeout = \"1m 30s\"\n"
+        );
+        let c = Config::parse(&text, Path::new("/etc/rota/system.toml")).unwrap();
+        let h = &c.hooks;
+        assert_eq!(h.pre_install, Some(PathBuf::from("/usr/lib/rota/check-hw")));
+        assert_eq!(h.post_install, Some(PathBuf::from("/etc/rota/hooks/post")));
+        assert_eq!(
+            h.slot_post_install,
+            Some(PathBuf::from("/usr/lib/rota/fixup"))
+        );
+        assert_eq!(h.mount_classes, vec!["rootfs".to_owned()]);
+        assert_eq!(h.mount_prefix, PathBuf::from("/etc/rota/mnt"));
+        assert_eq!(h.timeout, Duration::from_secs(90));
+        for (body, want) in [
+            ("pre-instal = \"/x\"", "unknown field `pre-instal`"),
+            ("timeout = \"soon\"", "\"soon\""),
+            ("timeout = \"0s\"", "[hooks] timeout must be longer than 0s"),
+            (
+                "pre-install = \"\"",
+                "[hooks] pre-install must name a program",
+            ),
+            (
+                "mount-classes = [\"rootfs\"]",
+                "[hooks] mount-classes is set but slot-post-install is not",
+            ),
+            (
+                "slot-post-install = \"/x\"\nmount-classes = [\"appfs\"]",
+                "[hooks] mount-classes names \"appfs\", which is no configured slot class",
+            ),
+        ] {
+            let text = format!("{GOOD}\n[hooks]\n{body}\n");
+            let err = Config::parse(&text, Path::new("x.toml"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{body}: {err}\nshould contain {want}");
+        }
     }
 
     const APPFS: &str = "\n[slot.appfs.0]\ndevice = \"slots/app-a.img\"\nparent = \"rootfs.0\"\n\n[slot.appfs.1]\ndevice = \"slots/app-b.img\"\nparent = \"rootfs.1\"\n";

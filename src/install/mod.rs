@@ -1,12 +1,16 @@
 //! The install pipeline, run on a worker thread:
 //!
 //! 1. open the bundle and check its signature ([`crate::bundle::reader::open`]);
-//! 2. [`plan`]: compatible, version, target slots, sizes — all before any write;
+//! 2. [`plan`]: compatible, version, target slots, sizes — all before any write; then
+//!    the `pre-install` hook ([`hooks`]), which may refuse;
 //! 3. journal the install and take each target slot out of the boot selection;
 //! 4. [`copy`]: a staged pipeline per image — per chunk, reuse what the device already
 //!    has (verified by hash) or fetch it, verify it, write it; read what landed back
 //!    from the device as the copy goes and compare the signed CRC32 (`[install] read-back`);
-//! 5. record the slot status and its chunk index ([`slot_index`]), then activate the
+//! 5. the `slot-post-install` hook per written slot (its file system mounted when its
+//!    class is in `[hooks] mount-classes`), then the `post-install` hook: a failure
+//!    leaves the slots out of the boot selection;
+//! 6. record the slot status and its chunk index ([`slot_index`]), then activate the
 //!    slot in the bootloader.
 //!
 //! MCU images of the bundle are checked with the others in step 2 and staged in step 3
@@ -15,6 +19,7 @@
 //! Progress flows out through a callback; the pipeline never reaches into its caller.
 
 pub mod copy;
+pub mod hooks;
 pub mod mcu;
 pub mod plan;
 pub mod progress;
@@ -139,6 +144,48 @@ fn record_index(
     }
 }
 
+/// `slot-post-install` for each written slot (mounted when its class is in
+/// `[hooks] mount-classes`), then `post-install`. Any failure fails the install before
+/// the activation.
+fn run_post_install_hooks(
+    ctx: &Context<'_>,
+    install: &hooks::Install<'_>,
+    plan: &plan::Plan,
+    cancel: &AtomicBool,
+    reporter: &mut Reporter<'_>,
+) -> Result<(), InstallError> {
+    let h = &ctx.config.hooks;
+    if h.slot_post_install.is_some() {
+        for p in &plan.images {
+            reporter.step(
+                2,
+                &format!("Running slot-post-install hook for {}", p.slot.name),
+            );
+            let mount = if h.mount_classes.contains(&p.slot.class) {
+                Some(hooks::Mount::slot(&p.slot, &h.mount_prefix)?)
+            } else {
+                None
+            };
+            let target = hooks::SlotImage {
+                slot: &p.slot,
+                image: &p.image,
+            };
+            let env = hooks::slot_env(install, &target, mount.as_ref().map(|m| m.point()));
+            let ran = hooks::run(hooks::Hook::SlotPostInstall, ctx.config, &env, cancel);
+            // Unmounted whatever the hook did; its own failure is the one reported.
+            let unmounted = mount.map_or(Ok(()), hooks::Mount::unmount);
+            ran?;
+            unmounted?;
+        }
+    }
+    if h.post_install.is_some() {
+        reporter.step(2, "Running post-install hook");
+        let env = hooks::env(hooks::Hook::PostInstall, install);
+        hooks::run(hooks::Hook::PostInstall, ctx.config, &env, cancel)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn check_cancel(cancel: &AtomicBool) -> Result<(), InstallError> {
     if cancel.load(Ordering::Relaxed) {
         Err(InstallError::Cancelled)
@@ -194,6 +241,19 @@ pub fn run(
         mcu::check(source.as_mut(), &bundle, &plan.mcu)?;
     }
     check_cancel(&cancel)?;
+    let hook_install = hooks::Install {
+        config: ctx.config,
+        transaction,
+        compatible: &bundle.manifest.update.compatible,
+        version: &bundle.manifest.update.version,
+        booted: ctx.booted.as_ref().and_then(|b| b.bootname.as_deref()),
+        targets: plan.images.iter().map(|p| &p.slot).collect(),
+    };
+    if ctx.config.hooks.pre_install.is_some() {
+        reporter.step(2, "Running pre-install hook");
+        let env = hooks::env(hooks::Hook::PreInstall, &hook_install);
+        hooks::run(hooks::Hook::PreInstall, ctx.config, &env, &cancel)?;
+    }
 
     // From here on slots are touched: remember the bundle, take targets out of selection.
     let version = bundle.manifest.update.version.clone();
@@ -328,6 +388,8 @@ pub fn run(
         crate::failpoint::hit("install.after-read-back");
         written += p.image.size;
     }
+
+    run_post_install_hooks(ctx, &hook_install, &plan, &cancel, &mut reporter)?;
 
     // Record what is in the slots, then activate: a crash in between resumes and re-activates.
     let now = crate::state::now_rfc3339();
