@@ -46,9 +46,9 @@ pub const BATCH_BYTES: u64 = 1 << 20;
 /// Chunk buffers in the pipeline, in bytes: every chunk read, in a queue, being hashed or
 /// waiting for its batch lives in one of them, and the reader waits for a free one. This
 /// is what keeps memory flat.
-const POOL_BYTES: u64 = 6 << 20;
-/// Verified chunks the writer may hold back waiting for a batch to fill (less than the
-/// pool, so a hole in a batch can never starve the reader of buffers).
+const POOL_BYTES: u64 = 4 << 20;
+/// Verified chunks the writer may hold back waiting for a batch to fill (half the pool,
+/// so a hole in a batch can never starve the reader of buffers).
 const MAX_PENDING_BYTES: u64 = 2 << 20;
 /// How far the read-back stays behind the writer while the copy runs: far enough that the
 /// writeback the writer started has reached the device.
@@ -578,6 +578,8 @@ fn write_stage(
     let mut watermark = 0usize;
     let mut pending: BTreeMap<usize, (Vec<u8>, Origin)> = BTreeMap::new();
     let mut pending_bytes = 0u64;
+    // Writes the pending chunks of `range`, a run of consecutive chunks per system call
+    // straight from their buffers, and gives the buffers back to the pool.
     let flush = |pending: &mut BTreeMap<usize, (Vec<u8>, Origin)>,
                  done: &mut [bool],
                  range: std::ops::Range<usize>|
@@ -585,31 +587,32 @@ fn write_stage(
         let chunks: Vec<usize> = pending.range(range).map(|(c, _)| *c).collect();
         let mut freed = 0;
         let (mut fetched, mut reused) = (0, 0);
-        let mut batch: Vec<u8> = Vec::new();
-        let mut batch_start = None;
+        let mut run: Vec<(Vec<u8>, Origin)> = Vec::new();
+        let mut run_start = 0;
         for (i, c) in chunks.iter().enumerate() {
-            let Some((data, origin)) = pending.remove(c) else {
+            let Some(entry) = pending.remove(c) else {
                 continue;
             };
-            freed += data.len() as u64;
-            match origin {
-                Origin::Fetched => fetched += data.len() as u64,
-                _ => reused += data.len() as u64,
+            if run.is_empty() {
+                run_start = *c;
             }
-            if batch_start.is_none() {
-                batch_start = Some(*c);
-            }
-            batch.extend_from_slice(&data);
-            let _ = pool.send(data);
+            run.push(entry);
             done[*c] = true;
             let run_ends = chunks.get(i + 1) != Some(&(c + 1));
             if run_ends {
-                if let Some(first) = batch_start.take() {
-                    let at = index.chunk_range(first).0;
-                    job.writer.write_at(at, &batch)?;
-                    job.writer.start_writeback(at, batch.len() as u64);
+                let at = index.chunk_range(run_start).0;
+                let slices: Vec<&[u8]> = run.iter().map(|(d, _)| d.as_slice()).collect();
+                let len: u64 = slices.iter().map(|d| d.len() as u64).sum();
+                job.writer.write_vectored_at(at, &slices)?;
+                job.writer.start_writeback(at, len);
+                for (data, origin) in run.drain(..) {
+                    freed += data.len() as u64;
+                    match origin {
+                        Origin::Fetched => fetched += data.len() as u64,
+                        _ => reused += data.len() as u64,
+                    }
+                    let _ = pool.send(data);
                 }
-                batch.clear();
             }
         }
         landed.fetched.fetch_add(fetched, Ordering::Relaxed);
