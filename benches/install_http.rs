@@ -1,6 +1,7 @@
 //! Benchmark (not a test): a whole network install by `rota service` from a real nginx
 //! on loopback, in one run (issue 3's figures):
 //!
+//! 0. the first update of a factory device (its running slot probed at the same offsets);
 //! 1. `curl URL | dd of=FILE conv=fsync` of the bundle, next to `rota install URL`
 //!    (signature, verified chunks into slot B, fsync, read-back, activation), alternating,
 //!    `ROTA_BENCH_RUNS` (5) times each with the page cache dropped before each run: min
@@ -83,13 +84,41 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
-    let v1 = publish(&gw, "v1", "1.1.0", pattern(size, 1));
-    let url = ng.url(ng.http, false, "v1.rota");
-    let out = gw.path("curl.out");
     let drop_caches = || {
         let _ = std::process::Command::new("sync").status();
         let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
     };
+    // 0. The first update of a factory device: the running slot A was not installed by
+    // rota, so nothing is recorded of it and it is probed chunk by chunk at the same
+    // offsets (read and hashed) before the chunks that differ are fetched.
+    let v0 = publish(&gw, "v0", "1.0.0", pattern(size, 100));
+    drop_caches();
+    let t = Instant::now();
+    let o = gw
+        .rota(&["install", "--json", &ng.url(ng.http, false, "v0.rota")])
+        .success();
+    let first_s = t.elapsed().as_secs_f64();
+    assert!(
+        gw.read("b.img")[..size] == v0[..],
+        "slot B is not bit-exact"
+    );
+    let (d, _) = traffic(&o);
+    println!(
+        "first update from a factory slot (probed): {first_s:.2} s, {:.1} MiB/s, {d} bytes downloaded",
+        mib as f64 / first_s
+    );
+    // From here on the device runs B, whose chunk index rota recorded when it installed it:
+    // the steady state of a fleet. Updates go to A.
+    gw.stop_service();
+    std::fs::write(gw.path("cmdline"), "rota.slot=B\n").unwrap();
+    gw.start_service();
+    gw.rota(&["mark", "good", "booted"]).success();
+
+    // Not seed 1: the fixture fills slot A from that seed, and every chunk would be
+    // reused instead of downloaded.
+    let v1 = publish(&gw, "v1", "1.1.0", pattern(size, 101));
+    let url = ng.url(ng.http, false, "v1.rota");
+    let out = gw.path("curl.out");
     let (mut curl_t, mut rota_t) = (Vec::new(), Vec::new());
     let mut down = 0;
     for round in 1..=runs {
@@ -113,12 +142,13 @@ fn main() {
             .success();
         rota_t.push(t.elapsed().as_secs_f64());
         assert!(
-            gw.read("b.img")[..size] == v1[..],
-            "slot B is not bit-exact"
+            gw.read("a.img")[..size] == v1[..],
+            "slot A is not bit-exact"
         );
-        down = traffic(&o).0;
+        let (d, r) = traffic(&o);
+        down = d;
         println!(
-            "round {round}: curl | dd {:.2} s, rota {:.2} s",
+            "round {round}: curl | dd {:.2} s, rota {:.2} s ({d} bytes downloaded, {r} reused)",
             curl_t[round - 1],
             rota_t[round - 1]
         );
@@ -164,8 +194,8 @@ fn main() {
         .success();
     let cut_s = t.elapsed().as_secs_f64();
     assert!(
-        gw.read("b.img")[..size] == v1c[..],
-        "slot B is not bit-exact after cuts"
+        gw.read("a.img")[..size] == v1c[..],
+        "slot A is not bit-exact after cuts"
     );
     let cuts = proxy
         .handed_out()
@@ -179,9 +209,9 @@ fn main() {
         proxy.bytes_to_clients()
     );
 
-    // 3. Adaptive: run v1c from B, update to v2 = v1c with 1 % of 4 KiB blocks changed.
+    // 3. Adaptive: run v1c from A, update to v2 = v1c with 1 % of 4 KiB blocks changed.
     gw.stop_service();
-    std::fs::write(gw.path("cmdline"), "rota.slot=B\n").unwrap();
+    std::fs::write(gw.path("cmdline"), "rota.slot=A\n").unwrap();
     gw.start_service();
     gw.rota(&["mark", "good", "booted"]).success();
     let mut v2 = v1c.clone();
@@ -200,8 +230,8 @@ fn main() {
         .success();
     let ad_s = t.elapsed().as_secs_f64();
     assert!(
-        gw.read("a.img")[..size] == v2[..],
-        "slot A is not bit-exact"
+        gw.read("b.img")[..size] == v2[..],
+        "slot B is not bit-exact"
     );
     let (down, reused) = traffic(&o);
     println!(

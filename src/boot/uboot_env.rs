@@ -520,6 +520,17 @@ impl UbootEnv {
 mod tests {
     use super::*;
 
+    /// What the real `fw_printenv -c CFG NAME` (libubootenv-tool) prints, trimmed.
+    fn fw_printenv(cfg: &std::path::Path, name: &str) -> String {
+        let out = std::process::Command::new("fw_printenv")
+            .arg("-c")
+            .arg(cfg)
+            .arg(name)
+            .output()
+            .expect("fw_printenv (libubootenv-tool)");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     #[test]
     fn config_parses_single_redundant_and_rejects_garbage() {
         let p = Path::new("/etc/fw_env.config");
@@ -594,16 +605,7 @@ mod tests {
             format!("{d} 0x1000 0x2000\n{d} 0x5000 0x2000\n", d = dev.display()),
         )
         .unwrap();
-        let out = std::process::Command::new("fw_printenv")
-            .arg("-c")
-            .arg(&cfg)
-            .arg("BOOT_ORDER")
-            .output()
-            .expect("fw_printenv (libubootenv-tool)");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "BOOT_ORDER=B A"
-        );
+        assert_eq!(fw_printenv(&cfg, "BOOT_ORDER"), "BOOT_ORDER=B A");
         // A partition someone left writable stays writable.
         std::fs::write(&attr, "0\n").unwrap();
         env.update(|v| {
@@ -691,16 +693,7 @@ mod tests {
             "the valid copy untouched"
         );
         assert_eq!(std::fs::metadata(&second).unwrap().len(), 0x4000);
-        let out = std::process::Command::new("fw_printenv")
-            .arg("-c")
-            .arg(&cfg_path)
-            .arg("BOOT_ORDER")
-            .output()
-            .expect("fw_printenv (libubootenv-tool)");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "BOOT_ORDER=B A"
-        );
+        assert_eq!(fw_printenv(&cfg_path, "BOOT_ORDER"), "BOOT_ORDER=B A");
         // The next write goes to the first file again.
         env.update(|v| {
             v.insert("BOOT_ORDER".into(), "A B".into());
