@@ -196,11 +196,21 @@ impl McuNode {
         Ok(())
     }
 
-    /// Asks the node for its state now and updates Version, State and LastError.
+    /// Asks the node for its state now and updates Version, State and LastError. It talks
+    /// to the device, so root or the configured group only, and not during a relay.
     async fn refresh(
         &mut self,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
         #[zbus(signal_emitter)] emitter: SignalEmitter<'_>,
     ) -> Result<(), RotaError> {
+        authorize(conn, &header, &self.group).await?;
+        if self.busy.load(Ordering::SeqCst) {
+            return Err(RotaError::Busy(format!(
+                "busy: a relay to MCU node {} is running; its end updates the properties",
+                self.name
+            )));
+        }
         let (name, cfg, dir) = (self.name.clone(), self.cfg.clone(), self.data_dir.clone());
         let report =
             tokio::task::spawn_blocking(move || relay::node_report(&name, &cfg, &dir, true))
