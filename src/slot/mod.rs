@@ -358,30 +358,59 @@ impl SlotWriter {
             if part == 1 {
                 crate::failpoint::hit("copy.mid-chunk");
             }
-            let mut skip = 0usize;
             let want: usize = bufs.iter().map(|b| b.len()).sum();
-            while skip < want {
-                // The slices from `skip` on (the first one cut short).
-                let mut rest = Vec::with_capacity(bufs.len());
-                let mut left = skip;
-                for b in bufs {
-                    if left >= b.len() {
-                        left -= b.len();
-                    } else {
-                        rest.push(std::io::IoSlice::new(&b[left..]));
-                        left = 0;
-                    }
-                }
-                let n = nix::sys::uio::pwritev(&self.file, &rest, (at + skip as u64) as i64)
-                    .map_err(|e| err(e.into()))?;
-                if n == 0 {
-                    return Err(err(std::io::ErrorKind::WriteZero.into()));
-                }
-                skip += n;
-            }
+            self.write_part_at(at, bufs).map_err(err)?;
             at += want as u64;
         }
         crate::failpoint::hit("copy.after-write");
+        Ok(())
+    }
+
+    /// `bufs` back to back at `offset`: `pwritev` calls where the offset fits the
+    /// platform's `off_t` (always on 64-bit; below 2 GiB on 32-bit ARM), one positional
+    /// write per buffer otherwise.
+    fn write_part_at(&self, offset: u64, bufs: &[&[u8]]) -> std::io::Result<()> {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut skip = 0usize;
+        while skip < want {
+            let at = offset + skip as u64;
+            let Some(off) = at
+                .checked_add((want - skip) as u64)
+                .and_then(|end| nix::libc::off_t::try_from(end).ok())
+                .and_then(|_| nix::libc::off_t::try_from(at).ok())
+            else {
+                break;
+            };
+            // The slices from `skip` on (the first one cut short).
+            let mut rest = Vec::with_capacity(bufs.len());
+            let mut left = skip;
+            for b in bufs {
+                if left >= b.len() {
+                    left -= b.len();
+                } else {
+                    rest.push(std::io::IoSlice::new(&b[left..]));
+                    left = 0;
+                }
+            }
+            let n = nix::sys::uio::pwritev(&self.file, &rest, off)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            skip += n;
+        }
+        // What is left (an offset past what off_t holds): buffer by buffer.
+        let mut at = offset;
+        let mut left = skip;
+        for b in bufs {
+            if left >= b.len() {
+                left -= b.len();
+                at += b.len() as u64;
+                continue;
+            }
+            self.file.write_all_at(&b[left..], at + left as u64)?;
+            at += b.len() as u64;
+            left = 0;
+        }
         Ok(())
     }
 
@@ -419,10 +448,16 @@ impl SlotWriter {
     /// does both): a read-back of the range a moment later then finds it written, and an
     /// install does not fill the page cache of a small device. Best effort.
     pub fn start_writeback(&self, offset: u64, len: u64) {
+        let (Ok(offset), Ok(len)) = (
+            nix::libc::off_t::try_from(offset),
+            nix::libc::off_t::try_from(len),
+        ) else {
+            return; // past what a 32-bit off_t holds: the final sync writes it
+        };
         let _ = nix::fcntl::posix_fadvise(
             &self.file,
-            offset as i64,
-            len as i64,
+            offset,
+            len,
             nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
         );
     }
@@ -474,6 +509,30 @@ mod tests {
         );
         assert_eq!(booted_from_cmdline("root=/dev/sda1 rota.slot="), None);
         assert_eq!(booted_from_cmdline(""), None);
+    }
+
+    #[test]
+    fn vectored_writes_land_back_to_back_also_past_4_gib() {
+        // Past 4 GiB a 32-bit off_t cannot hold the offset: armv7 takes the per-buffer
+        // path there (CI runs this under qemu-arm), 64-bit targets pwritev.
+        let dir = tempfile::tempdir().unwrap();
+        let dev = dir.path().join("b.img");
+        let far = 5u64 << 30;
+        let f = std::fs::File::create(&dev).unwrap();
+        f.set_len(far + (1 << 20)).unwrap();
+        drop(f);
+        let w = SlotWriter::open(&slot("rootfs.1", &dev, Some("B"), None), None).unwrap();
+        let parts: Vec<Vec<u8>> = (0..5u8)
+            .map(|i| vec![i + 1; 4096 + usize::from(i)])
+            .collect();
+        let slices: Vec<&[u8]> = parts.iter().map(|p| p.as_slice()).collect();
+        let joined = parts.concat();
+        for at in [0u64, (2u64 << 30) - 4096, far] {
+            w.write_vectored_at(at, &slices).unwrap();
+            let mut back = vec![0u8; joined.len()];
+            w.read_at(at, &mut back).unwrap();
+            assert_eq!(back, joined, "at {at}");
+        }
     }
 
     #[test]
