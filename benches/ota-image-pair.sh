@@ -160,7 +160,7 @@ LC_ALL=C join -j1 "$WORK/v1.packages" "$WORK/v2.packages" | awk '$2 != $3' >"$WO
 for v in v1 v2; do
   rm -f "$WORK/$v.img"
   E2FSPROGS_FAKE_TIME=$EPOCH mkfs.ext4 -q -F -t ext4 -b 4096 -L rootfs -U "$FS_UUID" \
-    -E "root_owner=0:0,hash_seed=$FS_HASH_SEED" -d "$WORK/$v" "$WORK/$v.img" "$IMAGE_SIZE"
+    -E "root_owner=0:0,hash_seed=$FS_HASH_SEED" -d "$WORK/$v" "$WORK/$v.img" "$IMAGE_SIZE" >&2
 done
 
 mkdir -p "$OUT"
