@@ -13,6 +13,7 @@ use crate::model::McuState;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Largest record file we read (a record is a few hundred bytes).
@@ -162,7 +163,7 @@ pub fn save(data_dir: &Path, node: &str, rec: &NodeRecord) -> Result<(), McuErro
         path: p.clone(),
         message,
     };
-    std::fs::create_dir_all(dir(data_dir))
+    crate::fsutil::create_private_dir(&dir(data_dir))
         .map_err(|e| err(format!("cannot create directory: {e}")))?;
     let mut rec = rec.clone();
     rec.updated_at = now();
@@ -179,14 +180,17 @@ impl NodeLock {
     pub fn acquire(data_dir: &Path, node: &str) -> Result<NodeLock, McuError> {
         let d = dir(data_dir);
         let p = d.join(format!("{node}.lock"));
-        std::fs::create_dir_all(&d).map_err(|e| McuError::State {
+        crate::fsutil::create_private_dir(&d).map_err(|e| McuError::State {
             path: d.clone(),
             message: format!("cannot create directory: {e}"),
         })?;
+        // Root's file in root's directory, whatever the umask; never through a link.
         let f = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .open(&p)
             .map_err(|e| McuError::State {
                 path: p.clone(),
@@ -228,6 +232,25 @@ mod tests {
             "{e}"
         );
         assert_eq!(load_or_default(d.path(), "n"), NodeRecord::default());
+    }
+
+    #[test]
+    fn records_and_locks_are_root_s_alone_whatever_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let lock = NodeLock::acquire(d.path(), "n").unwrap();
+        assert_eq!(mode(&dir(d.path())), 0o700, "mcu/ is private");
+        assert_eq!(mode(&dir(d.path()).join("n.lock")), 0o600);
+        drop(lock);
+        save(d.path(), "m", &NodeRecord::default()).unwrap();
+        assert_eq!(mode(&path(d.path(), "m")), 0o600);
+        // A lock file replaced by a link to somewhere else is not followed.
+        let elsewhere = d.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"keep").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir(d.path()).join("x.lock")).unwrap();
+        assert!(NodeLock::acquire(d.path(), "x").is_err());
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"keep");
     }
 
     #[test]

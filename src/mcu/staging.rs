@@ -55,7 +55,9 @@ pub fn stage_bytes(
 
 fn store(node: &str, img: &McuImage, data_dir: &Path) -> Result<(), McuError> {
     let d = dir(data_dir);
-    std::fs::create_dir_all(&d)
+    // Both levels private (mcu/, then mcu/staged/), whatever the umask.
+    crate::fsutil::create_private_dir(&record::dir(data_dir))
+        .and_then(|()| crate::fsutil::create_private_dir(&d))
         .map_err(|e| McuError::io(format!("cannot create {}", d.display()), e))?;
     let p = path(data_dir, node);
     write_atomic(&p, &img.data)
