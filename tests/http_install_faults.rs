@@ -10,8 +10,9 @@ use support::fault_proxy::{Fault, FaultProxy, RandomPlan};
 use support::gateway::{pattern, Gateway};
 use support::nginx::{make_pki, Nginx};
 
-#[test]
-fn installs_are_bit_exact_through_a_faulty_link() {
+/// A gateway whose service fetches through the fault proxy in front of nginx (short
+/// stall and connect timeouts, six retries). The nginx handle must outlive the test.
+fn faulty_link() -> (Gateway, Nginx, FaultProxy) {
     let mut gw = Gateway::new(false);
     make_pki(&gw.path("pki"));
     std::fs::create_dir_all(gw.path("www")).unwrap();
@@ -24,6 +25,12 @@ fn installs_are_bit_exact_through_a_faulty_link() {
     let ng = Nginx::start(&gw.path("www"), &gw.path("pki"), &gw.path("nginx"));
     let proxy = FaultProxy::start(ng.http);
     gw.start_service();
+    (gw, ng, proxy)
+}
+
+#[test]
+fn installs_are_bit_exact_through_a_faulty_link() {
+    let (mut gw, _ng, proxy) = faulty_link();
     let size = 6 << 20;
     let mut refetched_before = 0;
     for (round, seed) in [11u64, 12, 14].into_iter().enumerate() {
@@ -116,18 +123,7 @@ fn installs_are_bit_exact_through_a_faulty_link() {
 /// next event from the copy replaces it. The slot still ends bit-exact.
 #[test]
 fn progress_says_retrying_while_the_source_retries() {
-    let mut gw = Gateway::new(false);
-    make_pki(&gw.path("pki"));
-    std::fs::create_dir_all(gw.path("www")).unwrap();
-    let cfg = std::fs::read_to_string(gw.path("system.toml")).unwrap();
-    std::fs::write(
-        gw.path("system.toml"),
-        format!("{cfg}[http]\nretries = 6\nstall-timeout = \"1s\"\nconnect-timeout = \"2s\"\n"),
-    )
-    .unwrap();
-    let ng = Nginx::start(&gw.path("www"), &gw.path("pki"), &gw.path("nginx"));
-    let proxy = FaultProxy::start(ng.http);
-    gw.start_service();
+    let (gw, _ng, proxy) = faulty_link();
     let size = 4 << 20;
     let (path, image) = gw.bundle("r", "acme-gateway", "1.1.0", pattern(size, 41), "release");
     std::fs::copy(&path, gw.path("www/r.rota")).unwrap();

@@ -50,20 +50,17 @@ pub struct ImageDigest {
 impl ImageHasher {
     /// Both hashes.
     pub fn new() -> Self {
-        Self {
-            sha: Some(ring::digest::Context::new(&ring::digest::SHA256)),
-            crc: crc32fast::Hasher::new(),
-            size: 0,
-        }
+        Self::for_mode(ReadBack::Sha256)
     }
 
     /// What a slot read-back in `mode` needs: the CRC32 alone for [`ReadBack::Crc`].
     pub fn for_mode(mode: ReadBack) -> Self {
-        let mut h = Self::new();
-        if mode != ReadBack::Sha256 {
-            h.sha = None;
+        Self {
+            sha: (mode == ReadBack::Sha256)
+                .then(|| ring::digest::Context::new(&ring::digest::SHA256)),
+            crc: crc32fast::Hasher::new(),
+            size: 0,
         }
-        h
     }
 
     pub fn update(&mut self, data: &[u8]) {

@@ -162,7 +162,6 @@ pub fn copy_image(
 ) -> Result<(), InstallError> {
     let index = job.index;
     let buffers = (POOL_BYTES / u64::from(index.chunk_size)).max(4) as usize;
-    let depth = buffers;
     let workers = worker_count();
     let direct = DirectReader::open(job.writer);
     let landed = Landed::default();
@@ -170,9 +169,9 @@ pub fn copy_image(
     let result = std::thread::scope(|s| {
         // Only the workers hold the receiving end: when they are gone, the reader's next
         // send fails instead of blocking.
-        let (work_tx, work_rx) = sync_channel::<Work>(depth);
+        let (work_tx, work_rx) = sync_channel::<Work>(buffers);
         let work_rx = Arc::new(Mutex::new(work_rx));
-        let (write_tx, write_rx) = sync_channel::<ToWriter>(depth);
+        let (write_tx, write_rx) = sync_channel::<ToWriter>(buffers);
         let (verdict_tx, verdict_rx) = channel::<Verdict>();
         let (pool_tx, pool_rx) = channel::<Vec<u8>>();
         for _ in 0..buffers {

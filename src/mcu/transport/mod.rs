@@ -45,17 +45,21 @@ pub trait Transport: Send {
             message: e.to_string(),
         })?;
         self.send(request)?;
+        // The request, as errors name it (made only for an error).
+        let what = |t: &Self| {
+            format!(
+                "{} group command {} (sequence {}) over {}",
+                smp::group_name(req.group),
+                req.cmd,
+                req.seq,
+                t.describe()
+            )
+        };
         let deadline = Instant::now() + timeout;
         loop {
             let Some(packet) = self.recv(deadline)? else {
                 return Err(McuError::Timeout {
-                    what: format!(
-                        "{} group command {} (sequence {}) over {}",
-                        smp::group_name(req.group),
-                        req.cmd,
-                        req.seq,
-                        self.describe()
-                    ),
+                    what: what(self),
                     waited: timeout,
                 });
             };
@@ -80,13 +84,7 @@ pub trait Transport: Send {
                 // serial console, is not an answer and is skipped.)
                 Ok(h) if h.seq == req.seq && h.op.is_response() => {
                     return Err(McuError::Protocol {
-                        what: format!(
-                            "{} group command {} (sequence {}) over {}",
-                            smp::group_name(req.group),
-                            req.cmd,
-                            req.seq,
-                            self.describe()
-                        ),
+                        what: what(self),
                         message: format!(
                             "the answer does not fit the request: op {:?} group {} command {} arrived, op {:?} group {} command {} expected",
                             h.op,
