@@ -376,6 +376,8 @@ pub struct Progress {
     pub bytes_downloaded: u64,
     /// Bytes taken from what the device already had (adaptive update, resume).
     pub bytes_reused: u64,
+    /// Bytes of zero runs written without fetching anything (format 2 bundles).
+    pub bytes_zero: u64,
     /// Current fetch rate in bytes per second.
     pub rate: u64,
     /// Estimated seconds left, 0 when unknown.

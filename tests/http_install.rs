@@ -23,7 +23,18 @@ fn setup(extra_http: &str) -> (Gateway, Nginx) {
 }
 
 fn publish(gw: &Gateway, name: &str, version: &str, image: Vec<u8>) -> Vec<u8> {
-    let (path, image) = gw.bundle(name, "acme-gateway", version, image, "release");
+    publish_with(gw, name, version, image, &[])
+}
+
+/// [`publish`] with more `rota bundle create` arguments.
+fn publish_with(
+    gw: &Gateway,
+    name: &str,
+    version: &str,
+    image: Vec<u8>,
+    extra: &[&str],
+) -> Vec<u8> {
+    let (path, image) = gw.bundle_with(name, "acme-gateway", version, image, "release", extra);
     std::fs::copy(&path, gw.path(&format!("www/{name}.rota"))).unwrap();
     image
 }
@@ -185,7 +196,7 @@ fn a_network_install_reads_all_bundle_metadata_with_its_first_request() {
     );
 }
 
-/// Data that moved keeps being reused: rota recorded slot B's chunk index when it
+/// Format 1. Data that moved keeps being reused: rota recorded slot B's chunk index when it
 /// installed v1 there, so v2 — v1 shifted by one chunk, with one new chunk in front — is
 /// found chunk by chunk wherever it lies in the running slot. Without that record (the
 /// same update onto a factory-like slot) the same-offset probe finds almost nothing: the
@@ -198,7 +209,7 @@ fn moved_chunks_are_found_anywhere_in_the_running_slot_by_its_recorded_index() {
     let v1 = pattern(size, 41);
     let mut v2 = pattern(chunk, 42);
     v2.extend_from_slice(&v1[..size - chunk]);
-    publish(&gw, "v1", "1.1.0", v1.clone());
+    publish_with(&gw, "v1", "1.1.0", v1.clone(), &["--format", "1"]);
     gw.rota(&["install", &ng.url(ng.http, false, "v1.rota")])
         .success();
     assert!(
@@ -209,7 +220,7 @@ fn moved_chunks_are_found_anywhere_in_the_running_slot_by_its_recorded_index() {
     std::fs::write(gw.path("cmdline"), "rota.slot=B\n").unwrap();
     gw.start_service();
     gw.rota(&["mark", "good", "booted"]).success();
-    publish(&gw, "v2", "1.2.0", v2.clone());
+    publish_with(&gw, "v2", "1.2.0", v2.clone(), &["--format", "1"]);
     let install = |gw: &Gateway| {
         let out = gw
             .rota(&["install", "--json", &ng.url(ng.http, false, "v2.rota")])
@@ -376,4 +387,93 @@ fn failed_installs_do_not_reveal_secrets() {
         gw.property("LastError").contains(expect)
     });
     check_everywhere(expect);
+}
+
+/// Boots slot B running v1 (installed over HTTP from `v1.rota`, marked good).
+fn running_v1(gw: &mut Gateway, ng: &Nginx, v1: Vec<u8>, extra: &[&str]) {
+    publish_with(gw, "v1", "1.1.0", v1, extra);
+    gw.rota(&["install", &ng.url(ng.http, false, "v1.rota")])
+        .success();
+    gw.stop_service();
+    std::fs::write(gw.path("cmdline"), "rota.slot=B\n").unwrap();
+    gw.start_service();
+    gw.rota(&["mark", "good", "booted"]).success();
+}
+
+/// (downloaded, reused, zero) from the last progress event of `rota install --json`.
+fn install_counts(gw: &Gateway, url: &str) -> (u64, u64, u64) {
+    let out = gw.rota(&["install", "--json", url]).success();
+    let ev = json_events(&out);
+    let p = ev.iter().rev().find(|e| e["event"] == "progress").unwrap();
+    (
+        p["bytes_downloaded"].as_u64().unwrap(),
+        p["bytes_reused"].as_u64().unwrap(),
+        p["bytes_zero"].as_u64().unwrap_or(0),
+    )
+}
+
+/// v1 with a new 4 KiB block inserted at `at` (each shifting what follows), cut to size.
+fn with_inserted_blocks(v1: &[u8], at: &[usize], seed: u64) -> Vec<u8> {
+    let mut v2 = Vec::with_capacity(v1.len());
+    let mut from = 0;
+    for (i, a) in at.iter().enumerate() {
+        v2.extend_from_slice(&v1[from..*a]);
+        v2.extend_from_slice(&pattern(4096, seed + i as u64));
+        from = *a;
+    }
+    v2.extend_from_slice(&v1[from..]);
+    v2.truncate(v1.len());
+    v2
+}
+
+/// Format 2: blocks are found by content anywhere in the running slot, at 4 KiB
+/// granularity and with no record of what it holds: three inserted blocks shift
+/// everything after them, and only the frames holding new blocks are fetched.
+#[test]
+fn moved_blocks_are_found_by_content_anywhere_in_the_running_slot() {
+    let (mut gw, ng) = setup("");
+    let size = 4 << 20;
+    let v1 = pattern(size, 51);
+    running_v1(&mut gw, &ng, v1.clone(), &[]);
+    let v2 = with_inserted_blocks(&v1, &[100 << 10, (1 << 20) + 8192, 3 << 20], 900);
+    publish(&gw, "v2", "1.2.0", v2.clone());
+    let (downloaded, reused, _) = install_counts(&gw, &ng.url(ng.http, false, "v2.rota"));
+    println!("moved blocks: {downloaded} downloaded, {reused} reused");
+    // Random data does not compress: each of the 3 frames (64 KiB) holding a new block.
+    assert!(downloaded <= 3 * (64 << 10) + 1024, "{downloaded}");
+    assert!(reused >= (size - 3 * (64 << 10)) as u64, "{reused}");
+    assert_eq!(
+        &gw.read("a.img")[..size],
+        &v2[..],
+        "slot A holds v2 bit-exact"
+    );
+}
+
+/// Built against the image the devices run (`--delta-from`), frames are cut where the
+/// known blocks end: the update downloads the three new blocks and nothing else.
+#[test]
+fn a_bundle_built_against_the_running_image_downloads_only_new_blocks() {
+    let (mut gw, ng) = setup("");
+    let size = 4 << 20;
+    let v1 = pattern(size, 52);
+    running_v1(&mut gw, &ng, v1.clone(), &[]);
+    let v2 = with_inserted_blocks(&v1, &[100 << 10, (1 << 20) + 8192, 3 << 20], 950);
+    std::fs::write(gw.path("v1-base.img"), &v1).unwrap();
+    let base = gw.path("v1-base.img");
+    publish_with(
+        &gw,
+        "v2",
+        "1.2.0",
+        v2.clone(),
+        &["--delta-from", base.to_str().unwrap()],
+    );
+    let (downloaded, reused, _) = install_counts(&gw, &ng.url(ng.http, false, "v2.rota"));
+    println!("delta-from: {downloaded} downloaded, {reused} reused");
+    assert_eq!(downloaded, 3 * 4096, "exactly the three new blocks");
+    assert_eq!(reused, (size - 3 * 4096) as u64);
+    assert_eq!(
+        &gw.read("a.img")[..size],
+        &v2[..],
+        "slot A holds v2 bit-exact"
+    );
 }

@@ -4,8 +4,11 @@
 use super::BundleError;
 use serde::{Deserialize, Serialize};
 
-/// Manifest format version written by this rota.
-pub const FORMAT: u32 = 1;
+/// Manifest format version written by this rota: 2, slot images stored as compressed
+/// 4 KiB blocks ([`super::blockmap`]). Format 1 (every image raw, in chunks) still reads.
+pub const FORMAT: u32 = 2;
+/// The first format, every image stored raw with its chunk index.
+pub const FORMAT_CHUNKS: u32 = 1;
 
 /// The manifest inside a bundle, exactly as signed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,9 +64,37 @@ pub struct ImageEntry {
     pub sha256: String,
     /// CRC-32 (IEEE) of the whole image.
     pub crc32: u32,
+    /// Chunked images (format 1, and MCU images): the chunk size.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub chunk_size: u32,
-    /// Lower-case hex SHA-256 of the `<file>.chunks` member.
+    /// Chunked images: lower-case hex SHA-256 of the `<file>.chunks` member.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub chunks_sha256: String,
+    /// Block images (format 2 slot images): size of the `<file>.blocks` member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_map_size: Option<u64>,
+    /// Block images: lower-case hex SHA-256 of the `<file>.blocks` member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_map_sha256: Option<String>,
+    /// Block images: size of the `<file>` member (dictionary, frames, patches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_size: Option<u64>,
+    /// Block images: lower-case hex SHA-256 of the `<file>` member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_sha256: Option<String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// How an image's bytes are stored in the bundle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Raw, with one SHA-256 per chunk (`<file>.chunks`, then `<file>`).
+    Chunks,
+    /// 4 KiB blocks in compressed frames (`<file>.blocks`, then `<file>`).
+    Blocks,
 }
 
 impl ImageEntry {
@@ -84,6 +115,39 @@ impl ImageEntry {
     /// Tar member name of this image's chunk index.
     pub fn chunks_file(&self) -> String {
         format!("{}{}", self.file, super::CHUNKS_SUFFIX)
+    }
+
+    /// Tar member name of this image's block map.
+    pub fn blocks_file(&self) -> String {
+        format!("{}{}", self.file, super::BLOCKS_SUFFIX)
+    }
+
+    pub fn layout(&self) -> Layout {
+        if self.block_map_sha256.is_some() {
+            Layout::Blocks
+        } else {
+            Layout::Chunks
+        }
+    }
+
+    /// The image's two members in bundle order, with their sizes: its index (chunk index
+    /// or block map), then its payload.
+    pub fn members(&self) -> [(String, u64); 2] {
+        match self.layout() {
+            Layout::Chunks => [
+                (self.chunks_file(), self.chunks_size()),
+                (self.file.clone(), self.size),
+            ],
+            Layout::Blocks => [
+                (self.blocks_file(), self.block_map_size.unwrap_or(0)),
+                (self.file.clone(), self.payload_size.unwrap_or(0)),
+            ],
+        }
+    }
+
+    /// Bytes this image takes in the bundle (index and payload).
+    pub fn stored_size(&self) -> u64 {
+        self.members().iter().map(|(_, s)| s).sum()
     }
 }
 
@@ -124,9 +188,9 @@ impl Manifest {
 
     pub fn validate(&self) -> Result<(), BundleError> {
         let bad = |m: String| Err(BundleError::Manifest(m));
-        if self.format != FORMAT {
+        if self.format != FORMAT && self.format != FORMAT_CHUNKS {
             return bad(format!(
-                "format {} is not supported (this rota reads format {FORMAT})",
+                "format {} is not supported (this rota reads formats {FORMAT_CHUNKS} and {FORMAT})",
                 self.format
             ));
         }
@@ -186,12 +250,48 @@ impl Manifest {
                     img.file, img.size
                 ));
             }
-            check_chunk_size(img.chunk_size)
-                .map_err(|m| BundleError::Manifest(format!("image {}: {m}", img.file)))?;
-            for (what, h) in [
-                ("sha256", &img.sha256),
-                ("chunks-sha256", &img.chunks_sha256),
-            ] {
+            let mut hashes = vec![("sha256", &img.sha256)];
+            match (img.layout(), &img.block_map_size, &img.payload_size, &img.payload_sha256) {
+                (Layout::Chunks, None, None, None) => {
+                    check_chunk_size(img.chunk_size)
+                        .map_err(|m| BundleError::Manifest(format!("image {}: {m}", img.file)))?;
+                    hashes.push(("chunks-sha256", &img.chunks_sha256));
+                }
+                (Layout::Blocks, Some(map_size), Some(_), Some(payload_sha256))
+                    if img.chunk_size == 0 && img.chunks_sha256.is_empty() =>
+                {
+                    if self.format < FORMAT {
+                        return bad(format!(
+                            "image {}: block images need format {FORMAT}",
+                            img.file
+                        ));
+                    }
+                    if img.slot_class.is_none() {
+                        return bad(format!(
+                            "image {}: MCU images are stored in chunks, not blocks",
+                            img.file
+                        ));
+                    }
+                    let max = super::blockmap::max_serialized(img.size);
+                    if *map_size > max {
+                        return bad(format!(
+                            "image {}: a {map_size}-byte block map, at most {max} for its size",
+                            img.file
+                        ));
+                    }
+                    hashes.push(("payload-sha256", payload_sha256));
+                    if let Some(h) = &img.block_map_sha256 {
+                        hashes.push(("block-map-sha256", h));
+                    }
+                }
+                _ => {
+                    return bad(format!(
+                        "image {} must have either chunk-size and chunks-sha256, or block-map-size, block-map-sha256, payload-size and payload-sha256",
+                        img.file
+                    ))
+                }
+            }
+            for (what, h) in hashes {
                 if h.len() != 64
                     || !h
                         .bytes()
@@ -228,6 +328,7 @@ pub fn check_member_name(name: &str) -> Result<(), String> {
     if name == super::MANIFEST_NAME
         || name == super::SIGNATURE_NAME
         || name.ends_with(super::CHUNKS_SUFFIX)
+        || name.ends_with(super::BLOCKS_SUFFIX)
     {
         return Err(format!("file name {name:?} is reserved"));
     }

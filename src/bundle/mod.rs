@@ -7,10 +7,12 @@
 //! index, so the one signature covers every byte and every chunk can be checked on its
 //! own before it is written.
 
+pub mod blockmap;
 pub mod chunks;
 pub mod digest;
 pub mod keys;
 pub mod manifest;
+pub mod pack;
 pub mod reader;
 pub mod writer;
 
@@ -25,6 +27,8 @@ pub const MANIFEST_NAME: &str = "manifest.toml";
 pub const SIGNATURE_NAME: &str = "manifest.toml.sig";
 /// Suffix of an image's chunk index member.
 pub const CHUNKS_SUFFIX: &str = ".chunks";
+/// Suffix of an image's block map member (format 2).
+pub const BLOCKS_SUFFIX: &str = ".blocks";
 /// Largest manifest accepted; checked against the tar header before anything is
 /// allocated or read.
 pub const MAX_MANIFEST_SIZE: u64 = 1 << 20;

@@ -2,6 +2,7 @@
 //! the tar headers only (one small read each — over HTTP one Range request each), so
 //! nothing unsigned is trusted and no payload is read before it is needed.
 
+use super::blockmap::BlockMap;
 use super::{
     BundleError, ChunkIndex, ImageEntry, KeyId, Keyring, Manifest, MANIFEST_NAME,
     MAX_MANIFEST_SIZE, SIGNATURE_NAME, SIGNATURE_SIZE,
@@ -356,16 +357,17 @@ fn read_layout(
     // Every member the signed manifest implies, in order, with its exact size.
     let mut expected = Vec::new();
     for img in &manifest.images {
-        let count = ChunkIndex::count_for(img.size, img.chunk_size);
-        let idx_size = count.saturating_mul(32);
-        if idx_size > MAX_CHUNK_INDEX {
-            return Err(BundleError::Manifest(format!(
-                "image {} would need a {idx_size}-byte chunk index, the limit is {MAX_CHUNK_INDEX}",
-                img.file
-            )));
+        if img.layout() == super::manifest::Layout::Chunks {
+            let count = ChunkIndex::count_for(img.size, img.chunk_size);
+            let idx_size = count.saturating_mul(32);
+            if idx_size > MAX_CHUNK_INDEX {
+                return Err(BundleError::Manifest(format!(
+                    "image {} would need a {idx_size}-byte chunk index, the limit is {MAX_CHUNK_INDEX}",
+                    img.file
+                )));
+            }
         }
-        expected.push((img.chunks_file(), idx_size));
-        expected.push((img.file.clone(), img.size));
+        expected.extend(img.members());
     }
     let names: Vec<String> = expected.iter().map(|(n, _)| n.clone()).collect();
     let mut members = BTreeMap::new();
@@ -436,6 +438,33 @@ impl Bundle {
             .ok_or_else(|| BundleError::Format(format!("bundle has no member {}", img.file)))
     }
 
+    /// Fetches and checks a block image's block map against the signed manifest.
+    pub fn block_map(
+        &self,
+        source: &mut dyn ByteSource,
+        img: &ImageEntry,
+    ) -> Result<BlockMap, BundleError> {
+        let payload = |message: String| BundleError::Payload {
+            file: img.file.clone(),
+            message,
+        };
+        let name = img.blocks_file();
+        let m = self
+            .member(&name)
+            .ok_or_else(|| BundleError::Format(format!("bundle has no member {name}")))?;
+        let mut bytes = vec![0u8; m.size as usize];
+        source.read_exact_at(m.offset, &mut bytes)?;
+        let got = super::digest::sha256_hex(&bytes);
+        if Some(&got) != img.block_map_sha256.as_ref() {
+            return Err(payload(format!(
+                "block map SHA-256 is {got}, the signed manifest says {}",
+                img.block_map_sha256.as_deref().unwrap_or("nothing")
+            )));
+        }
+        BlockMap::from_bytes(&bytes, img.size, img.payload_size.unwrap_or(0))
+            .map_err(|e| payload(format!("block map: {e}")))
+    }
+
     /// Fetches and checks an image's chunk index against the signed manifest.
     pub fn chunk_index(
         &self,
@@ -477,6 +506,13 @@ pub fn verify_payload(
     let total: u64 = bundle.manifest.images.iter().map(|i| i.size).sum();
     let mut done = 0;
     for img in &bundle.manifest.images {
+        if img.layout() == super::manifest::Layout::Blocks {
+            verify_blocks(source, bundle, img, &mut |n| {
+                done += n;
+                progress(done, total)
+            })?;
+            continue;
+        }
         let index = bundle.chunk_index(source, img)?;
         let m = bundle.image_member(img)?.clone();
         let mut reader = source.read_range(m.offset, m.size)?;
@@ -512,4 +548,100 @@ pub fn verify_payload(
             })?;
     }
     Ok(())
+}
+
+/// [`verify_payload`] for a block image: reads the payload member once, in order: the
+/// dictionary, each frame (decompressed, checked against its SHA-256), the patches (only
+/// their bytes: they decode against a previous image this check does not have); then the
+/// whole image's SHA-256 and CRC32, zero runs included, and the payload's SHA-256.
+fn verify_blocks(
+    source: &mut dyn ByteSource,
+    bundle: &Bundle,
+    img: &ImageEntry,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(), BundleError> {
+    use super::blockmap::{decode, Codec, BLOCK};
+    let payload = |message: String| BundleError::Payload {
+        file: img.file.clone(),
+        message,
+    };
+    let map = bundle.block_map(source, img)?;
+    let m = bundle.image_member(img)?.clone();
+    let mut reader = source.read_range(m.offset, m.size)?;
+    let mut whole_payload = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut read = |buf: &mut Vec<u8>, n: usize, what: &str| -> Result<(), BundleError> {
+        buf.clear();
+        buf.resize(n, 0);
+        std::io::Read::read_exact(&mut reader, buf)
+            .map_err(|e| payload(format!("reading {what}: {e}")))?;
+        whole_payload.update(buf);
+        Ok(())
+    };
+    let mut dictionary = Vec::new();
+    read(
+        &mut dictionary,
+        map.dictionary_size as usize,
+        "the dictionary",
+    )?;
+    if super::digest::sha256(&dictionary) != map.dictionary_sha256 {
+        return Err(payload(
+            "the dictionary does not match its signed hash".into(),
+        ));
+    }
+    let dict = (!dictionary.is_empty()).then_some(&dictionary[..]);
+    let mut hasher = super::digest::ImageHasher::new();
+    let zero = vec![0u8; BLOCK as usize * 256];
+    let mut packed = Vec::new();
+    let mut raw = Vec::new();
+    let mut pos = 0u64;
+    let mut zeros = map.zeros.iter().peekable();
+    let feed_zeros_upto = |hasher: &mut super::digest::ImageHasher, pos: &mut u64, upto: u64| {
+        while *pos < upto {
+            let n = (upto - *pos).min(zero.len() as u64);
+            hasher.update(&zero[..n as usize]);
+            *pos += n;
+        }
+    };
+    for f in &map.frames {
+        let (start, len) = map.frame_range(f);
+        while let Some(z) = zeros.next_if(|z| z.first * BLOCK < start) {
+            let end = ((z.first + z.blocks) * BLOCK).min(map.image_size);
+            feed_zeros_upto(&mut hasher, &mut pos, end);
+        }
+        read(&mut packed, f.csize as usize, "a frame")?;
+        let data: &[u8] = match f.codec {
+            Codec::Stored => &packed,
+            Codec::Zstd => {
+                decode(&packed, len as usize, None, dict, &mut raw)
+                    .map_err(|e| payload(format!("the frame at byte {start} of the image: {e}")))?;
+                &raw
+            }
+        };
+        if data.len() as u64 != len || super::digest::sha256(data) != f.sha256 {
+            return Err(payload(format!(
+                "the frame at bytes {start}..{} of the image does not match its signed hash",
+                start + len
+            )));
+        }
+        hasher.update(data);
+        pos = start + len;
+        progress(len);
+    }
+    for z in zeros {
+        let end = ((z.first + z.blocks) * BLOCK).min(map.image_size);
+        feed_zeros_upto(&mut hasher, &mut pos, end);
+    }
+    for p in &map.patches {
+        read(&mut packed, p.csize as usize, "a patch")?;
+    }
+    drop(read);
+    let got = hex::encode(whole_payload.finish());
+    if Some(&got) != img.payload_sha256.as_ref() {
+        return Err(payload(format!(
+            "payload SHA-256 is {got}, the signed manifest says {}",
+            img.payload_sha256.as_deref().unwrap_or("nothing")
+        )));
+    }
+    progress(map.image_size - map.data_bytes());
+    hasher.finish().check(img).map_err(payload)
 }

@@ -6,7 +6,9 @@
 
 use super::manifest::{
     check_chunk_size, check_member_name, ImageEntry, InputManifest, Manifest, UpdateInfo, FORMAT,
+    FORMAT_CHUNKS,
 };
+use super::pack::PackOptions;
 use super::{BundleError, ChunkIndex, MANIFEST_NAME, SIGNATURE_NAME};
 use ed25519_dalek::{Signer, SigningKey};
 use std::fs::File;
@@ -78,8 +80,34 @@ fn header(name: &str, size: u64, mtime: u64) -> Result<tar::Header, BundleError>
     Ok(h)
 }
 
-/// Builds `out` from `dir/manifest.toml` and the images it names, signed with `key`.
-/// The version must be one of `scheme` (the devices' `[system] version-scheme`).
+/// How `rota bundle create` builds a bundle.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Chunk size of chunked images (MCU images, and every image in format 1).
+    pub chunk_size: u32,
+    /// The devices' `[system] version-scheme`: the version must be one of it.
+    pub scheme: crate::version::VersionScheme,
+    /// `SOURCE_DATE_EPOCH`, seconds since 1970: the manifest's `build` and every tar
+    /// member's mtime are that time instead of now and 0, so the same inputs give a
+    /// byte-identical bundle (ed25519 signatures are deterministic).
+    pub source_date_epoch: Option<u64>,
+    /// Slot images as compressed blocks (format 2, the default); `None` writes format 1.
+    pub pack: Option<PackOptions>,
+}
+
+impl Default for CreateOptions {
+    fn default() -> Self {
+        Self {
+            chunk_size: super::DEFAULT_CHUNK_SIZE,
+            scheme: crate::version::VersionScheme::Semver,
+            source_date_epoch: None,
+            pack: Some(PackOptions::default()),
+        }
+    }
+}
+
+/// Builds `out` from `dir/manifest.toml` and the images it names, signed with `key`, in
+/// format 2 with the default packing.
 pub fn create(
     dir: &Path,
     out: &Path,
@@ -87,21 +115,33 @@ pub fn create(
     chunk_size: u32,
     scheme: crate::version::VersionScheme,
 ) -> Result<Manifest, BundleError> {
-    create_reproducible(dir, out, key, chunk_size, scheme, None)
+    create_with(
+        dir,
+        out,
+        key,
+        &CreateOptions {
+            chunk_size,
+            scheme,
+            ..Default::default()
+        },
+    )
 }
 
-/// [`create`] with a fixed build time (`SOURCE_DATE_EPOCH`, seconds since 1970): the
-/// manifest's `build` and every tar member's mtime are that time instead of now and 0,
-/// so the same inputs give a byte-identical bundle (ed25519 signatures are
-/// deterministic).
-pub fn create_reproducible(
+/// Where an image's members come from when the tar is written.
+enum Source {
+    Chunks(PathBuf, ChunkIndex),
+    Blocks(Vec<u8>, PathBuf),
+}
+
+/// Builds `out` as `opts` say; see [`create`].
+pub fn create_with(
     dir: &Path,
     out: &Path,
     key: &SigningKey,
-    chunk_size: u32,
-    scheme: crate::version::VersionScheme,
-    source_date_epoch: Option<u64>,
+    opts: &CreateOptions,
 ) -> Result<Manifest, BundleError> {
+    let (chunk_size, scheme, source_date_epoch) =
+        (opts.chunk_size, opts.scheme, opts.source_date_epoch);
     let build_time = match source_date_epoch {
         Some(secs) => std::time::UNIX_EPOCH
             .checked_add(std::time::Duration::from_secs(secs))
@@ -122,7 +162,7 @@ pub fn create_reproducible(
         .parse(&input.update.version)
         .map_err(|e| BundleError::Manifest(format!("{}: {e}", input_path.display())))?;
     let mut images = Vec::new();
-    let mut sources: Vec<(PathBuf, ChunkIndex)> = Vec::new();
+    let mut sources: Vec<Source> = Vec::new();
     for (i, img) in input.images.iter().enumerate() {
         check_member_name(&img.file)
             .map_err(|m| BundleError::Manifest(format!("image {}: {m}", i + 1)))?;
@@ -133,6 +173,27 @@ pub fn create_reproducible(
                 "{} is not a regular file",
                 path.display()
             )));
+        }
+        if let (Some(pack), Some(_)) = (&opts.pack, &img.slot_class) {
+            let payload = out.with_extension(format!("rota.{}.tmp", images.len()));
+            let packed = super::pack::pack(&path, &payload, pack)?;
+            let map = packed.map.to_bytes();
+            images.push(ImageEntry {
+                slot_class: img.slot_class.clone(),
+                mcu: None,
+                file: img.file.clone(),
+                size: packed.digest.size,
+                sha256: packed.digest.sha256,
+                crc32: packed.digest.crc32,
+                chunk_size: 0,
+                chunks_sha256: String::new(),
+                block_map_size: Some(map.len() as u64),
+                block_map_sha256: Some(super::digest::sha256_hex(&map)),
+                payload_size: Some(packed.map.payload_size()),
+                payload_sha256: Some(packed.payload_sha256),
+            });
+            sources.push(Source::Blocks(map, payload));
+            continue;
         }
         let h = hash_image(&path, chunk_size)?;
         let chunks_sha256 = super::digest::sha256_hex(&h.chunks.to_bytes());
@@ -145,11 +206,19 @@ pub fn create_reproducible(
             crc32: h.crc32,
             chunk_size,
             chunks_sha256,
+            block_map_size: None,
+            block_map_sha256: None,
+            payload_size: None,
+            payload_sha256: None,
         });
-        sources.push((path, h.chunks));
+        sources.push(Source::Chunks(path, h.chunks));
     }
     let manifest = Manifest {
-        format: FORMAT,
+        format: if opts.pack.is_some() {
+            FORMAT
+        } else {
+            FORMAT_CHUNKS
+        },
         update: UpdateInfo {
             compatible: input.update.compatible,
             version: input.update.version,
@@ -184,13 +253,25 @@ pub fn create_reproducible(
         &mut &manifest_bytes[..],
     )?;
     append(SIGNATURE_NAME, signature.len() as u64, &mut &signature[..])?;
-    for (img, (path, chunks)) in manifest.images.iter().zip(&sources) {
-        let index = chunks.to_bytes();
-        append(&img.chunks_file(), index.len() as u64, &mut &index[..])?;
-        let f = File::open(path).map_err(|e| io_err(path, e))?;
-        // Exactly the hashed size, even if the file grew meanwhile.
-        let mut reader = BufReader::with_capacity(1 << 20, f).take(img.size);
-        append(&img.file, img.size, &mut reader)?;
+    for (img, source) in manifest.images.iter().zip(&sources) {
+        match source {
+            Source::Chunks(path, chunks) => {
+                let index = chunks.to_bytes();
+                append(&img.chunks_file(), index.len() as u64, &mut &index[..])?;
+                let f = File::open(path).map_err(|e| io_err(path, e))?;
+                // Exactly the hashed size, even if the file grew meanwhile.
+                let mut reader = BufReader::with_capacity(1 << 20, f).take(img.size);
+                append(&img.file, img.size, &mut reader)?;
+            }
+            Source::Blocks(map, payload) => {
+                append(&img.blocks_file(), map.len() as u64, &mut &map[..])?;
+                let f = File::open(payload).map_err(|e| io_err(payload, e))?;
+                let size = img.payload_size.unwrap_or(0);
+                let mut reader = BufReader::with_capacity(1 << 20, f).take(size);
+                append(&img.file, size, &mut reader)?;
+                let _ = std::fs::remove_file(payload);
+            }
+        }
     }
     let writer = tar.into_inner().map_err(|e| io_err(&tmp, e))?;
     let file = writer.into_inner().map_err(|e| io_err(&tmp, e.error()))?;

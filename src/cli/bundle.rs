@@ -13,24 +13,16 @@ pub fn create(
     dir: &Path,
     out: &Path,
     key: &Path,
-    chunk_size: Option<u32>,
-    scheme: crate::version::VersionScheme,
-    source_date_epoch: Option<u64>,
+    opts: &bundle::writer::CreateOptions,
 ) -> CliResult {
     let key = bundle::keys::load_signing_key(key).map_err(failed)?;
-    let m = bundle::writer::create_reproducible(
-        dir,
-        out,
-        &key,
-        chunk_size.unwrap_or(bundle::DEFAULT_CHUNK_SIZE),
-        scheme,
-        source_date_epoch,
-    )
-    .map_err(failed)?;
+    let m = bundle::writer::create_with(dir, out, &key, opts).map_err(failed)?;
     let bytes: u64 = m.images.iter().map(|i| i.size).sum();
+    let stored: u64 = m.images.iter().map(|i| i.stored_size()).sum();
     println!(
-        "{}: version {} for {:?}, {} image(s), {bytes} bytes, signed by key {}",
+        "{}: format {}, version {} for {:?}, {} image(s), {bytes} bytes raw, {stored} bytes stored, signed by key {}",
         out.display(),
+        m.format,
         m.update.version,
         m.update.compatible,
         m.images.len(),

@@ -97,6 +97,23 @@ pub enum BundleCommand {
         /// the same inputs then make a byte-identical bundle
         #[arg(long, value_name = "SECONDS", env = "SOURCE_DATE_EPOCH")]
         source_date_epoch: Option<u64>,
+        /// Bundle format: 2 (slot images as compressed 4 KiB blocks, fetched by content)
+        /// or 1 (raw images in chunks, for devices with rota before format 2)
+        #[arg(long, value_name = "1|2", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+        format: u32,
+        /// zstd level of the frames, 1 (fast) to 22; 0 stores them uncompressed
+        #[arg(long, value_name = "LEVEL", default_value_t = 19)]
+        zstd_level: i32,
+        /// Most bytes of raw image per frame, a multiple of 4096 up to 1 MiB (default:
+        /// 64 KiB, so a device on any earlier image fetches little; 1 MiB with
+        /// --delta-from, whose cuts and patches already isolate what changed, and larger
+        /// frames compress better)
+        #[arg(long, value_name = "BYTES")]
+        frame_size: Option<u32>,
+        /// The image the devices run now (the previous release's slot image): frames are
+        /// cut where its blocks end, and patches against it make the update smaller
+        #[arg(long, value_name = "IMAGE")]
+        delta_from: Option<PathBuf>,
     },
     /// Show the manifest; with a keyring, check the signature
     Info {
@@ -203,6 +220,10 @@ pub fn run(cli: Cli) -> CliResult {
             chunk_size,
             version_scheme,
             source_date_epoch,
+            format,
+            zstd_level,
+            frame_size,
+            delta_from,
         }) => {
             let scheme = match (version_scheme, &cli.config) {
                 (Some(s), _) => s,
@@ -214,7 +235,32 @@ pub fn run(cli: Cli) -> CliResult {
                 }
                 (None, None) => crate::version::VersionScheme::default(),
             };
-            bundle::create(&dir, &out, &key, chunk_size, scheme, source_date_epoch)
+            let frame_size = frame_size.unwrap_or(if delta_from.is_some() {
+                crate::bundle::pack::FRAME_BYTES_WITH_BASE
+            } else {
+                crate::bundle::pack::FRAME_BYTES
+            });
+            if frame_size == 0 || frame_size % 4096 != 0 || frame_size > 1 << 20 {
+                return Err(Failure::Usage(format!(
+                    "--frame-size {frame_size}: a multiple of 4096, at most 1048576"
+                )));
+            }
+            if format == 1 && delta_from.is_some() {
+                return Err(Failure::Usage(
+                    "--delta-from needs format 2 (format 1 stores raw chunks)".into(),
+                ));
+            }
+            let opts = crate::bundle::writer::CreateOptions {
+                chunk_size: chunk_size.unwrap_or(crate::bundle::DEFAULT_CHUNK_SIZE),
+                scheme,
+                source_date_epoch,
+                pack: (format == 2).then(|| crate::bundle::pack::PackOptions {
+                    level: zstd_level,
+                    frame_blocks: frame_size / 4096,
+                    delta_from,
+                }),
+            };
+            bundle::create(&dir, &out, &key, &opts)
         }
         Command::Bundle(BundleCommand::Info {
             bundle,

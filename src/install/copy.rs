@@ -833,6 +833,10 @@ mod tests {
             crc32: d.crc32,
             chunk_size: CHUNK,
             chunks_sha256: String::new(),
+            block_map_size: None,
+            block_map_sha256: None,
+            payload_size: None,
+            payload_sha256: None,
         };
         Setup {
             _dir: dir,

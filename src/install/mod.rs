@@ -18,6 +18,7 @@
 //!
 //! Progress flows out through a callback; the pipeline never reaches into its caller.
 
+pub mod blocks;
 pub mod copy;
 pub mod hooks;
 pub mod mcu;
@@ -122,6 +123,63 @@ fn active_slot(
         );
     }
     Some(copy::ActiveSlot { reader, locations })
+}
+
+/// An image's index, as its layout in the bundle has it.
+pub enum ImageIndex {
+    Chunks(crate::bundle::ChunkIndex),
+    Blocks(crate::bundle::blockmap::BlockMap),
+}
+
+impl ImageIndex {
+    /// Fetches and checks the index of `image` against the signed manifest.
+    pub fn fetch(
+        bundle: &crate::bundle::Bundle,
+        source: &mut dyn crate::source::ByteSource,
+        image: &crate::bundle::ImageEntry,
+    ) -> Result<ImageIndex, crate::bundle::BundleError> {
+        Ok(match image.layout() {
+            crate::bundle::manifest::Layout::Chunks => {
+                ImageIndex::Chunks(bundle.chunk_index(source, image)?)
+            }
+            crate::bundle::manifest::Layout::Blocks => {
+                ImageIndex::Blocks(bundle.block_map(source, image)?)
+            }
+        })
+    }
+}
+
+/// The running slot `slot` as a source of blocks: its key table, built by hashing it
+/// once. `None` (everything is fetched) when it cannot be read.
+pub fn running_blocks(
+    slot: &SlotConfig,
+    cancel: &AtomicBool,
+    reporter: &mut Reporter<'_>,
+) -> Option<blocks::Running> {
+    let open = || -> std::io::Result<blocks::Running> {
+        let reader = crate::slot::SlotReader::open(&slot.device)?;
+        let size = crate::slot::device_size(slot).map_err(std::io::Error::other)?;
+        let keys = blocks::KeyTable::scan(&reader, size, cancel)?;
+        Ok(blocks::Running { reader, keys })
+    };
+    reporter.step(2, &format!("Indexing running slot {}", slot.name));
+    match open() {
+        Ok(r) => {
+            log::info!(
+                "running slot {}: {} distinct non-zero blocks indexed",
+                slot.name,
+                r.keys.len()
+            );
+            Some(r)
+        }
+        Err(e) => {
+            log::warn!(
+                "cannot read running slot {} for reuse ({e}); fetching everything",
+                slot.device.display()
+            );
+            None
+        }
+    }
 }
 
 /// Remembers what `slot` now holds. Best effort: without a record the next update probes.
@@ -233,7 +291,7 @@ pub fn run(
     let chunk_indexes = plan
         .images
         .iter()
-        .map(|p| bundle.chunk_index(source.as_mut(), &p.image))
+        .map(|p| ImageIndex::fetch(&bundle, source.as_mut(), &p.image))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| InstallError::Refused(e.to_string()))?;
     if !plan.mcu.is_empty() {
@@ -364,26 +422,51 @@ pub fn run(
             .image_member(&p.image)
             .map_err(|e| InstallError::Failed(e.to_string()))?
             .clone();
-        let reuse = copy::Reuse {
-            // Only an interrupted attempt left anything worth keeping in the target.
-            target: resuming || same_bundle,
-            // Network installs take unchanged chunks from the running slot.
-            active: if remote {
-                p.active.as_ref().and_then(|a| active_slot(ctx, &state, a))
-            } else {
-                None
-            },
-        };
-        let job = copy::Job {
-            member: &member,
-            image: &p.image,
-            index,
-            writer: &writer,
-            reuse: &reuse,
-            read_back: ctx.config.install.read_back,
-            cancel: &cancel,
-        };
-        copy::copy_image(source.as_mut(), &job, &mut reporter)?;
+        match index {
+            ImageIndex::Chunks(index) => {
+                let reuse = copy::Reuse {
+                    // Only an interrupted attempt left anything worth keeping in the target.
+                    target: resuming || same_bundle,
+                    // Network installs take unchanged chunks from the running slot.
+                    active: if remote {
+                        p.active.as_ref().and_then(|a| active_slot(ctx, &state, a))
+                    } else {
+                        None
+                    },
+                };
+                let job = copy::Job {
+                    member: &member,
+                    image: &p.image,
+                    index,
+                    writer: &writer,
+                    reuse: &reuse,
+                    read_back: ctx.config.install.read_back,
+                    cancel: &cancel,
+                };
+                copy::copy_image(source.as_mut(), &job, &mut reporter)?;
+            }
+            ImageIndex::Blocks(map) => {
+                let running = if remote {
+                    p.active
+                        .as_ref()
+                        .and_then(|a| running_blocks(a, &cancel, &mut reporter))
+                } else {
+                    None
+                };
+                reporter.step(2, &format!("Writing {} to {}", p.image.file, p.slot.name));
+                let job = blocks::BlockJob {
+                    member: &member,
+                    image: &p.image,
+                    map,
+                    writer: &writer,
+                    resume: resuming || same_bundle,
+                    running: running.as_ref(),
+                    read_back: ctx.config.install.read_back,
+                    cancel: &cancel,
+                };
+                blocks::copy_blocks(source.as_mut(), &job, &mut reporter)?;
+            }
+        }
         check_cancel(&cancel)?;
         crate::failpoint::hit("install.after-read-back");
         written += p.image.size;
@@ -404,7 +487,9 @@ pub fn run(
         }
     })?;
     for (p, index) in plan.images.iter().zip(&chunk_indexes) {
-        record_index(data_dir, &p.slot.name, &p.image, index);
+        if let ImageIndex::Chunks(index) = index {
+            record_index(data_dir, &p.slot.name, &p.image, index);
+        }
     }
     crate::failpoint::hit("install.after-record");
     reporter.step(2, "Activating");

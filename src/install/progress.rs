@@ -55,6 +55,18 @@ impl<'a> Reporter<'a> {
         self.advance(bytes);
     }
 
+    /// Bytes that landed in the slot (`done`), and where they came from: `downloaded`
+    /// bundle bytes (compressed), `reused` raw bytes the device had, `zero` raw bytes of
+    /// zero runs.
+    pub fn landed(&mut self, done: u64, downloaded: u64, reused: u64, zero: u64) {
+        self.current.bytes_downloaded += downloaded;
+        self.current.bytes_reused += reused;
+        self.current.bytes_zero += zero;
+        if done > 0 {
+            self.advance(done);
+        }
+    }
+
     pub fn downloaded(&self) -> u64 {
         self.current.bytes_downloaded
     }

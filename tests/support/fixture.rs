@@ -305,19 +305,37 @@ impl Fixture {
         image: Vec<u8>,
         key: &str,
     ) -> (PathBuf, Vec<u8>) {
+        self.bundle_with(name, compatible, version, image, key, &[])
+    }
+
+    /// [`Gateway::bundle`] with more `rota bundle create` arguments.
+    pub fn bundle_with(
+        &self,
+        name: &str,
+        compatible: &str,
+        version: &str,
+        image: Vec<u8>,
+        key: &str,
+        extra: &[&str],
+    ) -> (PathBuf, Vec<u8>) {
         let src = self.bundle_src(name, compatible, version, &image);
         let out = self.path(&format!("{name}.rota"));
         let keyfile = format!("keys/{key}.key.pem");
-        self.rota(&[
-            "bundle",
-            "create",
-            path_str(&src),
-            path_str(&out),
-            "--key",
-            &keyfile,
-            "--chunk-size",
-            "65536",
-        ])
+        self.rota(
+            &[
+                "bundle",
+                "create",
+                path_str(&src),
+                path_str(&out),
+                "--key",
+                &keyfile,
+                "--chunk-size",
+                "65536",
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
+        )
         .success();
         if self.world_readable {
             std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();

@@ -1,0 +1,600 @@
+//! The block map of a format-2 image: how the image's 4 KiB blocks are stored in the
+//! bundle, and how a device finds the ones it already has.
+//!
+//! The image is cut into 4 KiB blocks. All-zero blocks are stored as nothing (a zero run).
+//! The rest are grouped into **frames**: runs of consecutive blocks (up to
+//! [`MAX_FRAME_BLOCKS`]), each compressed on its own with zstd, so a device fetches any
+//! frame with one ranged read. Every frame carries the SHA-256 of its raw bytes, checked
+//! after decompression and before a byte of it is written, and one 4-byte **key** per
+//! block (the first bytes of the block's SHA-256): a device looks the keys up in its
+//! running slot, wherever those blocks lie there, and assembles a frame from what it has
+//! when every key is found and the frame's SHA-256 agrees. The keys are a search aid,
+//! never trusted: only the frame hash decides.
+//!
+//! A bundle built against a known previous image (`rota bundle create --delta-from`)
+//! also carries **patches**: a patch replaces the frames holding blocks that image does
+//! not have, compressed against a *reference* — ranges of that previous image which the
+//! device reads from its own running slot (checked against the reference's SHA-256
+//! before anything is fetched). A device on another image ignores them.
+//!
+//! Serialized form (`<file>.blocks` member, little-endian), covered by the manifest's
+//! `index-sha256`:
+//! ```text
+//! "ROTABLK1" u32 block-size u64 image-size u32 dictionary-size [32] dictionary-sha256
+//! u32 extent-count, then per extent:
+//!   0u8 u32 blocks                                   zero run
+//!   1u8 u32 blocks u8 codec u32 csize [32] sha256 u32 keys[blocks]   frame
+//! u32 patch-count, then per patch:
+//!   u32 frame-count u32 frames[frame-count] u32 csize [32] ref-sha256
+//!   u32 ref-count (u64 start-block u32 blocks)[ref-count]
+//! ```
+//! The payload member holds the dictionary, then every frame's compressed bytes in
+//! extent order, then every patch's, back to back: offsets follow from the sizes.
+
+/// Bytes per block: the granularity of reuse and of zero runs.
+pub const BLOCK: u64 = 4096;
+/// Most blocks in one frame: 1 MiB of raw bytes, the most a frame may inflate to.
+pub const MAX_FRAME_BLOCKS: u32 = 256;
+/// Largest reference a patch may name: what a device holds in memory to decode it.
+pub const MAX_REF_BLOCKS: u64 = 1024;
+/// Most frames one patch may replace.
+pub const MAX_PATCH_FRAMES: u32 = 256;
+/// Most raw bytes one patch may decode to.
+pub const MAX_PATCH_RAW: u64 = 4 << 20;
+/// Largest shared dictionary.
+pub const MAX_DICTIONARY: u32 = 1 << 20;
+const MAGIC: &[u8; 8] = b"ROTABLK1";
+
+/// How a frame's bytes are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    /// As they are.
+    Stored,
+    /// zstd, with the image's dictionary when it has one.
+    Zstd,
+}
+
+impl Codec {
+    fn byte(self) -> u8 {
+        match self {
+            Codec::Stored => 0,
+            Codec::Zstd => 1,
+        }
+    }
+    fn from_byte(b: u8) -> Option<Codec> {
+        match b {
+            0 => Some(Codec::Stored),
+            1 => Some(Codec::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// One frame: consecutive non-zero blocks of the image, compressed together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// First block of the image in this frame.
+    pub first: u64,
+    pub blocks: u32,
+    pub codec: Codec,
+    /// Where its compressed bytes start in the payload member.
+    pub offset: u64,
+    pub csize: u32,
+    /// SHA-256 of the raw bytes.
+    pub sha256: [u8; 32],
+    /// Index of its first key in [`BlockMap::keys`].
+    pub keys_at: usize,
+}
+
+/// A range of blocks of the previous image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefRange {
+    pub start: u64,
+    pub blocks: u32,
+}
+
+/// A patch: some frames (indexes into [`BlockMap::frames`], ascending), compressed
+/// together against a reference taken from the previous image. Decodes to the frames'
+/// raw bytes back to back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Patch {
+    pub frames: Vec<u32>,
+    pub offset: u64,
+    pub csize: u32,
+    pub ref_sha256: [u8; 32],
+    pub refs: Vec<RefRange>,
+}
+
+impl Patch {
+    pub fn ref_blocks(&self) -> u64 {
+        self.refs.iter().map(|r| u64::from(r.blocks)).sum()
+    }
+}
+
+/// A zero run: `blocks` all-zero blocks from block `first`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZeroRun {
+    pub first: u64,
+    pub blocks: u64,
+}
+
+/// The parsed block map of one image.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BlockMap {
+    pub image_size: u64,
+    pub dictionary_size: u32,
+    pub dictionary_sha256: [u8; 32],
+    /// In image order.
+    pub frames: Vec<Frame>,
+    /// In image order.
+    pub zeros: Vec<ZeroRun>,
+    pub keys: Vec<u32>,
+    pub patches: Vec<Patch>,
+}
+
+/// The search key of a block: the first four bytes of its SHA-256.
+pub fn key_of(sha256: &[u8; 32]) -> u32 {
+    u32::from_le_bytes([sha256[0], sha256[1], sha256[2], sha256[3]])
+}
+
+/// Number of blocks of an image of `size` bytes (the last one may be short).
+pub fn block_count(size: u64) -> u64 {
+    size.div_ceil(BLOCK)
+}
+
+impl BlockMap {
+    /// Byte range of frame `f` in the image: (offset, length).
+    pub fn frame_range(&self, f: &Frame) -> (u64, u64) {
+        let start = f.first * BLOCK;
+        let end = ((f.first + u64::from(f.blocks)) * BLOCK).min(self.image_size);
+        (start, end - start)
+    }
+
+    /// Raw length of frame `f`.
+    pub fn frame_len(&self, f: &Frame) -> u64 {
+        self.frame_range(f).1
+    }
+
+    /// The keys of frame `f`'s blocks, in order.
+    pub fn frame_keys(&self, f: &Frame) -> &[u32] {
+        &self.keys[f.keys_at..f.keys_at + f.blocks as usize]
+    }
+
+    /// Size of the payload member: dictionary, frames and patches.
+    pub fn payload_size(&self) -> u64 {
+        let frames: u64 = self.frames.iter().map(|f| u64::from(f.csize)).sum();
+        let patches: u64 = self.patches.iter().map(|p| u64::from(p.csize)).sum();
+        u64::from(self.dictionary_size) + frames + patches
+    }
+
+    /// Raw bytes held in frames (the image minus its zero runs).
+    pub fn data_bytes(&self) -> u64 {
+        self.frames.iter().map(|f| self.frame_len(f)).sum()
+    }
+
+    /// Bytes of all frames, compressed.
+    pub fn frame_bytes(&self) -> u64 {
+        self.frames.iter().map(|f| u64::from(f.csize)).sum()
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.keys.len() * 4 + self.frames.len() * 48);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(BLOCK as u32).to_le_bytes());
+        out.extend_from_slice(&self.image_size.to_le_bytes());
+        out.extend_from_slice(&self.dictionary_size.to_le_bytes());
+        out.extend_from_slice(&self.dictionary_sha256);
+        // Extents in image order: merge frames and zero runs by their first block.
+        let mut extents: Vec<(u64, Option<&Frame>, u64)> = self
+            .frames
+            .iter()
+            .map(|f| (f.first, Some(f), 0))
+            .chain(self.zeros.iter().map(|z| (z.first, None, z.blocks)))
+            .collect();
+        extents.sort_by_key(|e| e.0);
+        let mut body = Vec::new();
+        let mut count = 0u32;
+        for (_, frame, zero_blocks) in extents {
+            match frame {
+                None => {
+                    // Zero runs longer than a u32 of blocks are split.
+                    let mut left = zero_blocks;
+                    while left > 0 {
+                        let n = left.min(u64::from(u32::MAX));
+                        body.push(0u8);
+                        body.extend_from_slice(&(n as u32).to_le_bytes());
+                        count += 1;
+                        left -= n;
+                    }
+                }
+                Some(f) => {
+                    body.push(1u8);
+                    body.extend_from_slice(&f.blocks.to_le_bytes());
+                    body.push(f.codec.byte());
+                    body.extend_from_slice(&f.csize.to_le_bytes());
+                    body.extend_from_slice(&f.sha256);
+                    for k in self.frame_keys(f) {
+                        body.extend_from_slice(&k.to_le_bytes());
+                    }
+                    count += 1;
+                }
+            }
+        }
+        out.extend_from_slice(&count.to_le_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&(self.patches.len() as u32).to_le_bytes());
+        for p in &self.patches {
+            out.extend_from_slice(&(p.frames.len() as u32).to_le_bytes());
+            for f in &p.frames {
+                out.extend_from_slice(&f.to_le_bytes());
+            }
+            out.extend_from_slice(&p.csize.to_le_bytes());
+            out.extend_from_slice(&p.ref_sha256);
+            out.extend_from_slice(&(p.refs.len() as u32).to_le_bytes());
+            for r in &p.refs {
+                out.extend_from_slice(&r.start.to_le_bytes());
+                out.extend_from_slice(&r.blocks.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Parses and checks a block map for an image of `image_size` bytes whose payload
+    /// member has `payload_size` bytes. Nothing in it is trusted before this returns: the
+    /// extents must cover the image exactly, frames must be within the size limits, and
+    /// the payload must be exactly what the sizes add up to.
+    pub fn from_bytes(bytes: &[u8], image_size: u64, payload_size: u64) -> Result<Self, String> {
+        let mut r = Cursor { bytes, at: 0 };
+        if r.take(8)? != MAGIC {
+            return Err("the block map does not start with ROTABLK1".into());
+        }
+        let block = r.u32()?;
+        if u64::from(block) != BLOCK {
+            return Err(format!(
+                "block size {block}, this rota reads {BLOCK}-byte blocks"
+            ));
+        }
+        let declared = r.u64()?;
+        if declared != image_size {
+            return Err(format!(
+                "the block map is for a {declared}-byte image, the manifest says {image_size}"
+            ));
+        }
+        let dictionary_size = r.u32()?;
+        if dictionary_size > MAX_DICTIONARY {
+            return Err(format!(
+                "dictionary of {dictionary_size} bytes, at most {MAX_DICTIONARY} are allowed"
+            ));
+        }
+        let dictionary_sha256 = r.hash()?;
+        let total_blocks = block_count(image_size);
+        let extents = r.u32()?;
+        let mut map = BlockMap {
+            image_size,
+            dictionary_size,
+            dictionary_sha256,
+            ..Default::default()
+        };
+        let mut next = 0u64;
+        let mut offset = u64::from(dictionary_size);
+        for e in 0..extents {
+            let tag = r.u8()?;
+            let blocks = r.u32()?;
+            if blocks == 0 {
+                return Err(format!("extent {e} is empty"));
+            }
+            if next + u64::from(blocks) > total_blocks {
+                return Err(format!(
+                    "extent {e} ends at block {}, the image has {total_blocks}",
+                    next + u64::from(blocks)
+                ));
+            }
+            match tag {
+                0 => {
+                    if let Some(z) = map.zeros.last_mut().filter(|z| z.first + z.blocks == next) {
+                        z.blocks += u64::from(blocks);
+                    } else {
+                        map.zeros.push(ZeroRun {
+                            first: next,
+                            blocks: u64::from(blocks),
+                        });
+                    }
+                }
+                1 => {
+                    if blocks > MAX_FRAME_BLOCKS {
+                        return Err(format!(
+                            "frame at block {next} has {blocks} blocks, at most {MAX_FRAME_BLOCKS} are allowed"
+                        ));
+                    }
+                    let codec = Codec::from_byte(r.u8()?)
+                        .ok_or_else(|| format!("frame at block {next} has an unknown codec"))?;
+                    let csize = r.u32()?;
+                    let sha256 = r.hash()?;
+                    let keys_at = map.keys.len();
+                    let key_bytes = r.take(blocks as usize * 4)?;
+                    map.keys.extend(
+                        key_bytes
+                            .chunks_exact(4)
+                            .map(|k| u32::from_le_bytes([k[0], k[1], k[2], k[3]])),
+                    );
+                    let frame = Frame {
+                        first: next,
+                        blocks,
+                        codec,
+                        offset,
+                        csize,
+                        sha256,
+                        keys_at,
+                    };
+                    let raw = map.frame_len(&frame);
+                    if codec == Codec::Stored && u64::from(csize) != raw {
+                        return Err(format!(
+                            "stored frame at block {next} has {csize} bytes for {raw} raw bytes"
+                        ));
+                    }
+                    if csize == 0 {
+                        return Err(format!("frame at block {next} has no bytes"));
+                    }
+                    offset += u64::from(csize);
+                    map.frames.push(frame);
+                }
+                t => return Err(format!("extent {e} has unknown type {t}")),
+            }
+            next += u64::from(blocks);
+        }
+        if next != total_blocks {
+            return Err(format!(
+                "the extents cover {next} blocks, the image has {total_blocks}"
+            ));
+        }
+        let patches = r.u32()?;
+        for i in 0..patches {
+            let count = r.u32()?;
+            if count == 0 || count > MAX_PATCH_FRAMES {
+                return Err(format!("patch {i} names {count} frames"));
+            }
+            let mut frames = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let f = r.u32()?;
+                if f as usize >= map.frames.len() || frames.last().is_some_and(|l| *l >= f) {
+                    return Err(format!(
+                        "patch {i} names frames outside the image or out of order"
+                    ));
+                }
+                frames.push(f);
+            }
+            let csize = r.u32()?;
+            let ref_sha256 = r.hash()?;
+            let nrefs = r.u32()?;
+            if csize == 0 {
+                return Err(format!("patch {i} has no bytes"));
+            }
+            let mut refs = Vec::new();
+            let mut ref_blocks = 0u64;
+            for _ in 0..nrefs {
+                let start = r.u64()?;
+                let blocks = r.u32()?;
+                ref_blocks += u64::from(blocks);
+                if ref_blocks > MAX_REF_BLOCKS || blocks == 0 {
+                    return Err(format!(
+                        "patch {i} has a reference of more than {MAX_REF_BLOCKS} blocks, or an empty one"
+                    ));
+                }
+                refs.push(RefRange { start, blocks });
+            }
+            if refs.is_empty() {
+                return Err(format!("patch {i} has no reference"));
+            }
+            let raw: u64 = frames
+                .iter()
+                .map(|f| map.frame_len(&map.frames[*f as usize]))
+                .sum();
+            if raw > MAX_PATCH_RAW {
+                return Err(format!(
+                    "patch {i} decodes to {raw} bytes, at most {MAX_PATCH_RAW} are allowed"
+                ));
+            }
+            map.patches.push(Patch {
+                frames,
+                offset,
+                csize,
+                ref_sha256,
+                refs,
+            });
+            offset += u64::from(csize);
+        }
+        if r.at != bytes.len() {
+            return Err(format!(
+                "{} bytes follow the block map's last entry",
+                bytes.len() - r.at
+            ));
+        }
+        if offset != payload_size {
+            return Err(format!(
+                "the block map accounts for {offset} payload bytes, the payload has {payload_size}"
+            ));
+        }
+        Ok(map)
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|e| *e <= self.bytes.len())
+            .ok_or_else(|| format!("the block map ends early (at byte {})", self.bytes.len()))?;
+        let s = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(s)
+    }
+    fn u8(&mut self) -> Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self) -> Result<u64, String> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+    fn hash(&mut self) -> Result<[u8; 32], String> {
+        let mut a = [0u8; 32];
+        a.copy_from_slice(self.take(32)?);
+        Ok(a)
+    }
+}
+
+/// Largest serialized block map for an image of `image_size` bytes: what a reader
+/// accepts before reading it (keys, one frame header per block at worst, patches).
+pub fn max_serialized(image_size: u64) -> u64 {
+    let blocks = block_count(image_size);
+    128 + blocks * (4 + 42 + 5) + blocks * (48 + 12)
+}
+
+/// Decompresses one zstd frame or patch into exactly `raw_len` bytes. Output past
+/// `raw_len` (a decompression bomb, or a frame that lies about its size) is an error,
+/// and so is less.
+pub fn decode(
+    data: &[u8],
+    raw_len: usize,
+    prefix: Option<&[u8]>,
+    dictionary: Option<&[u8]>,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut dctx = zstd::zstd_safe::DCtx::try_create()
+        .ok_or_else(|| "zstd: cannot allocate a decoder".to_owned())?;
+    // Frames never need a window beyond the frame plus its reference.
+    dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(24))
+        .map_err(zstd_error)?;
+    if let Some(d) = dictionary {
+        dctx.load_dictionary(d).map_err(zstd_error)?;
+    }
+    if let Some(p) = prefix {
+        dctx.ref_prefix(p).map_err(zstd_error)?;
+    }
+    // A buffer of exactly raw_len: zstd stops with "destination buffer too small"
+    // before writing a byte past it.
+    out.clear();
+    out.resize(raw_len, 0);
+    let got = dctx
+        .decompress(&mut out[..], data)
+        .map_err(|c| match zstd_error(c) {
+            e if e.contains("Destination buffer is too small") => {
+                format!("it inflates past its declared {raw_len} bytes")
+            }
+            e => e,
+        })?;
+    if got != raw_len {
+        return Err(format!(
+            "it inflates to {got} bytes, its declared size is {raw_len}"
+        ));
+    }
+    out.truncate(got);
+    Ok(())
+}
+
+fn zstd_error(code: usize) -> String {
+    format!("zstd: {}", zstd::zstd_safe::get_error_name(code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> BlockMap {
+        let mut m = BlockMap {
+            image_size: 10 * BLOCK - 100,
+            ..Default::default()
+        };
+        m.zeros.push(ZeroRun {
+            first: 0,
+            blocks: 2,
+        });
+        m.frames.push(Frame {
+            first: 2,
+            blocks: 3,
+            codec: Codec::Zstd,
+            offset: 0,
+            csize: 100,
+            sha256: [1; 32],
+            keys_at: 0,
+        });
+        m.frames.push(Frame {
+            first: 5,
+            blocks: 5,
+            codec: Codec::Stored,
+            offset: 100,
+            csize: (5 * BLOCK - 100) as u32,
+            sha256: [2; 32],
+            keys_at: 3,
+        });
+        m.keys = (0..8).collect();
+        m.patches.push(Patch {
+            frames: vec![0, 1],
+            offset: 100 + 5 * BLOCK - 100,
+            csize: 7,
+            ref_sha256: [3; 32],
+            refs: vec![RefRange {
+                start: 9,
+                blocks: 4,
+            }],
+        });
+        m
+    }
+
+    #[test]
+    fn a_block_map_round_trips() {
+        let m = sample();
+        let bytes = m.to_bytes();
+        let back = BlockMap::from_bytes(&bytes, m.image_size, m.payload_size()).unwrap();
+        assert_eq!(back, m);
+        assert!(bytes.len() as u64 <= max_serialized(m.image_size));
+    }
+
+    #[test]
+    fn a_block_map_that_lies_is_refused_with_the_reason() {
+        let m = sample();
+        let bytes = m.to_bytes();
+        let e = BlockMap::from_bytes(&bytes, m.image_size + BLOCK, m.payload_size()).unwrap_err();
+        assert!(e.contains("the manifest says"), "{e}");
+        let e = BlockMap::from_bytes(&bytes, m.image_size, m.payload_size() + 1).unwrap_err();
+        assert!(e.contains("the payload has"), "{e}");
+        let e = BlockMap::from_bytes(&bytes[..bytes.len() - 1], m.image_size, m.payload_size())
+            .unwrap_err();
+        assert!(e.contains("ends early"), "{e}");
+        let mut big = m.clone();
+        big.frames[1].blocks = 6;
+        big.keys.push(9);
+        let e =
+            BlockMap::from_bytes(&big.to_bytes(), m.image_size, big.payload_size()).unwrap_err();
+        assert!(e.contains("ends at block 11, the image has 10"), "{e}");
+        let mut huge = m.clone();
+        huge.patches[0].refs[0].blocks = MAX_REF_BLOCKS as u32 + 1;
+        let e = BlockMap::from_bytes(&huge.to_bytes(), m.image_size, m.payload_size()).unwrap_err();
+        assert!(e.contains("reference of more than"), "{e}");
+    }
+
+    #[test]
+    fn decode_refuses_a_frame_that_inflates_past_its_size() {
+        let raw = vec![7u8; 1 << 20];
+        let packed = zstd::bulk::compress(&raw, 3).unwrap();
+        let mut out = Vec::new();
+        decode(&packed, raw.len(), None, None, &mut out).unwrap();
+        assert_eq!(out, raw);
+        let e = decode(&packed, 4096, None, None, &mut out).unwrap_err();
+        assert!(e.contains("inflates past its declared 4096 bytes"), "{e}");
+        let e = decode(&packed, raw.len() + 1, None, None, &mut out).unwrap_err();
+        assert!(e.contains("declared size is"), "{e}");
+        let e = decode(b"not zstd", 10, None, None, &mut out).unwrap_err();
+        assert!(e.starts_with("zstd: "), "{e}");
+    }
+}

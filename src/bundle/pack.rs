@@ -1,0 +1,438 @@
+//! Packing a slot image into its format-2 form (`rota bundle create`): zero runs,
+//! compressed frames with their block keys, and — against a previous image given with
+//! `--delta-from` — patches for the blocks that image does not have.
+//!
+//! The image is read twice, streaming: once to hash every 4 KiB block, once to compress
+//! the frames (on every core, in order) into a payload file next to the output. Memory
+//! is one small record per block plus a bounded batch of frames.
+
+use super::blockmap::{
+    block_count, key_of, BlockMap, Codec, Frame, Patch, RefRange, ZeroRun, BLOCK, MAX_FRAME_BLOCKS,
+    MAX_PATCH_FRAMES, MAX_PATCH_RAW, MAX_REF_BLOCKS,
+};
+use super::digest::{sha256, ImageDigest, ImageHasher};
+use super::BundleError;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// Default raw bytes per frame: small enough that a device on any earlier image fetches
+/// little more than what changed.
+pub const FRAME_BYTES: u32 = 64 << 10;
+/// Default raw bytes per frame with a known base: cuts and patches already isolate what
+/// changed, so frames can be as large as compression likes.
+pub const FRAME_BYTES_WITH_BASE: u32 = 1 << 20;
+
+/// How to pack.
+#[derive(Debug, Clone)]
+pub struct PackOptions {
+    /// zstd level (1..=22); 0 stores frames uncompressed.
+    pub level: i32,
+    /// Most blocks per frame.
+    pub frame_blocks: u32,
+    /// The image the devices run now, if known: frames are cut where its blocks stop
+    /// and start, and patches are made against it.
+    pub delta_from: Option<std::path::PathBuf>,
+}
+
+impl Default for PackOptions {
+    fn default() -> Self {
+        Self {
+            level: 19,
+            frame_blocks: FRAME_BYTES / BLOCK as u32,
+            delta_from: None,
+        }
+    }
+}
+
+/// The result: the block map, the payload (in a file), and the image's digest.
+pub struct Packed {
+    pub map: BlockMap,
+    pub digest: ImageDigest,
+    pub payload_sha256: String,
+}
+
+fn io_err(path: &Path, e: impl std::fmt::Display) -> BundleError {
+    BundleError::Io(format!("{}: {e}", path.display()))
+}
+
+/// Per block of the image: None for an all-zero block, else its SHA-256.
+fn hash_blocks(path: &Path) -> Result<(Vec<Option<[u8; 32]>>, ImageDigest), BundleError> {
+    let mut f = File::open(path).map_err(|e| io_err(path, e))?;
+    let mut whole = ImageHasher::new();
+    let mut blocks = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = f.read(&mut buf[filled..]).map_err(|e| io_err(path, e))?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        whole.update(&buf[..filled]);
+        for b in buf[..filled].chunks(BLOCK as usize) {
+            blocks.push((!b.iter().all(|x| *x == 0)).then(|| sha256(b)));
+        }
+        if filled < buf.len() {
+            break;
+        }
+    }
+    Ok((blocks, whole.finish()))
+}
+
+/// Reads `len` bytes at `offset` of `f` (the image is a regular file that must not
+/// shrink while it is packed).
+fn read_at(f: &File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, BundleError> {
+    let mut buf = vec![0u8; len];
+    f.read_exact_at(&mut buf, offset)
+        .map_err(|e| io_err(path, format!("reading {len} bytes at {offset}: {e}")))?;
+    Ok(buf)
+}
+
+fn compress(level: i32, data: &[u8], prefix: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    use zstd::zstd_safe::{CCtx, CParameter};
+    let mut cctx = CCtx::try_create().ok_or("zstd: cannot allocate an encoder")?;
+    let err = |c: usize| format!("zstd: {}", zstd::zstd_safe::get_error_name(c));
+    cctx.set_parameter(CParameter::CompressionLevel(level))
+        .map_err(err)?;
+    cctx.set_parameter(CParameter::ContentSizeFlag(true))
+        .map_err(err)?;
+    // A frame and its reference always fit a 16 MiB window: the decoder's limit.
+    cctx.set_parameter(CParameter::WindowLog(23)).map_err(err)?;
+    if let Some(p) = prefix {
+        cctx.ref_prefix(p).map_err(err)?;
+    }
+    let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
+    cctx.compress2(&mut out, data).map_err(err)?;
+    Ok(out)
+}
+
+/// Compresses `jobs` (raw bytes, optional reference) on every core, results in order.
+fn compress_all(level: i32, jobs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Vec<Vec<u8>>, String> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<Vec<u8>, String>>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some((data, prefix)) = jobs.get(i) else {
+                    return;
+                };
+                let r = compress(level, data, prefix.as_deref());
+                if let Ok(mut slot) = results[i].lock() {
+                    *slot = Some(r);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err("a compression thread stopped".into()))
+        })
+        .collect()
+}
+
+/// Where the blocks of the previous image lie, by content.
+struct Base {
+    file: File,
+    path: std::path::PathBuf,
+    blocks: u64,
+    at: HashMap<[u8; 32], u64>,
+}
+
+impl Base {
+    fn open(path: &Path) -> Result<Base, BundleError> {
+        let (hashes, _) = hash_blocks(path)?;
+        let mut at = HashMap::new();
+        for (i, h) in hashes.iter().enumerate() {
+            if let Some(h) = h {
+                at.entry(*h).or_insert(i as u64);
+            }
+        }
+        Ok(Base {
+            file: File::open(path).map_err(|e| io_err(path, e))?,
+            path: path.to_owned(),
+            blocks: hashes.len() as u64,
+            at,
+        })
+    }
+}
+
+/// Packs `image` into `payload` (created or truncated); see the module docs.
+pub fn pack(image: &Path, payload: &Path, opts: &PackOptions) -> Result<Packed, BundleError> {
+    let bad = |m: String| BundleError::Manifest(m);
+    if !(0..=22).contains(&opts.level) {
+        return Err(bad(format!("zstd level {} is not in 0..=22", opts.level)));
+    }
+    if !(1..=MAX_FRAME_BLOCKS).contains(&opts.frame_blocks) {
+        return Err(bad(format!(
+            "a frame holds 1 to {MAX_FRAME_BLOCKS} blocks, not {}",
+            opts.frame_blocks
+        )));
+    }
+    let (hashes, digest) = hash_blocks(image)?;
+    let base = opts.delta_from.as_deref().map(Base::open).transpose()?;
+    let known = |i: usize| -> Option<u64> {
+        let b = base.as_ref()?;
+        hashes[i].as_ref().and_then(|h| b.at.get(h).copied())
+    };
+    let mut map = BlockMap {
+        image_size: digest.size,
+        ..Default::default()
+    };
+    debug_assert_eq!(hashes.len() as u64, block_count(digest.size));
+    // Cut: zero runs; frames end at a zero block, at the size limit, and (with a base)
+    // where blocks the base has meet blocks it has not.
+    let mut i = 0usize;
+    while i < hashes.len() {
+        if hashes[i].is_none() {
+            let start = i;
+            while i < hashes.len() && hashes[i].is_none() {
+                i += 1;
+            }
+            map.zeros.push(ZeroRun {
+                first: start as u64,
+                blocks: (i - start) as u64,
+            });
+            continue;
+        }
+        let start = i;
+        let is_known = known(i).is_some();
+        while i < hashes.len()
+            && hashes[i].is_some()
+            && i - start < opts.frame_blocks as usize
+            && (base.is_none() || known(i).is_some() == is_known)
+        {
+            i += 1;
+        }
+        let keys_at = map.keys.len();
+        map.keys
+            .extend(hashes[start..i].iter().flatten().map(key_of));
+        map.frames.push(Frame {
+            first: start as u64,
+            blocks: (i - start) as u32,
+            codec: Codec::Zstd,
+            offset: 0,
+            csize: 0,
+            sha256: [0; 32],
+            keys_at,
+        });
+    }
+
+    let src = File::open(image).map_err(|e| io_err(image, e))?;
+    let mut out = std::io::BufWriter::with_capacity(
+        1 << 20,
+        File::create(payload).map_err(|e| io_err(payload, e))?,
+    );
+    let mut payload_hash = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut offset = 0u64;
+    // Frames in batches of at most 64 MiB raw: compressed on every core, written in order.
+    let mut f = 0;
+    while f < map.frames.len() {
+        let mut end = f;
+        let mut raw = 0u64;
+        while end < map.frames.len() && raw < 64 << 20 {
+            raw += map.frame_len(&map.frames[end]);
+            end += 1;
+        }
+        let mut jobs = Vec::with_capacity(end - f);
+        for fr in &map.frames[f..end] {
+            let (at, len) = map.frame_range(fr);
+            jobs.push((read_at(&src, image, at, len as usize)?, None));
+        }
+        let packed = if opts.level == 0 {
+            Vec::new()
+        } else {
+            compress_all(opts.level, &jobs).map_err(bad)?
+        };
+        for (k, (raw, _)) in jobs.iter().enumerate() {
+            let fr = &mut map.frames[f + k];
+            fr.sha256 = sha256(raw);
+            // Stored when compression does not pay.
+            let data = match packed.get(k) {
+                Some(p) if p.len() < raw.len() => p,
+                _ => {
+                    fr.codec = Codec::Stored;
+                    raw
+                }
+            };
+            fr.offset = offset;
+            fr.csize = data.len() as u32;
+            out.write_all(data).map_err(|e| io_err(payload, e))?;
+            payload_hash.update(data);
+            offset += data.len() as u64;
+        }
+        f = end;
+    }
+
+    if let Some(base) = &base {
+        for (patch, data) in make_patches(&map, &hashes, base, &src, image, opts.level)? {
+            let mut patch = patch;
+            patch.offset = offset;
+            patch.csize = data.len() as u32;
+            out.write_all(&data).map_err(|e| io_err(payload, e))?;
+            payload_hash.update(&data);
+            offset += data.len() as u64;
+            map.patches.push(patch);
+        }
+    }
+    let file = out.into_inner().map_err(|e| io_err(payload, e.error()))?;
+    file.sync_all().map_err(|e| io_err(payload, e))?;
+    debug_assert_eq!(offset, map.payload_size());
+    Ok(Packed {
+        map,
+        digest,
+        payload_sha256: hex::encode(payload_hash.finish()),
+    })
+}
+
+/// Blocks of the previous image around where a frame of new blocks most likely came
+/// from: images made from scratch keep files in the same order, so the old version of a
+/// changed file sits right after the old copy of the block before it.
+fn predicted_ref(
+    map: &BlockMap,
+    frame: &Frame,
+    hashes: &[Option<[u8; 32]>],
+    base: &Base,
+) -> Option<RefRange> {
+    const BEFORE: u64 = 4;
+    const AFTER: u64 = 8;
+    let mut k = frame.first;
+    let anchor = loop {
+        if k == 0 {
+            return None;
+        }
+        k -= 1;
+        if let Some(at) = hashes[k as usize].as_ref().and_then(|h| base.at.get(h)) {
+            break *at;
+        }
+    };
+    let guess = anchor + (frame.first - k);
+    let start = guess.saturating_sub(BEFORE).min(base.blocks);
+    let end = (guess + u64::from(frame.blocks) + AFTER).min(base.blocks);
+    let _ = map;
+    (end > start).then_some(RefRange {
+        start,
+        blocks: (end - start) as u32,
+    })
+}
+
+/// Patches for the frames whose blocks the base does not have, grouped in image order up
+/// to the patch limits; each compressed against its predicted reference.
+fn make_patches(
+    map: &BlockMap,
+    hashes: &[Option<[u8; 32]>],
+    base: &Base,
+    src: &File,
+    image: &Path,
+    level: i32,
+) -> Result<Vec<(Patch, Vec<u8>)>, BundleError> {
+    let new_frames: Vec<usize> = map
+        .frames
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| {
+            hashes[f.first as usize]
+                .as_ref()
+                .is_some_and(|h| !base.at.contains_key(h))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    let mut groups: Vec<(Vec<u32>, Vec<RefRange>)> = Vec::new();
+    let (mut frames, mut refs, mut raw, mut ref_blocks) = (Vec::new(), Vec::new(), 0u64, 0u64);
+    for fi in new_frames {
+        let f = &map.frames[fi];
+        let len = map.frame_len(f);
+        let r = predicted_ref(map, f, hashes, base);
+        let rb = r.map_or(0, |r| u64::from(r.blocks));
+        if !frames.is_empty()
+            && (frames.len() as u32 >= MAX_PATCH_FRAMES
+                || raw + len > MAX_PATCH_RAW.min(1 << 20)
+                || ref_blocks + rb > MAX_REF_BLOCKS)
+        {
+            groups.push((std::mem::take(&mut frames), std::mem::take(&mut refs)));
+            raw = 0;
+            ref_blocks = 0;
+        }
+        frames.push(fi as u32);
+        raw += len;
+        if let Some(r) = r {
+            // Overlapping or touching references are one range.
+            match refs.last_mut() {
+                Some(RefRange { start, blocks })
+                    if r.start >= *start && r.start <= *start + u64::from(*blocks) =>
+                {
+                    let end = (r.start + u64::from(r.blocks)).max(*start + u64::from(*blocks));
+                    ref_blocks += end - (*start + u64::from(*blocks));
+                    *blocks = (end - *start) as u32;
+                }
+                _ => {
+                    refs.push(r);
+                    ref_blocks += rb;
+                }
+            }
+        }
+    }
+    if !frames.is_empty() {
+        groups.push((frames, refs));
+    }
+    let mut jobs = Vec::new();
+    let mut metas = Vec::new();
+    for (frames, refs) in groups {
+        if refs.is_empty() {
+            continue;
+        }
+        let mut reference = Vec::new();
+        for r in &refs {
+            reference.extend(read_at(
+                &base.file,
+                &base.path,
+                r.start * BLOCK,
+                r.blocks as usize * BLOCK as usize,
+            )?);
+        }
+        let mut raw = Vec::new();
+        for fi in &frames {
+            let (at, len) = map.frame_range(&map.frames[*fi as usize]);
+            raw.extend(read_at(src, image, at, len as usize)?);
+        }
+        metas.push(Patch {
+            frames,
+            offset: 0,
+            csize: 0,
+            ref_sha256: sha256(&reference),
+            refs,
+        });
+        jobs.push((raw, Some(reference)));
+    }
+    let level = if level == 0 { 3 } else { level };
+    let packed = compress_all(level, &jobs).map_err(BundleError::Manifest)?;
+    // A patch that is not smaller than its frames is no patch.
+    Ok(metas
+        .into_iter()
+        .zip(packed)
+        .filter(|(p, data)| {
+            let frames: u64 = p
+                .frames
+                .iter()
+                .map(|f| u64::from(map.frames[*f as usize].csize))
+                .sum();
+            (data.len() as u64) < frames
+        })
+        .collect())
+}

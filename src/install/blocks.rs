@@ -1,0 +1,797 @@
+//! Installing a block image (bundle format 2) into its slot: every frame comes from the
+//! cheapest place that has it, and nothing is written before it matches its signed hash.
+//!
+//! ```text
+//!  planner (this thread) ──work──▶ workers (decode, SHA-256) ──verified frames──▶ writer
+//!    1. target slot (resume), running slot (by block key, anywhere)        pwrite, 1 fdatasync
+//!    2. what is still missing: patches against the running slot, else frames   ──▶ read-back
+//! ```
+//!
+//! 1. **Local pass.** When resuming, a frame already in the target slot is kept. Else,
+//!    when every block key of the frame is found in the running slot (a table built by
+//!    hashing that slot once, 8 bytes per non-zero block), its blocks are gathered from
+//!    wherever they lie. Workers hash each candidate; a miss just leaves the frame for
+//!    the second pass.
+//! 2. **Fetch pass.** Missing frames that a patch covers, whose reference (ranges of the
+//!    running slot) matches the reference's signed SHA-256, come from the patch: one
+//!    download for many small frames. The rest are fetched; consecutive frames in one
+//!    ranged read. Workers decompress into a buffer of exactly the frame's size (a frame
+//!    that inflates past it is refused) and check its SHA-256.
+//!
+//! Zero runs are written as zeros. After one sync the image is read back from the device
+//! (CRC32, or also SHA-256, as `[install] read-back` says). Memory: the key table, the
+//! block map, and a few frames in flight.
+
+use super::progress::Reporter;
+use super::{check_cancel, InstallError};
+use crate::bundle::blockmap::{decode, key_of, BlockMap, Codec, Frame, Patch, BLOCK};
+use crate::bundle::digest::{sha256, ImageHasher};
+use crate::bundle::{ImageEntry, Member};
+use crate::config::ReadBack;
+use crate::slot::{SlotReader, SlotWriter};
+use crate::source::{ByteSource, SourceError};
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
+use std::sync::{Arc, Mutex};
+
+/// Where the running slot's blocks are, by key: (key, block number), sorted by key.
+pub struct KeyTable {
+    entries: Vec<(u32, u32)>,
+}
+
+impl KeyTable {
+    /// Hashes every non-zero 4 KiB block of the running slot. 8 bytes per block: 8 MiB
+    /// for a full 4 GiB slot.
+    pub fn scan(slot: &SlotReader, size: u64, cancel: &AtomicBool) -> std::io::Result<KeyTable> {
+        let mut entries = Vec::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let blocks = size / BLOCK;
+        let mut b = 0u64;
+        while b < blocks {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(std::io::Error::other("cancelled"));
+            }
+            let n = (blocks - b).min(buf.len() as u64 / BLOCK);
+            let part = &mut buf[..(n * BLOCK) as usize];
+            if !slot.read_at(b * BLOCK, part)? {
+                break;
+            }
+            for (i, block) in part.chunks_exact(BLOCK as usize).enumerate() {
+                if block.iter().any(|x| *x != 0) && b + (i as u64) < u64::from(u32::MAX) {
+                    entries.push((key_of(&sha256(block)), (b + i as u64) as u32));
+                }
+            }
+            b += n;
+        }
+        entries.sort_unstable();
+        entries.dedup_by_key(|e| e.0);
+        entries.shrink_to_fit();
+        Ok(KeyTable { entries })
+    }
+
+    pub fn find(&self, key: u32) -> Option<u64> {
+        self.entries
+            .binary_search_by_key(&key, |e| e.0)
+            .ok()
+            .map(|i| u64::from(self.entries[i].1))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// The running slot as a source of blocks.
+pub struct Running {
+    pub reader: SlotReader,
+    pub keys: KeyTable,
+}
+
+/// The stages' view of one block image.
+pub struct BlockJob<'a> {
+    pub member: &'a Member,
+    pub image: &'a ImageEntry,
+    pub map: &'a BlockMap,
+    pub writer: &'a SlotWriter,
+    /// Resuming: frames already in the target slot are kept.
+    pub resume: bool,
+    pub running: Option<&'a Running>,
+    pub read_back: ReadBack,
+    pub cancel: &'a AtomicBool,
+}
+
+/// What a plan expects to move, in bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Estimate {
+    /// Bundle bytes to download (block map excluded).
+    pub download: u64,
+    /// Raw bytes found on the device.
+    pub reuse: u64,
+    /// Raw bytes of zero runs.
+    pub zero: u64,
+    /// Raw bytes that come from downloads.
+    pub fetched_raw: u64,
+}
+
+/// Gathers frame `f`'s blocks from the running slot by key; `None` when a key is not
+/// there (the frame must be fetched).
+fn gather(map: &BlockMap, f: &Frame, running: &Running) -> std::io::Result<Option<Vec<u8>>> {
+    let len = map.frame_len(f) as usize;
+    if len % BLOCK as usize != 0 {
+        // A short last block has no key in the table.
+        return Ok(None);
+    }
+    let mut at = Vec::with_capacity(f.blocks as usize);
+    for k in map.frame_keys(f) {
+        match running.keys.find(*k) {
+            Some(b) => at.push(b),
+            None => return Ok(None),
+        }
+    }
+    let mut data = vec![0u8; len];
+    let mut i = 0;
+    while i < at.len() {
+        // Consecutive blocks in one read.
+        let mut j = i + 1;
+        while j < at.len() && at[j] == at[j - 1] + 1 {
+            j += 1;
+        }
+        let part = &mut data[i * BLOCK as usize..j * BLOCK as usize];
+        if !running.reader.read_at(at[i] * BLOCK, part)? {
+            return Ok(None);
+        }
+        i = j;
+    }
+    Ok(Some(data))
+}
+
+/// Reads a patch's reference from the running slot; `None` when it is not there (the
+/// running slot is not the image the patch was made against).
+fn reference(p: &Patch, running: &Running) -> std::io::Result<Option<Vec<u8>>> {
+    let mut data = Vec::with_capacity((p.ref_blocks() * BLOCK) as usize);
+    for r in &p.refs {
+        let start = data.len();
+        data.resize(start + r.blocks as usize * BLOCK as usize, 0);
+        let Some(offset) = r.start.checked_mul(BLOCK) else {
+            return Ok(None);
+        };
+        if !running.reader.read_at(offset, &mut data[start..])? {
+            return Ok(None);
+        }
+    }
+    Ok((sha256(&data) == p.ref_sha256).then_some(data))
+}
+
+/// Where a frame comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Target,
+    Running,
+    Fetched,
+}
+
+enum Work {
+    /// Raw candidate bytes for frame `frame`.
+    Candidate {
+        frame: usize,
+        origin: Origin,
+        data: Vec<u8>,
+    },
+    /// Compressed bytes of frame `frame`.
+    Packed { frame: usize, data: Vec<u8> },
+    /// A patch's bytes and its (checked) reference.
+    Patch {
+        patch: usize,
+        data: Vec<u8>,
+        reference: Vec<u8>,
+    },
+}
+
+enum ToWriter {
+    Frame {
+        frame: usize,
+        origin: Origin,
+        data: Vec<u8>,
+        /// Downloaded bytes this frame accounts for.
+        downloaded: u64,
+    },
+    Present {
+        frame: usize,
+    },
+}
+
+/// Bytes in the slot by where they came from (counted when they landed).
+#[derive(Default)]
+struct Landed {
+    fetched_raw: AtomicU64,
+    downloaded: AtomicU64,
+    reused: AtomicU64,
+    zero: AtomicU64,
+}
+
+/// A worker's verdict on a frame it was given.
+struct Verdict {
+    frame: usize,
+    ok: bool,
+    why: String,
+}
+
+fn worker(
+    job: &BlockJob<'_>,
+    dictionary: Option<&[u8]>,
+    work: &Mutex<Receiver<Work>>,
+    to_writer: SyncSender<ToWriter>,
+    verdicts: Sender<Verdict>,
+) {
+    let map = job.map;
+    let mut raw = Vec::new();
+    loop {
+        let next = match work.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(w) = next else { return };
+        let mut out: Vec<(usize, Origin, Vec<u8>, u64)> = Vec::new();
+        let mut bad: Vec<(usize, String)> = Vec::new();
+        match w {
+            Work::Candidate {
+                frame,
+                origin,
+                data,
+            } => {
+                if sha256(&data) == map.frames[frame].sha256 {
+                    out.push((frame, origin, data, 0));
+                } else {
+                    bad.push((frame, String::new()));
+                }
+            }
+            Work::Packed { frame, data } => {
+                let f = &map.frames[frame];
+                let len = map.frame_len(f) as usize;
+                let downloaded = data.len() as u64;
+                let decoded = match f.codec {
+                    Codec::Stored => Ok(data),
+                    Codec::Zstd => decode(&data, len, None, dictionary, &mut raw)
+                        .map(|()| std::mem::take(&mut raw)),
+                };
+                match decoded {
+                    Ok(d) if d.len() == len && sha256(&d) == f.sha256 => {
+                        out.push((frame, Origin::Fetched, d, downloaded))
+                    }
+                    Ok(_) => bad.push((frame, "it does not match its signed hash".into())),
+                    Err(e) => bad.push((frame, e)),
+                }
+            }
+            Work::Patch {
+                patch,
+                data,
+                reference,
+            } => {
+                let p = &map.patches[patch];
+                let lens: Vec<usize> = p
+                    .frames
+                    .iter()
+                    .map(|f| map.frame_len(&map.frames[*f as usize]) as usize)
+                    .collect();
+                let total = lens.iter().sum();
+                let share = data.len() as u64 / p.frames.len() as u64;
+                match decode(&data, total, Some(&reference), None, &mut raw) {
+                    Ok(()) => {
+                        let mut at = 0;
+                        for (i, (f, len)) in p.frames.iter().zip(&lens).enumerate() {
+                            let piece = &raw[at..at + len];
+                            at += len;
+                            let f = *f as usize;
+                            if sha256(piece) == map.frames[f].sha256 {
+                                // The patch's bytes are shared out over its frames.
+                                let d = if i == 0 {
+                                    data.len() as u64 - share * (p.frames.len() as u64 - 1)
+                                } else {
+                                    share
+                                };
+                                out.push((f, Origin::Fetched, piece.to_vec(), d));
+                            } else {
+                                bad.push((f, String::new()));
+                            }
+                        }
+                    }
+                    Err(_) => {
+                        for f in &p.frames {
+                            bad.push((*f as usize, String::new()));
+                        }
+                    }
+                }
+            }
+        }
+        for (frame, why) in bad {
+            if verdicts
+                .send(Verdict {
+                    frame,
+                    ok: false,
+                    why,
+                })
+                .is_err()
+            {
+                return;
+            }
+        }
+        for (frame, origin, data, downloaded) in out {
+            let _ = verdicts.send(Verdict {
+                frame,
+                ok: true,
+                why: String::new(),
+            });
+            let msg = if origin == Origin::Target {
+                ToWriter::Present { frame }
+            } else {
+                ToWriter::Frame {
+                    frame,
+                    origin,
+                    data,
+                    downloaded,
+                }
+            };
+            if to_writer.send(msg).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn writer_stage(
+    job: &BlockJob<'_>,
+    incoming: Receiver<ToWriter>,
+    landed: &Landed,
+) -> Result<(), InstallError> {
+    let map = job.map;
+    // Zero runs first: they need nothing from anywhere.
+    let zeros = vec![0u8; 1 << 20];
+    for z in &map.zeros {
+        let start = z.first * BLOCK;
+        let end = ((z.first + z.blocks) * BLOCK).min(map.image_size);
+        let mut at = start;
+        while at < end {
+            check_cancel(job.cancel)?;
+            let n = (end - at).min(zeros.len() as u64);
+            job.writer.write_at(at, &zeros[..n as usize])?;
+            job.writer.start_writeback(at, n);
+            at += n;
+            landed.zero.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    for msg in incoming {
+        match msg {
+            ToWriter::Present { frame } => {
+                let len = map.frame_len(&map.frames[frame]);
+                landed.reused.fetch_add(len, Ordering::Relaxed);
+            }
+            ToWriter::Frame {
+                frame,
+                origin,
+                data,
+                downloaded,
+            } => {
+                let (at, len) = map.frame_range(&map.frames[frame]);
+                job.writer.write_at(at, &data)?;
+                job.writer.start_writeback(at, len);
+                match origin {
+                    Origin::Fetched => {
+                        landed.fetched_raw.fetch_add(len, Ordering::Relaxed);
+                        landed.downloaded.fetch_add(downloaded, Ordering::Relaxed);
+                    }
+                    _ => {
+                        landed.reused.fetch_add(len, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What of [`Landed`] was reported already.
+#[derive(Default)]
+struct Reported {
+    done: u64,
+    downloaded: u64,
+    reused: u64,
+    zero: u64,
+}
+
+impl Reported {
+    fn catch_up(&mut self, landed: &Landed, reporter: &mut Reporter<'_>) {
+        let fetched_raw = landed.fetched_raw.load(Ordering::Relaxed);
+        let downloaded = landed.downloaded.load(Ordering::Relaxed);
+        let reused = landed.reused.load(Ordering::Relaxed);
+        let zero = landed.zero.load(Ordering::Relaxed);
+        let done = fetched_raw + reused + zero;
+        reporter.landed(
+            done - self.done,
+            downloaded - self.downloaded,
+            reused - self.reused,
+            zero - self.zero,
+        );
+        *self = Reported {
+            done,
+            downloaded,
+            reused,
+            zero,
+        };
+    }
+}
+
+/// A fetched frame or patch that arrives corrupted this many times fails the install.
+const FETCH_ATTEMPTS: u32 = 2;
+/// Most bytes fetched with one ranged read.
+const MAX_RUN: u64 = 8 << 20;
+
+fn source_failure(e: SourceError, cancel: &AtomicBool, what: String) -> InstallError {
+    if matches!(e, SourceError::Cancelled) || check_cancel(cancel).is_err() {
+        InstallError::Cancelled
+    } else {
+        InstallError::Failed(format!("{what}: {e}"))
+    }
+}
+
+/// Installs one block image; see the module docs.
+pub fn copy_blocks(
+    source: &mut dyn ByteSource,
+    job: &BlockJob<'_>,
+    reporter: &mut Reporter<'_>,
+) -> Result<(), InstallError> {
+    let map = job.map;
+    let file = &job.image.file;
+    let dictionary = fetch_dictionary(source, job)?;
+    let workers = super::copy::worker_count();
+    let landed = Landed::default();
+    let mut reported = Reported::default();
+    let result = std::thread::scope(|s| -> Result<(), InstallError> {
+        let (work_tx, work_rx) = sync_channel::<Work>(workers);
+        let work_rx = Arc::new(Mutex::new(work_rx));
+        let (write_tx, write_rx) = sync_channel::<ToWriter>(2);
+        let (verdict_tx, verdict_rx) = channel::<Verdict>();
+        let landed = &landed;
+        let writer = s.spawn(move || writer_stage(job, write_rx, landed));
+        let dict = dictionary.as_deref();
+        for _ in 0..workers {
+            let (work_rx, write_tx, verdict_tx) =
+                (work_rx.clone(), write_tx.clone(), verdict_tx.clone());
+            s.spawn(move || worker(job, dict, &work_rx, write_tx, verdict_tx));
+        }
+        drop((work_rx, write_tx, verdict_tx));
+        let mut have = vec![false; map.frames.len()];
+        let mut failures: Vec<(usize, String)> = Vec::new();
+        let mut plan = || -> Result<(), InstallError> {
+            let mut sent = 0usize;
+            let mut answered = 0usize;
+            let drain = |have: &mut [bool],
+                         answered: &mut usize,
+                         failures: &mut Vec<(usize, String)>,
+                         block: bool|
+             -> bool {
+                loop {
+                    let v = if block {
+                        match verdict_rx.recv() {
+                            Ok(v) => v,
+                            Err(_) => return false,
+                        }
+                    } else {
+                        match verdict_rx.try_recv() {
+                            Ok(v) => v,
+                            Err(_) => return true,
+                        }
+                    };
+                    *answered += 1;
+                    if v.ok {
+                        have[v.frame] = true;
+                    } else if !v.why.is_empty() {
+                        failures.push((v.frame, v.why));
+                    }
+                    if block {
+                        return true;
+                    }
+                }
+            };
+            let send = |w: Work| -> Result<(), InstallError> {
+                work_tx
+                    .send(w)
+                    .map_err(|_| InstallError::Failed("the install stages stopped".into()))
+            };
+            // 1. Local pass.
+            for (i, f) in map.frames.iter().enumerate() {
+                check_cancel(job.cancel)?;
+                let (at, len) = map.frame_range(f);
+                if job.resume {
+                    let mut data = vec![0u8; len as usize];
+                    if job.writer.read_at(at, &mut data).is_ok() {
+                        send(Work::Candidate {
+                            frame: i,
+                            origin: Origin::Target,
+                            data,
+                        })?;
+                        sent += 1;
+                        continue;
+                    }
+                }
+                if let Some(running) = job.running {
+                    if let Some(data) = gather(map, f, running).map_err(|e| {
+                        InstallError::Failed(format!("reading the running slot: {e}"))
+                    })? {
+                        send(Work::Candidate {
+                            frame: i,
+                            origin: Origin::Running,
+                            data,
+                        })?;
+                        sent += 1;
+                    }
+                }
+                drain(&mut have, &mut answered, &mut failures, false);
+                reported.catch_up(landed, reporter);
+            }
+            while answered < sent {
+                if !drain(&mut have, &mut answered, &mut failures, true) {
+                    break;
+                }
+            }
+            // A target candidate that failed may still be in the running slot.
+            if job.resume {
+                if let Some(running) = job.running {
+                    for (i, f) in map.frames.iter().enumerate() {
+                        if have[i] {
+                            continue;
+                        }
+                        if let Some(data) = gather(map, f, running).map_err(|e| {
+                            InstallError::Failed(format!("reading the running slot: {e}"))
+                        })? {
+                            send(Work::Candidate {
+                                frame: i,
+                                origin: Origin::Running,
+                                data,
+                            })?;
+                            sent += 1;
+                        }
+                    }
+                    while answered < sent {
+                        if !drain(&mut have, &mut answered, &mut failures, true) {
+                            break;
+                        }
+                    }
+                }
+            }
+            // 2. Fetch pass, in attempts: what a patch or a fetch did not bring is tried once more.
+            for attempt in 1..=FETCH_ATTEMPTS {
+                failures.clear();
+                let mut in_patch = vec![false; map.frames.len()];
+                if let Some(running) = job.running {
+                    for (pi, p) in map.patches.iter().enumerate() {
+                        if attempt > 1 || p.frames.iter().all(|f| have[*f as usize]) {
+                            continue;
+                        }
+                        check_cancel(job.cancel)?;
+                        let Some(reference) = reference(p, running).map_err(|e| {
+                            InstallError::Failed(format!("reading the running slot: {e}"))
+                        })?
+                        else {
+                            continue;
+                        };
+                        let mut data = vec![0u8; p.csize as usize];
+                        source
+                            .read_exact_at(job.member.offset + p.offset, &mut data)
+                            .map_err(|e| {
+                                source_failure(e, job.cancel, format!("fetching a patch of {file}"))
+                            })?;
+                        for f in &p.frames {
+                            in_patch[*f as usize] = true;
+                        }
+                        send(Work::Patch {
+                            patch: pi,
+                            data,
+                            reference,
+                        })?;
+                        sent += p.frames.len();
+                        drain(&mut have, &mut answered, &mut failures, false);
+                        reported.catch_up(landed, reporter);
+                    }
+                    while answered < sent {
+                        if !drain(&mut have, &mut answered, &mut failures, true) {
+                            break;
+                        }
+                    }
+                }
+                let missing: Vec<usize> = (0..map.frames.len()).filter(|i| !have[*i]).collect();
+                if missing.is_empty() {
+                    break;
+                }
+                let mut k = 0;
+                while k < missing.len() {
+                    // A run of frames that lie back to back in the payload: one ranged read.
+                    let mut end = k + 1;
+                    let first = &map.frames[missing[k]];
+                    let mut bytes = u64::from(first.csize);
+                    while end < missing.len()
+                        && missing[end] == missing[end - 1] + 1
+                        && bytes + u64::from(map.frames[missing[end]].csize) <= MAX_RUN
+                    {
+                        bytes += u64::from(map.frames[missing[end]].csize);
+                        end += 1;
+                    }
+                    check_cancel(job.cancel)?;
+                    let what = || format!("fetching {file} frames at byte {}", first.offset);
+                    let mut reader = source
+                        .read_range(job.member.offset + first.offset, bytes)
+                        .map_err(|e| source_failure(e, job.cancel, what()))?;
+                    for &fi in &missing[k..end] {
+                        let mut data = vec![0u8; map.frames[fi].csize as usize];
+                        reader.read_exact(&mut data).map_err(|e| {
+                            if check_cancel(job.cancel).is_err() {
+                                InstallError::Cancelled
+                            } else {
+                                InstallError::Failed(format!("{}: {e}", what()))
+                            }
+                        })?;
+                        send(Work::Packed { frame: fi, data })?;
+                        sent += 1;
+                        drain(&mut have, &mut answered, &mut failures, false);
+                        reported.catch_up(landed, reporter);
+                    }
+                    k = end;
+                }
+                while answered < sent {
+                    if !drain(&mut have, &mut answered, &mut failures, true) {
+                        break;
+                    }
+                }
+                let _ = in_patch;
+            }
+            Ok(())
+        };
+        let planned = plan();
+        drop(work_tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|_| Err(InstallError::Failed("the slot writer stopped".into())));
+        // A cancel first, else the writer's own error (the planner only sees that the
+        // stages behind it stopped), else the planner's.
+        if let Err(InstallError::Cancelled) = planned {
+            return Err(InstallError::Cancelled);
+        }
+        written?;
+        planned?;
+        if let Some((fi, why)) = failures.first() {
+            let (at, len) = map.frame_range(&map.frames[*fi]);
+            return Err(InstallError::Failed(format!(
+                "image {file}: the frame at bytes {at}..{} came {FETCH_ATTEMPTS} times and was refused every time: {why}",
+                at + len
+            )));
+        }
+        if let Some(i) = have.iter().position(|h| !h) {
+            let (at, len) = map.frame_range(&map.frames[i]);
+            return Err(InstallError::Failed(format!(
+                "image {file}: the frame at bytes {at}..{} could not be placed",
+                at + len
+            )));
+        }
+        Ok(())
+    });
+    reported.catch_up(&landed, reporter);
+    result?;
+    check_cancel(job.cancel)?;
+    job.writer.sync()?;
+    read_back(job)
+}
+
+/// Fetches and checks the image's shared dictionary, if it has one.
+fn fetch_dictionary(
+    source: &mut dyn ByteSource,
+    job: &BlockJob<'_>,
+) -> Result<Option<Vec<u8>>, InstallError> {
+    let size = job.map.dictionary_size as usize;
+    if size == 0 {
+        return Ok(None);
+    }
+    let mut d = vec![0u8; size];
+    source
+        .read_exact_at(job.member.offset, &mut d)
+        .map_err(|e| source_failure(e, job.cancel, "fetching the dictionary".into()))?;
+    if sha256(&d) != job.map.dictionary_sha256 {
+        return Err(InstallError::Failed(format!(
+            "image {}: the dictionary does not match its signed hash",
+            job.image.file
+        )));
+    }
+    Ok(Some(d))
+}
+
+/// Reads the image back from the device after the sync, around the page cache.
+fn read_back(job: &BlockJob<'_>) -> Result<(), InstallError> {
+    if job.read_back == ReadBack::Off {
+        log::info!("{}: read-back is off ([install] read-back)", job.image.file);
+        return Ok(());
+    }
+    job.writer.drop_cache();
+    let mut hasher = ImageHasher::for_mode(job.read_back);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    let slot = &job.writer.slot().name;
+    while off < job.image.size {
+        check_cancel(job.cancel)?;
+        let len = (job.image.size - off).min(buf.len() as u64) as usize;
+        job.writer.read_at(off, &mut buf[..len])?;
+        hasher.update(&buf[..len]);
+        off += len as u64;
+    }
+    let digest = hasher.finish();
+    digest.check_mode(job.image, job.read_back).map_err(|m| {
+        InstallError::Failed(format!(
+            "read-back of {} from slot {slot}: {m}",
+            job.image.file
+        ))
+    })?;
+    log::info!(
+        "{} read back from slot {slot}: {}",
+        job.image.file,
+        digest.describe(job.read_back)
+    );
+    Ok(())
+}
+
+/// How many bytes installing `map` will download, given the running slot: the local
+/// pass and the patch check run for real (reading, not writing).
+pub fn estimate(
+    map: &BlockMap,
+    running: Option<&Running>,
+    cancel: &AtomicBool,
+) -> Result<Estimate, InstallError> {
+    let mut e = Estimate {
+        zero: map.image_size - map.data_bytes(),
+        download: u64::from(map.dictionary_size),
+        ..Default::default()
+    };
+    let mut have = vec![false; map.frames.len()];
+    if let Some(r) = running {
+        for (i, f) in map.frames.iter().enumerate() {
+            check_cancel(cancel)?;
+            if let Some(d) = gather(map, f, r)
+                .map_err(|e| InstallError::Failed(format!("reading the running slot: {e}")))?
+            {
+                if sha256(&d) == f.sha256 {
+                    have[i] = true;
+                    e.reuse += d.len() as u64;
+                }
+            }
+        }
+        for p in &map.patches {
+            if p.frames.iter().all(|f| have[*f as usize]) {
+                continue;
+            }
+            if reference(p, r)
+                .map_err(|e| InstallError::Failed(format!("reading the running slot: {e}")))?
+                .is_some()
+            {
+                e.download += u64::from(p.csize);
+                for f in &p.frames {
+                    let f = *f as usize;
+                    if !have[f] {
+                        have[f] = true;
+                        e.fetched_raw += map.frame_len(&map.frames[f]);
+                    }
+                }
+            }
+        }
+    }
+    for (i, f) in map.frames.iter().enumerate() {
+        if !have[i] {
+            e.download += u64::from(f.csize);
+            e.fetched_raw += map.frame_len(f);
+        }
+    }
+    if e.download == u64::from(map.dictionary_size) {
+        e.download = 0;
+    }
+    Ok(e)
+}
