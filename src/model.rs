@@ -384,6 +384,20 @@ pub struct Progress {
     pub eta_secs: u64,
 }
 
+/// What an install would move, worked out before it starts (`rota install --dry-run`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct DownloadEstimate {
+    /// Bytes the install would download: bundle metadata, frames, patches (chunked
+    /// images: their whole size).
+    pub download: u64,
+    /// Image bytes the device already has (running slot).
+    pub reuse: u64,
+    /// Image bytes that are zero runs, written without a download.
+    pub zero: u64,
+    /// Image bytes in all.
+    pub total: u64,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum InstallResult {

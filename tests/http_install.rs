@@ -467,7 +467,35 @@ fn a_bundle_built_against_the_running_image_downloads_only_new_blocks() {
         v2.clone(),
         &["--delta-from", base.to_str().unwrap()],
     );
-    let (downloaded, reused, _) = install_counts(&gw, &ng.url(ng.http, false, "v2.rota"));
+    // The dry run says what the install will cost, and writes nothing.
+    let env_before = gw.read("uboot.env");
+    let a_before = gw.read("a.img");
+    let url = ng.url(ng.http, false, "v2.rota");
+    let out = gw.rota(&["install", "--dry-run", "--json", &url]).success();
+    let est: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let bundle_size = std::fs::metadata(gw.path("www/v2.rota")).unwrap().len();
+    println!("dry run: {est} (bundle {bundle_size} bytes)");
+    assert_eq!(est["reuse"], (size - 3 * 4096) as u64, "{est}");
+    assert_eq!(est["zero"], 0, "{est}");
+    assert_eq!(est["total"], size as u64, "{est}");
+    let download = est["download"].as_u64().unwrap();
+    assert!(
+        download >= 3 * 4096 && download < 3 * 4096 + (256 << 10),
+        "the new blocks and the bundle's metadata: {download}"
+    );
+    assert_eq!(
+        gw.read("uboot.env"),
+        env_before,
+        "a dry run activates nothing"
+    );
+    assert_eq!(gw.read("a.img"), a_before, "a dry run writes nothing");
+    let text = gw.rota(&["install", "--dry-run", &url]).success();
+    assert!(
+        text.starts_with(&format!("would download {download} bytes")),
+        "{text}"
+    );
+
+    let (downloaded, reused, _) = install_counts(&gw, &url);
     println!("delta-from: {downloaded} downloaded, {reused} reused");
     assert_eq!(downloaded, 3 * 4096, "exactly the three new blocks");
     assert_eq!(reused, (size - 3 * 4096) as u64);

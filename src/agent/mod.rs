@@ -68,6 +68,10 @@ pub enum Request {
         oneshot::Sender<Result<(String, String), AgentError>>,
     ),
     Status(oneshot::Sender<Result<StatusReport, AgentError>>),
+    Estimate(
+        InstallRequest,
+        oneshot::Sender<Result<crate::model::DownloadEstimate, AgentError>>,
+    ),
     Poll(oneshot::Sender<Result<(), AgentError>>),
 }
 
@@ -124,6 +128,15 @@ impl AgentHandle {
 
     pub async fn status(&self) -> Result<StatusReport, AgentError> {
         self.ask(Request::Status).await
+    }
+
+    /// What installing `req` would download, checked as an install checks it; nothing
+    /// is written.
+    pub async fn estimate(
+        &self,
+        req: InstallRequest,
+    ) -> Result<crate::model::DownloadEstimate, AgentError> {
+        self.ask(|tx| Request::Estimate(req, tx)).await
     }
 
     /// Asks the configured poller to check for an update now.
@@ -338,6 +351,23 @@ impl Agent {
             }
             Request::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Request::Estimate(req, reply) => {
+                // Reads only: it runs beside an install, on its own thread.
+                let device = self.device.clone();
+                std::thread::spawn(move || {
+                    let ctx = install::Context {
+                        config: &device.config,
+                        keyring: &device.keyring,
+                        bootloader: device.bootloader.as_ref(),
+                        store: &device.store,
+                        booted: device.booted.clone(),
+                    };
+                    let cancel = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let r = install::estimate(&ctx, &req, cancel)
+                        .map_err(|e| AgentError::Failed(e.to_string()));
+                    let _ = reply.send(r);
+                });
             }
             Request::Poll(reply) => {
                 let res = if self.device.config.update.is_some() {

@@ -84,6 +84,60 @@ fn call_failed(e: zbus::Error) -> Failure {
     }
 }
 
+/// The source as the service needs it: an unknown scheme refused by name, a relative
+/// path made absolute (the service cannot know this shell's directory).
+fn absolute_source(source: &str) -> Result<String, Failure> {
+    Ok(
+        match crate::model::Location::parse(source).map_err(Failure::Usage)? {
+            crate::model::Location::File(p) => std::path::absolute(&p)
+                .map_err(|e| Failure::Usage(format!("{}: {e}", p.display())))?
+                .display()
+                .to_string(),
+            url @ crate::model::Location::Http(_) => url.to_string(),
+        },
+    )
+}
+
+/// `rota install --dry-run`: what the install would download, nothing written.
+pub fn estimate(
+    source: &str,
+    json: bool,
+    force_version: bool,
+    ignore_compatible: bool,
+) -> CliResult {
+    let source = absolute_source(source)?;
+    let (download, reuse, zero, total) = runtime()?.block_on(async move {
+        let (_conn, proxy) = connect().await?;
+        let mut opts: HashMap<&str, Value> = HashMap::new();
+        if force_version {
+            opts.insert("force-version", Value::from(true));
+        }
+        if ignore_compatible {
+            opts.insert("ignore-compatible", Value::from(true));
+        }
+        proxy
+            .estimate_download(&source, opts)
+            .await
+            .map_err(call_failed)
+    })?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"download": download, "reuse": reuse, "zero": zero, "total": total})
+        );
+    } else {
+        let mib = |b: u64| b as f64 / 1048576.0;
+        println!(
+            "would download {download} bytes ({:.2} MiB) for {:.1} MiB of images: {:.1} MiB already on the device, {:.1} MiB zero",
+            mib(download),
+            mib(total),
+            mib(reuse),
+            mib(zero)
+        );
+    }
+    Ok(())
+}
+
 pub fn install(
     source: &str,
     json: bool,
@@ -91,15 +145,7 @@ pub fn install(
     ignore_compatible: bool,
     reboot: bool,
 ) -> CliResult {
-    // Parsed once here: an unknown scheme is refused by name, and a relative path is made
-    // absolute (the service cannot know this shell's directory).
-    let source = match crate::model::Location::parse(source).map_err(Failure::Usage)? {
-        crate::model::Location::File(p) => std::path::absolute(&p)
-            .map_err(|e| Failure::Usage(format!("{}: {e}", p.display())))?
-            .display()
-            .to_string(),
-        url @ crate::model::Location::Http(_) => url.to_string(),
-    };
+    let source = absolute_source(source)?;
     runtime()?.block_on(async move {
         let (conn, proxy) = connect().await?;
         // Subscribe before calling Install, so no event is missed: one ordered stream of

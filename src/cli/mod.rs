@@ -53,6 +53,9 @@ pub enum Command {
         /// Reboot once the new slot is activated
         #[arg(long)]
         reboot: bool,
+        /// Install nothing: say how many bytes the install would download (and reuse)
+        #[arg(long, conflicts_with = "reboot")]
+        dry_run: bool,
     },
     /// Cancel the running install
     Cancel,
@@ -275,7 +278,16 @@ pub fn run(cli: Cli) -> CliResult {
             json,
             force_version,
             ignore_compatible,
+            reboot: _,
+            dry_run: true,
+        } => client::estimate(&source, json, force_version, ignore_compatible),
+        Command::Install {
+            source,
+            json,
+            force_version,
+            ignore_compatible,
             reboot,
+            dry_run: false,
         } => client::install(&source, json, force_version, ignore_compatible, reboot),
         Command::Cancel => client::cancel(),
         Command::Status { json } => client::status(json),

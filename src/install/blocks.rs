@@ -70,6 +70,11 @@ impl KeyTable {
         Ok(KeyTable { entries })
     }
 
+    /// A table recorded earlier (sorted by key, one entry per key).
+    pub fn from_sorted(entries: Vec<(u32, u32)>) -> KeyTable {
+        KeyTable { entries }
+    }
+
     pub fn find(&self, key: u32) -> Option<u64> {
         self.entries
             .binary_search_by_key(&key, |e| e.0)

@@ -152,14 +152,26 @@ impl ImageIndex {
 /// The running slot `slot` as a source of blocks: its key table, built by hashing it
 /// once. `None` (everything is fetched) when it cannot be read.
 pub fn running_blocks(
+    ctx: &Context<'_>,
+    state: &crate::state::State,
     slot: &SlotConfig,
     cancel: &AtomicBool,
     reporter: &mut Reporter<'_>,
 ) -> Option<blocks::Running> {
+    let recorded = state
+        .slots
+        .get(&slot.name)
+        .filter(|s| s.status == SlotContent::Ok && !s.sha256.is_empty())
+        .and_then(|s| slot_index::load_keys(&ctx.config.system.data_dir, &slot.name, &s.sha256));
     let open = || -> std::io::Result<blocks::Running> {
         let reader = crate::slot::SlotReader::open(&slot.device)?;
-        let size = crate::slot::device_size(slot).map_err(std::io::Error::other)?;
-        let keys = blocks::KeyTable::scan(&reader, size, cancel)?;
+        let keys = match recorded {
+            Some(entries) => blocks::KeyTable::from_sorted(entries),
+            None => {
+                let size = crate::slot::device_size(slot).map_err(std::io::Error::other)?;
+                blocks::KeyTable::scan(&reader, size, cancel)?
+            }
+        };
         Ok(blocks::Running { reader, keys })
     };
     reporter.step(2, &format!("Indexing running slot {}", slot.name));
@@ -242,6 +254,58 @@ fn run_post_install_hooks(
         hooks::run(hooks::Hook::PostInstall, ctx.config, &env, cancel)?;
     }
     Ok(())
+}
+
+/// How many bytes installing `req` would download, with every check the install makes
+/// before it writes (signature, compatible, version, slot size), reading but never
+/// writing. Slot images in blocks are planned for real against the running slot; chunked
+/// images count whole.
+pub fn estimate(
+    ctx: &Context<'_>,
+    req: &InstallRequest,
+    cancel: Arc<AtomicBool>,
+) -> Result<crate::model::DownloadEstimate, InstallError> {
+    let http = crate::source::http::HttpOptions::from_config(&ctx.config.http).with_request(req);
+    let mut source = crate::source::open(&req.source, &http, cancel.clone())
+        .map_err(|e| InstallError::Refused(e.to_string()))?;
+    if ctx.keyring.is_empty() {
+        return Err(InstallError::Refused(
+            "no trusted keys: [keyring] paths is empty, so no bundle can be verified".into(),
+        ));
+    }
+    let bundle = bundle::reader::open(source.as_mut(), ctx.keyring)
+        .map_err(|e| InstallError::Refused(e.to_string()))?;
+    let state = ctx.store.load()?;
+    let plan = plan::make(ctx, &state, req, &bundle)?;
+    let mut est = crate::model::DownloadEstimate::default();
+    let mut reporter_sink = |_: Progress| {};
+    let mut reporter = Reporter::new(&mut reporter_sink);
+    for p in &plan.images {
+        est.total += p.image.size;
+        match ImageIndex::fetch(&bundle, source.as_mut(), &p.image)
+            .map_err(|e| InstallError::Refused(e.to_string()))?
+        {
+            ImageIndex::Chunks(_) => est.download += p.image.size,
+            ImageIndex::Blocks(map) => {
+                // As the install: local bundles are read whole, URLs reuse.
+                let running = p
+                    .active
+                    .as_ref()
+                    .filter(|_| req.source.is_remote())
+                    .and_then(|a| running_blocks(ctx, &state, a, &cancel, &mut reporter));
+                let e = blocks::estimate(&map, running.as_ref(), &cancel)?;
+                est.download += e.download;
+                est.reuse += e.reuse;
+                est.zero += e.zero;
+            }
+        }
+    }
+    for m in &plan.mcu {
+        est.download += m.image.size;
+    }
+    // What opening the bundle and reading its maps took (an install reads the same).
+    est.download += source.bytes_fetched();
+    Ok(est)
 }
 
 pub(crate) fn check_cancel(cancel: &AtomicBool) -> Result<(), InstallError> {
@@ -449,7 +513,7 @@ pub fn run(
                 let running = if remote {
                     p.active
                         .as_ref()
-                        .and_then(|a| running_blocks(a, &cancel, &mut reporter))
+                        .and_then(|a| running_blocks(ctx, &state, a, &cancel, &mut reporter))
                 } else {
                     None
                 };
@@ -487,8 +551,16 @@ pub fn run(
         }
     })?;
     for (p, index) in plan.images.iter().zip(&chunk_indexes) {
-        if let ImageIndex::Chunks(index) = index {
-            record_index(data_dir, &p.slot.name, &p.image, index);
+        match index {
+            ImageIndex::Chunks(index) => record_index(data_dir, &p.slot.name, &p.image, index),
+            ImageIndex::Blocks(map) => {
+                let mut sha = [0u8; 32];
+                if hex::decode_to_slice(&p.image.sha256, &mut sha).is_ok() {
+                    if let Err(e) = slot_index::save_keys(data_dir, &p.slot.name, &sha, map) {
+                        log::warn!("cannot record the block keys of {}: {e}", p.slot.name);
+                    }
+                }
+            }
         }
     }
     crate::failpoint::hit("install.after-record");

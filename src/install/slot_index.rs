@@ -71,14 +71,16 @@ impl SlotIndex {
         crate::fsutil::write_atomic(&path(data_dir, slot), &self.to_bytes())
     }
 
-    /// Forgets what `slot` held (it is about to be overwritten).
+    /// Forgets what `slot` held (it is about to be overwritten): both kinds of record.
     pub fn forget(data_dir: &Path, slot: &str) -> std::io::Result<()> {
-        let p = path(data_dir, slot);
-        match std::fs::remove_file(&p) {
-            Ok(()) => crate::fsutil::sync_dir(&dir(data_dir)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
+        for p in [path(data_dir, slot), keys_path(data_dir, slot)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => crate::fsutil::sync_dir(&dir(data_dir))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
         }
+        Ok(())
     }
 
     /// The record of `slot`, if there is one and it describes the image whose SHA-256 the
@@ -184,4 +186,70 @@ mod tests {
         assert_eq!(m[&[1; 32]], (0, 4096));
         assert_eq!(m[&[2; 32]], (4096, 4096));
     }
+}
+
+const KEYS_MAGIC: &[u8; 8] = b"ROTAKEY1";
+/// A full 4 GiB slot: 8 bytes per 4 KiB block.
+const MAX_KEYS_RECORD: u64 = 40 + (8 << 20);
+
+fn keys_path(data_dir: &Path, slot: &str) -> PathBuf {
+    dir(data_dir).join(format!("{slot}.keys"))
+}
+
+/// Records where each block of a block image (bundle format 2) lies in `slot`, by key, so
+/// the next network install finds the running slot's blocks without hashing the slot:
+/// `<data-dir>/slot-index/<slot>.keys`, with the image's SHA-256.
+pub fn save_keys(
+    data_dir: &Path,
+    slot: &str,
+    image_sha256: &[u8; 32],
+    map: &crate::bundle::blockmap::BlockMap,
+) -> std::io::Result<()> {
+    let mut entries: Vec<(u32, u32)> = Vec::with_capacity(map.keys.len());
+    for f in &map.frames {
+        for (i, k) in map.frame_keys(f).iter().enumerate() {
+            if let Ok(b) = u32::try_from(f.first + i as u64) {
+                entries.push((*k, b));
+            }
+        }
+    }
+    entries.sort_unstable();
+    entries.dedup_by_key(|e| e.0);
+    let mut out = Vec::with_capacity(40 + entries.len() * 8);
+    out.extend_from_slice(KEYS_MAGIC);
+    out.extend_from_slice(image_sha256);
+    for (k, b) in entries {
+        out.extend_from_slice(&k.to_le_bytes());
+        out.extend_from_slice(&b.to_le_bytes());
+    }
+    crate::fsutil::create_private_dir(&dir(data_dir))?;
+    crate::fsutil::write_atomic(&keys_path(data_dir, slot), &out)
+}
+
+/// The key table recorded for `slot`, if it describes the image whose SHA-256 (hex) the
+/// state file has for it; sorted by key. Never trusted for content: every block found
+/// through it is checked against the new bundle's frame hashes.
+pub fn load_keys(data_dir: &Path, slot: &str, expect_sha256: &str) -> Option<Vec<(u32, u32)>> {
+    let p = keys_path(data_dir, slot);
+    let bytes = crate::fsutil::read_regular(&p, MAX_KEYS_RECORD).ok()?;
+    if bytes.len() < 40 || &bytes[..8] != KEYS_MAGIC || (bytes.len() - 40) % 8 != 0 {
+        log::warn!("ignoring damaged key record {}", p.display());
+        return None;
+    }
+    if !hex::encode(&bytes[8..40]).eq_ignore_ascii_case(expect_sha256) {
+        return None;
+    }
+    let entries: Vec<(u32, u32)> = bytes[40..]
+        .chunks_exact(8)
+        .map(|c| {
+            (
+                u32::from_le_bytes([c[0], c[1], c[2], c[3]]),
+                u32::from_le_bytes([c[4], c[5], c[6], c[7]]),
+            )
+        })
+        .collect();
+    entries
+        .windows(2)
+        .all(|w| w[0].0 < w[1].0)
+        .then_some(entries)
 }

@@ -343,6 +343,33 @@ impl Agent1 {
         Ok(self.agent.install(req).await?)
     }
 
+    /// What installing `source` would download, before anything is written: the same
+    /// checks as Install (signature, compatible, version), then the bundle's block maps
+    /// planned against the running slot. Options as Install's.
+    #[zbus(out_args("download", "reuse", "zero", "total"))]
+    async fn estimate_download(
+        &self,
+        source: String,
+        options: HashMap<String, OwnedValue>,
+        #[zbus(header)] header: zbus::message::Header<'_>,
+        #[zbus(connection)] conn: &Connection,
+    ) -> Result<(u64, u64, u64, u64), RotaError> {
+        let caller = authorize(conn, &header, &self.group).await?;
+        let source = check_source(&caller, &source)
+            .await
+            .map_err(RotaError::InvalidArgument)?;
+        let mut req = InstallRequest {
+            source,
+            ..Default::default()
+        };
+        apply_options(&mut req, &options, false).map_err(RotaError::InvalidArgument)?;
+        check_request_files(&caller, &req)
+            .await
+            .map_err(RotaError::InvalidArgument)?;
+        let e = self.agent.estimate(req).await?;
+        Ok((e.download, e.reuse, e.zero, e.total))
+    }
+
     /// Cancels the running install; its Completed reports result 2 (cancelled).
     async fn cancel(
         &self,

@@ -10,6 +10,11 @@ use zbus::zvariant::Value;
 )]
 pub trait Agent1 {
     fn install(&self, source: &str, options: HashMap<&str, Value<'_>>) -> zbus::Result<String>;
+    fn estimate_download(
+        &self,
+        source: &str,
+        options: HashMap<&str, Value<'_>>,
+    ) -> zbus::Result<(u64, u64, u64, u64)>;
     fn cancel(&self) -> zbus::Result<()>;
     fn mark(&self, state: &str, slot: &str) -> zbus::Result<(String, String)>;
     fn get_status(&self) -> zbus::Result<String>;
