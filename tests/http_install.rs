@@ -480,7 +480,7 @@ fn a_bundle_built_against_the_running_image_downloads_only_new_blocks() {
     assert_eq!(est["total"], size as u64, "{est}");
     let download = est["download"].as_u64().unwrap();
     assert!(
-        download >= 3 * 4096 && download < 3 * 4096 + (256 << 10),
+        (3 * 4096..3 * 4096 + (256 << 10)).contains(&download),
         "the new blocks and the bundle's metadata: {download}"
     );
     assert_eq!(

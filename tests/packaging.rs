@@ -700,6 +700,8 @@ fn rota_bundle_class_builds_a_verifiable_bundle() {
             ("ROTA_BUNDLE_DESCRIPTION", "July release".to_owned()),
             ("ROTA_BUNDLE_SLOT_CLASS", "rootfs".to_owned()),
             ("ROTA_BUNDLE_CHUNK_SIZE", "65536".to_owned()),
+            ("ROTA_BUNDLE_FORMAT", "2".to_owned()),
+            ("ROTA_BUNDLE_DELTA_FROM", String::new()),
             ("SOURCE_DATE_EPOCH", "1700000000".to_owned()),
             ("ROTA_BUNDLE_EXTRA_IMAGES", extra.to_owned()),
         ]

@@ -58,8 +58,13 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> BundleError {
     BundleError::Io(format!("{}: {e}", path.display()))
 }
 
-/// Per block of the image: None for an all-zero block, else its SHA-256.
-fn hash_blocks(path: &Path) -> Result<(Vec<Option<[u8; 32]>>, ImageDigest), BundleError> {
+/// Per block of an image: `None` for an all-zero block, else its SHA-256.
+type BlockHashes = Vec<Option<[u8; 32]>>;
+/// A compression job's result slot, filled by whichever thread takes the job.
+type ResultSlot = std::sync::Mutex<Option<Result<Vec<u8>, String>>>;
+
+/// The image's block hashes and its whole digest.
+fn hash_blocks(path: &Path) -> Result<(BlockHashes, ImageDigest), BundleError> {
     let mut f = File::open(path).map_err(|e| io_err(path, e))?;
     let mut whole = ImageHasher::new();
     let mut blocks = Vec::new();
@@ -120,8 +125,7 @@ fn compress_all(level: i32, jobs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Vec<V
         .map_or(1, |n| n.get())
         .min(jobs.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<Option<Result<Vec<u8>, String>>>> =
-        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let results: Vec<ResultSlot> = jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| loop {

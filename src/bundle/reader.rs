@@ -634,7 +634,6 @@ fn verify_blocks(
     for p in &map.patches {
         read(&mut packed, p.csize as usize, "a patch")?;
     }
-    drop(read);
     let got = hex::encode(whole_payload.finish());
     if Some(&got) != img.payload_sha256.as_ref() {
         return Err(payload(format!(

@@ -257,7 +257,7 @@ pub fn run(cli: Cli) -> CliResult {
                 chunk_size: chunk_size.unwrap_or(crate::bundle::DEFAULT_CHUNK_SIZE),
                 scheme,
                 source_date_epoch,
-                pack: (format == 2).then(|| crate::bundle::pack::PackOptions {
+                pack: (format == 2).then_some(crate::bundle::pack::PackOptions {
                     level: zstd_level,
                     frame_blocks: frame_size / 4096,
                     delta_from,

@@ -127,7 +127,7 @@ pub struct Estimate {
 /// there (the frame must be fetched).
 fn gather(map: &BlockMap, f: &Frame, running: &Running) -> std::io::Result<Option<Vec<u8>>> {
     let len = map.frame_len(f) as usize;
-    if len % BLOCK as usize != 0 {
+    if !len.is_multiple_of(BLOCK as usize) {
         // A short last block has no key in the table.
         return Ok(None);
     }

@@ -122,72 +122,6 @@ impl SlotIndex {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> SlotIndex {
-        SlotIndex {
-            image_sha256: [7; 32],
-            index: ChunkIndex {
-                chunk_size: 4096,
-                image_size: 10_000,
-                hashes: vec![[1; 32], [2; 32], [1; 32]],
-            },
-        }
-    }
-
-    #[test]
-    fn a_record_round_trips_and_is_found_only_for_its_image() {
-        let d = tempfile::tempdir().unwrap();
-        let r = sample();
-        r.save(d.path(), "rootfs.0").unwrap();
-        assert_eq!(
-            SlotIndex::load(d.path(), "rootfs.0", &hex::encode([7u8; 32])),
-            Some(r.clone())
-        );
-        assert_eq!(
-            SlotIndex::load(d.path(), "rootfs.0", &"00".repeat(32)),
-            None
-        );
-        assert_eq!(
-            SlotIndex::load(d.path(), "rootfs.1", &hex::encode([7u8; 32])),
-            None
-        );
-        SlotIndex::forget(d.path(), "rootfs.0").unwrap();
-        SlotIndex::forget(d.path(), "rootfs.0").unwrap();
-        assert_eq!(
-            SlotIndex::load(d.path(), "rootfs.0", &hex::encode([7u8; 32])),
-            None
-        );
-    }
-
-    #[test]
-    fn damaged_records_are_refused() {
-        let good = sample().to_bytes();
-        for bad in [
-            good[..good.len() - 1].to_vec(),
-            good[..10].to_vec(),
-            [b"ROTAIDX2".as_slice(), &good[8..]].concat(),
-            {
-                let mut b = good.clone();
-                b[8..12].copy_from_slice(&3000u32.to_le_bytes());
-                b
-            },
-        ] {
-            assert!(SlotIndex::from_bytes(&bad).is_err());
-        }
-    }
-
-    #[test]
-    fn locations_name_the_first_place_of_each_chunk() {
-        let m = sample().locations();
-        assert_eq!(m.len(), 2);
-        assert_eq!(m[&[1; 32]], (0, 4096));
-        assert_eq!(m[&[2; 32]], (4096, 4096));
-    }
-}
-
 const KEYS_MAGIC: &[u8; 8] = b"ROTAKEY1";
 /// A full 4 GiB slot: 8 bytes per 4 KiB block.
 const MAX_KEYS_RECORD: u64 = 40 + (8 << 20);
@@ -252,4 +186,70 @@ pub fn load_keys(data_dir: &Path, slot: &str, expect_sha256: &str) -> Option<Vec
         .windows(2)
         .all(|w| w[0].0 < w[1].0)
         .then_some(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SlotIndex {
+        SlotIndex {
+            image_sha256: [7; 32],
+            index: ChunkIndex {
+                chunk_size: 4096,
+                image_size: 10_000,
+                hashes: vec![[1; 32], [2; 32], [1; 32]],
+            },
+        }
+    }
+
+    #[test]
+    fn a_record_round_trips_and_is_found_only_for_its_image() {
+        let d = tempfile::tempdir().unwrap();
+        let r = sample();
+        r.save(d.path(), "rootfs.0").unwrap();
+        assert_eq!(
+            SlotIndex::load(d.path(), "rootfs.0", &hex::encode([7u8; 32])),
+            Some(r.clone())
+        );
+        assert_eq!(
+            SlotIndex::load(d.path(), "rootfs.0", &"00".repeat(32)),
+            None
+        );
+        assert_eq!(
+            SlotIndex::load(d.path(), "rootfs.1", &hex::encode([7u8; 32])),
+            None
+        );
+        SlotIndex::forget(d.path(), "rootfs.0").unwrap();
+        SlotIndex::forget(d.path(), "rootfs.0").unwrap();
+        assert_eq!(
+            SlotIndex::load(d.path(), "rootfs.0", &hex::encode([7u8; 32])),
+            None
+        );
+    }
+
+    #[test]
+    fn damaged_records_are_refused() {
+        let good = sample().to_bytes();
+        for bad in [
+            good[..good.len() - 1].to_vec(),
+            good[..10].to_vec(),
+            [b"ROTAIDX2".as_slice(), &good[8..]].concat(),
+            {
+                let mut b = good.clone();
+                b[8..12].copy_from_slice(&3000u32.to_le_bytes());
+                b
+            },
+        ] {
+            assert!(SlotIndex::from_bytes(&bad).is_err());
+        }
+    }
+
+    #[test]
+    fn locations_name_the_first_place_of_each_chunk() {
+        let m = sample().locations();
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[&[1; 32]], (0, 4096));
+        assert_eq!(m[&[2; 32]], (4096, 4096));
+    }
 }

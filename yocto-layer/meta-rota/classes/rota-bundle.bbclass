@@ -26,6 +26,13 @@ ROTA_BUNDLE_DESCRIPTION ??= "${SUMMARY}"
 ROTA_BUNDLE_SLOT_CLASS ??= "rootfs"
 # Chunk size in bytes (power of two, 4 KiB to 16 MiB); empty: rota's default.
 ROTA_BUNDLE_CHUNK_SIZE ??= ""
+# Bundle format: 2 (slot images as zstd frames of 4 KiB blocks, fetched by content) or 1
+# (raw chunks, for devices whose rota predates format 2).
+ROTA_BUNDLE_FORMAT ??= "2"
+# The previous release's ext4 image (a path on the build host), or empty: with it the
+# bundle also carries patches against that image, and a device running it downloads
+# little more than what changed (format 2 only).
+ROTA_BUNDLE_DELTA_FROM ??= ""
 # Extra images, space separated, each "slot-class:CLASS:FILE" or "mcu:NAME:FILE", with
 # FILE relative to DEPLOY_DIR_IMAGE (add the producing recipe's do_deploy to
 # do_image_rota[depends] yourself).
@@ -39,7 +46,7 @@ IMAGE_TYPEDEP:rota = "ext4"
 # nooelint: oelint.vars.mispell.unknown
 do_image_rota[depends] += "rota-native:do_populate_sysroot"
 # nooelint: oelint.vars.mispell.unknown
-do_image_rota[vardeps] += "ROTA_SIGNING_KEY ROTA_BUNDLE_VERSION ROTA_VERSION_SCHEME ROTA_COMPATIBLE ROTA_BUNDLE_EXTRA_IMAGES"
+do_image_rota[vardeps] += "ROTA_SIGNING_KEY ROTA_BUNDLE_VERSION ROTA_VERSION_SCHEME ROTA_COMPATIBLE ROTA_BUNDLE_EXTRA_IMAGES ROTA_BUNDLE_FORMAT ROTA_BUNDLE_DELTA_FROM"
 # nooelint: oelint.vars.mispell.unknown
 do_image_rota[doc] = "Builds a signed rota bundle (.rota) from the ext4 root file system"
 
@@ -87,7 +94,12 @@ IMAGE_CMD:rota () {
     if [ -n "${SOURCE_DATE_EPOCH}" ]; then
         epoch="--source-date-epoch ${SOURCE_DATE_EPOCH}"
     fi
+    delta=""
+    if [ -n "${ROTA_BUNDLE_DELTA_FROM}" ]; then
+        delta="--delta-from ${ROTA_BUNDLE_DELTA_FROM}"
+    fi
     rota bundle create "$dir" "${IMGDEPLOYDIR}/${IMAGE_NAME}${IMAGE_NAME_SUFFIX}.rota" \
-        --key "${ROTA_SIGNING_KEY}" --version-scheme "${ROTA_VERSION_SCHEME}" $chunk $epoch
+        --key "${ROTA_SIGNING_KEY}" --version-scheme "${ROTA_VERSION_SCHEME}" \
+        --format "${ROTA_BUNDLE_FORMAT}" $chunk $epoch $delta
     rm -rf "$dir"
 }
