@@ -51,10 +51,9 @@ printf '[update]\ncompatible = "acme-gateway"\nversion = "2.0.0"\n[[image]]\nslo
 (cd "$W/keys" && "$ROTA" keygen --out-dir . --name release >/dev/null)
 declare -A BUNDLE_ARGS=(
   [default]=""
-  [frames-1M]="--frame-size 1048576"
   [delta-from-v1]="--delta-from $PAIR/v1.img"
 )
-KINDS=(default frames-1M delta-from-v1)
+KINDS=(default delta-from-v1)
 declare -A PACK_SECS
 for k in "${KINDS[@]}"; do
   t0=$(now)

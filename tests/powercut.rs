@@ -35,6 +35,7 @@ mod support;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 use support::gateway::{path_str, pattern, Gateway};
+use support::nginx::{make_pki, Nginx};
 
 const IMAGE: usize = 4 << 20;
 /// The installer writes in batches of this size (install::copy::BATCH_BYTES).
@@ -256,7 +257,8 @@ fn power_cuts_at_every_step_never_brick_and_never_lose_an_install() {
     // activate; the slot is written in batches.
     let reach = |p: &str| -> u64 {
         match p {
-            "copy.mid-chunk" | "copy.after-write" => (IMAGE / BATCH) as u64,
+            // Format 2 writes frame by frame (64 KiB of random data each).
+            "copy.mid-chunk" | "copy.after-write" => (IMAGE / CHUNK) as u64,
             "env.mid-write" | "env.after-write" => 2,
             "state.before-rename" => 5,
             _ => 1,
@@ -733,4 +735,140 @@ fn a_panic_mid_copy_aborts_and_the_restarted_service_finishes_the_install() {
     );
     assert_eq!(uboot_boots(&gw), "B");
     assert_eq!(gw.read("a.img"), a);
+}
+
+/// Power cuts during a delta install over HTTP: the device runs v1 in slot A, v2 is v1
+/// with new blocks inserted, bundled `--delta-from` v1 (frames cut around the new blocks,
+/// patches against v1). Cut inside and after frame writes at several points, and killed at
+/// a random instant; the restarted service resumes — keeping what landed, taking the rest
+/// from the running slot, patches and frames — and ends with slot B bit-exact, A untouched.
+#[test]
+fn power_cuts_during_a_delta_install_resume_and_finish_bit_exact() {
+    let mut gw = Gateway::new(false);
+    let pki = gw.path("pki");
+    make_pki(&pki);
+    std::fs::create_dir_all(gw.path("www")).unwrap();
+    let ng = Nginx::start(&gw.path("www"), &pki, &gw.path("nginx"));
+    let mut a = gw.read("a.img");
+    let v1 = pattern(IMAGE, 600);
+    a[..IMAGE].copy_from_slice(&v1);
+    std::fs::write(gw.path("a.img"), &a).unwrap();
+    std::fs::write(gw.path("v1.img"), &v1).unwrap();
+    let mut v2 = Vec::new();
+    let mut from = 0;
+    for (i, at) in [64 << 10, (1 << 20) + 4096, (3 << 20) + 8192]
+        .iter()
+        .enumerate()
+    {
+        v2.extend_from_slice(&v1[from..*at]);
+        v2.extend_from_slice(&pattern(3 * 4096, 700 + i as u64));
+        from = *at;
+    }
+    v2.extend_from_slice(&v1[from..]);
+    v2.truncate(IMAGE);
+    let base = gw.path("v1.img");
+    let (bundle, v2) = gw.bundle_with(
+        "v2",
+        "acme-gateway",
+        "2.0.0",
+        v2,
+        "release",
+        &["--delta-from", path_str(&base)],
+    );
+    std::fs::copy(&bundle, gw.path("www/v2.rota")).unwrap();
+    let url = ng.url(ng.http, false, "v2.rota");
+    let mut rng = Rng(0x5eed_0f_de17a);
+    // A delta install writes a dozen frames or so: cuts early, in the middle and late.
+    let points: Vec<String> = vec![
+        "copy.after-write:1".into(),
+        format!("copy.after-write:{}", 2 + rng.below(4)),
+        format!("copy.mid-chunk:{}", 2 + rng.below(6)),
+        "install.after-read-back".into(),
+        "kill".into(),
+        "kill".into(),
+    ];
+    let mut cut = Vec::new();
+    for point in &points {
+        std::fs::write(gw.path("b.img"), vec![0x5Au8; a.len()]).unwrap();
+        if point == "kill" {
+            gw.start_service();
+            let mut cli = gw.spawn_rota(&["install", &url]);
+            // A random instant of the install: the cut a timer makes.
+            std::thread::sleep(Duration::from_millis(50 + rng.below(400)));
+            gw.kill_service();
+            assert!(wait_until(120, || matches!(cli.try_wait(), Ok(Some(_)))));
+        } else {
+            gw.spawn_service_with(|c| {
+                c.env("ROTA_FAILPOINT", point);
+            });
+            gw.wait_for_service();
+            let r = gw.rota(&["install", &url]);
+            if r.code() == 0 {
+                // Done before the n-th write: nothing was cut.
+                gw.stop_service();
+            } else {
+                assert_eq!(gw.wait_service_exit(120), None, "{point}: killed");
+                cut.push(point.clone());
+            }
+        }
+        assert_eq!(
+            gw.read("a.img"),
+            a,
+            "{point}: the running slot is untouched"
+        );
+        if uboot_boots_peek(&gw) == "B" {
+            assert_eq!(
+                &gw.read("b.img")[..IMAGE],
+                &v2[..],
+                "{point}: B is bootable only once it is complete"
+            );
+        }
+        gw.start_service();
+        assert!(
+            wait_until(120, || gw.status_json()["operation"] == "idle"),
+            "{point}"
+        );
+        let st = gw.status_json();
+        if st["last_install"]["result"] != "activated" {
+            // Cut before the journal existed: nothing to resume, install again.
+            assert!(point == "kill", "{point}: {st}");
+            gw.rota(&["install", &url]).success();
+        }
+        assert_eq!(
+            &gw.read("b.img")[..IMAGE],
+            &v2[..],
+            "{point}: slot B bit-exact"
+        );
+        assert_eq!(
+            gw.read("a.img"),
+            a,
+            "{point}: the running slot is untouched"
+        );
+        // Back to a device that runs A and has B out of the selection.
+        gw.rota(&["mark", "bad", "other"]).success();
+        gw.stop_service();
+    }
+    eprintln!("delta install cut at: {cut:?}");
+    for must in ["copy.after-write:1", "install.after-read-back"] {
+        assert!(
+            cut.iter().any(|c| c == must),
+            "{must} was never reached: {cut:?}"
+        );
+    }
+    assert!(cut.len() >= 3, "{cut:?}");
+}
+
+/// The slot U-Boot would boot now, without spending an attempt.
+fn uboot_boots_peek(gw: &Gateway) -> String {
+    let env = gw.fw_printenv();
+    let left = |s: &str| {
+        env.get(&format!("BOOT_{s}_LEFT"))
+            .and_then(|v| u32::from_str_radix(v, 16).ok())
+            .unwrap_or(0)
+    };
+    env["BOOT_ORDER"]
+        .split_whitespace()
+        .find(|s| left(s) > 0)
+        .unwrap_or("none")
+        .to_owned()
 }
