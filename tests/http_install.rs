@@ -505,3 +505,29 @@ fn a_bundle_built_against_the_running_image_downloads_only_new_blocks() {
         "slot A holds v2 bit-exact"
     );
 }
+
+/// Zero runs cost nothing over the air and are written as zeros: an image half zeros
+/// downloads only its other half (random, so uncompressed), and the progress says where
+/// every byte came from.
+#[test]
+fn zero_runs_are_written_without_a_download() {
+    let (gw, ng) = setup("");
+    let mut image = pattern(1 << 20, 61);
+    image.extend(vec![0u8; 2 << 20]);
+    image.extend(pattern(1 << 20, 62));
+    // Whatever slot B held must not shine through the zero run.
+    let b_len = gw.read("b.img").len();
+    std::fs::write(gw.path("b.img"), vec![0xA5u8; b_len]).unwrap();
+    publish(&gw, "z", "1.1.0", image.clone());
+    let (downloaded, reused, zero) = install_counts(&gw, &ng.url(ng.http, false, "z.rota"));
+    println!("zero runs: {downloaded} downloaded, {reused} reused, {zero} zero");
+    assert_eq!(zero, 2 << 20);
+    assert_eq!(reused, 0);
+    assert!(
+        (2 << 20..(2 << 20) + 4096).contains(&downloaded),
+        "{downloaded}"
+    );
+    assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
+    let st = gw.status_json();
+    assert_eq!(st["last_install"]["result"], "activated", "{st}");
+}

@@ -201,6 +201,7 @@ pub fn install(
                     Some(Ok(m)) => match decode_signal(&m) {
                         Some(Signal::Transaction(t)) => ours = t == transaction,
                         Some(Signal::Progress(p)) if ours => view.progress(&p),
+                        Some(Signal::Zero(z)) if ours => view.zero = z,
                         Some(Signal::Completed(t, result, message)) if t == transaction => {
                             confirm(&proxy, &transaction, result).await?;
                             view.done(result, &message);
@@ -270,6 +271,8 @@ const MAX_QUEUED_SIGNALS: usize = 4096;
 enum Signal {
     Transaction(String),
     Progress(Prog),
+    /// Bytes of zero runs written so far (`ProgressZero`).
+    Zero(u64),
     Completed(String, i32, String),
 }
 
@@ -291,6 +294,9 @@ fn decode_signal(m: &zbus::Message) -> Option<Signal> {
             if let Some(t) = changed.remove("Transaction") {
                 return String::try_from(t).ok().map(Signal::Transaction);
             }
+            if let Some(z) = changed.remove("ProgressZero") {
+                return u64::try_from(z).ok().map(Signal::Zero);
+            }
             let p = changed.remove("Progress")?;
             // Check the shape first: a structure of another length is not ours to unpack.
             if p.value_signature().to_string() != "(ustttttt)" {
@@ -307,6 +313,8 @@ type Prog = (u32, String, u64, u64, u64, u64, u64, u64);
 /// How install progress is shown.
 struct View {
     json: bool,
+    /// Zero-run bytes written so far, from `ProgressZero`.
+    zero: u64,
     bar: Option<super::bar::Bar>,
     last_message: String,
     transaction: String,
@@ -325,6 +333,7 @@ impl View {
         }
         View {
             json,
+            zero: 0,
             bar,
             last_message: String::new(),
             transaction: transaction.to_owned(),
@@ -337,7 +346,8 @@ impl View {
             println!(
                 "{}",
                 serde_json::json!({"event": "progress", "percent": percent, "message": message, "bytes_done": done,
-                    "bytes_total": total, "bytes_downloaded": downloaded, "bytes_reused": reused, "rate": rate, "eta_secs": eta})
+                    "bytes_total": total, "bytes_downloaded": downloaded, "bytes_reused": reused, "bytes_zero": self.zero,
+                    "rate": rate, "eta_secs": eta})
             );
             return;
         }

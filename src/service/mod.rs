@@ -281,6 +281,7 @@ impl Forwarder {
         let n = self.native.get().await;
         let e = self.native.signal_emitter();
         if moves.native_progress {
+            n.progress_zero_changed(e).await?;
             n.progress_changed(e).await?;
         }
         match ev {

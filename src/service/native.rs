@@ -446,6 +446,14 @@ impl Agent1 {
         )
     }
 
+    /// Image bytes of zero runs written so far by the running or last install (format-2
+    /// bundles store them as nothing): with Progress's downloaded and reused bytes, where
+    /// every byte in the slot came from. Changes just before Progress.
+    #[zbus(property)]
+    async fn progress_zero(&self) -> u64 {
+        super::published(&self.published).native_progress.bytes_zero
+    }
+
     /// Why the last operation failed; "" after success and when an install starts.
     #[zbus(property)]
     async fn last_error(&self) -> String {
