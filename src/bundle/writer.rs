@@ -127,6 +127,17 @@ pub fn create(
     )
 }
 
+/// Temporary files of a bundle being made: removed however `create_with` ends.
+struct TempFiles(Vec<PathBuf>);
+
+impl Drop for TempFiles {
+    fn drop(&mut self) {
+        for p in &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
 /// Where an image's members come from when the tar is written.
 enum Source {
     Chunks(PathBuf, ChunkIndex),
@@ -163,6 +174,7 @@ pub fn create_with(
         .map_err(|e| BundleError::Manifest(format!("{}: {e}", input_path.display())))?;
     let mut images = Vec::new();
     let mut sources: Vec<Source> = Vec::new();
+    let mut temps = TempFiles(Vec::new());
     for (i, img) in input.images.iter().enumerate() {
         check_member_name(&img.file)
             .map_err(|m| BundleError::Manifest(format!("image {}: {m}", i + 1)))?;
@@ -176,6 +188,7 @@ pub fn create_with(
         }
         if let (Some(pack), Some(_)) = (&opts.pack, &img.slot_class) {
             let payload = out.with_extension(format!("rota.{}.tmp", images.len()));
+            temps.0.push(payload.clone());
             let packed = super::pack::pack(&path, &payload, pack)?;
             let map = packed.map.to_bytes();
             images.push(ImageEntry {
@@ -241,6 +254,7 @@ pub fn create_with(
     let signature = key.sign(&manifest_bytes).to_bytes();
 
     let tmp = out.with_extension("rota.tmp");
+    temps.0.push(tmp.clone());
     let file = File::create(&tmp).map_err(|e| io_err(&tmp, e))?;
     let mut tar = tar::Builder::new(BufWriter::with_capacity(1 << 20, file));
     let mut append = |name: &str, size: u64, data: &mut dyn Read| -> Result<(), BundleError> {
@@ -269,7 +283,6 @@ pub fn create_with(
                 let size = img.payload_size.unwrap_or(0);
                 let mut reader = BufReader::with_capacity(1 << 20, f).take(size);
                 append(&img.file, size, &mut reader)?;
-                let _ = std::fs::remove_file(payload);
             }
         }
     }
@@ -333,5 +346,31 @@ mod tests {
             b.manifest.update.description.map(|d| d.len()),
             Some(900 << 10)
         );
+    }
+
+    /// A failed build leaves neither a bundle nor its temporary files behind.
+    #[test]
+    fn a_failed_build_leaves_nothing_behind() {
+        let t = tempfile::tempdir().unwrap();
+        let key = super::super::keys::generate().unwrap();
+        source(t.path(), 10);
+        let out = t.path().join("b.rota");
+        let opts = CreateOptions {
+            pack: Some(PackOptions {
+                delta_from: Some(t.path().join("no-such-base.img")),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let e = create_with(t.path(), &out, &key, &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no-such-base.img"), "{e}");
+        let left: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("rota"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }
