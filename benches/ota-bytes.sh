@@ -7,9 +7,9 @@
 #   bash benches/ota-bytes.sh [PAIR_DIR]
 #
 # What rota does here, all through the shipped binary (release build):
-#   1. `rota bundle create` of v2 three ways: default (64 KiB frames, for devices on any
-#      earlier image), 1 MiB frames, and `--delta-from v1.img` (1 MiB frames cut where
-#      v1's blocks end, plus patches against v1);
+#   1. `rota bundle create` of v2 two ways: default (64 KiB frames, for devices on any
+#      earlier image) and `--delta-from v1.img` (1 MiB frames cut where v1's blocks end,
+#      plus patches against v1);
 #   2. a simulated gateway (scripts/sim-gateway.sh) with 1 GiB slots, slot A holding v1,
 #      served over HTTP by nginx on the loopback; `rota install --dry-run` of each bundle
 #      gives the update's bytes, the same on a gateway whose running slot has nothing in
