@@ -228,7 +228,6 @@ impl Console {
 /// One emulated gateway: a copy of a prepared image (its own disk and board flash).
 struct Board {
     dir: PathBuf,
-    variant: &'static str,
     name: String,
     www: PathBuf,
     _tmp: tempfile::TempDir,
@@ -272,7 +271,6 @@ impl Board {
         let nginx = nginx::launch(&dir.join("nginx"), &server, &[port]);
         Board {
             dir,
-            variant,
             name: name.to_owned(),
             www,
             _tmp: tmp,
@@ -337,12 +335,6 @@ impl Drop for Board {
     }
 }
 
-/// What one boot showed on the console.
-struct Booted {
-    slot: String,
-    mark_good: bool,
-}
-
 impl On {
     fn send(&mut self, line: &str) {
         self.stdin
@@ -379,6 +371,33 @@ impl On {
         (rc, out)
     }
 
+    /// Types `cmd`, which ends in a reboot: waits for the kernel's restart message. Fails
+    /// at once if the command returns non-zero instead (rota install --reboot returns 0
+    /// once the install is complete, and the reboot follows).
+    fn run_until_reboot(&mut self, cmd: &str, within: Duration) {
+        self.seq += 1;
+        let n = self.seq;
+        self.send(&format!("{cmd}; printf '%s_%s_%s\\n' ROTA-END {n} $?"));
+        let end = format!("ROTA-END_{n}_");
+        let from = self.console.mark;
+        let reboot = "reboot: Restarting system";
+        if self.console.expect_any(&[&end, reboot], within) == 0 {
+            let (rc, _) = self
+                .console
+                .wait(self.console.mark, "its exit code", within, |s| {
+                    let d: String = s.chars().take_while(char::is_ascii_digit).collect();
+                    (s.len() > d.len()).then_some((d, 0))
+                });
+            if rc != "0" {
+                panic!(
+                    "`{cmd}` failed instead of rebooting:\n{}",
+                    self.console.text_from(from)
+                );
+            }
+            self.console.expect(reboot, within);
+        }
+    }
+
     /// `run` that must succeed; its output.
     fn ok(&mut self, cmd: &str) -> String {
         let (rc, out) = self.run(cmd, Duration::from_secs(120));
@@ -388,7 +407,7 @@ impl On {
 
     /// From power-on (or a reboot) to the shell: the slot U-Boot chose, whether
     /// rota-mark-good.service finished, and a prepared shell.
-    fn boot(&mut self, board: &mut Board, want: &str, healthy: bool) -> Booted {
+    fn boot(&mut self, board: &mut Board, want: &str, healthy: bool) {
         let t0 = Instant::now();
         let c = &mut self.console;
         c.expect("rota: booting slot ", BOOT_DEADLINE);
@@ -401,37 +420,56 @@ impl On {
         assert_eq!(slot, want, "U-Boot booted slot {slot}, expected {want}");
         let uboot_at = c.mark;
         let uboot_s = t0.elapsed().as_secs();
-        c.expect("Started rota.service.", BOOT_DEADLINE);
-        let outcome = c.expect_any(
-            &[
-                "Finished rota-mark-good.service.",
-                "Failed to start rota-mark-good.service.",
-            ],
-            BOOT_DEADLINE,
-        );
-        let mark_good = outcome == 0;
-        assert_eq!(
-            mark_good,
-            healthy,
-            "rota-mark-good.service {} on slot {slot}",
-            if mark_good { "succeeded" } else { "failed" }
-        );
-        // The login prompt may have come before or after the units: search from U-Boot.
+        // The login prompt (systemd stops printing unit status on the console once the
+        // serial getty runs on it, so the units are asked below, after boot finished).
         let (_, at) = c.wait(uboot_at, "the shell prompt", BOOT_DEADLINE, |s| {
             s.find("root@gateway:").map(|i| ((), i))
         });
-        c.mark = c.mark.max(at);
+        c.mark = at;
+        let started = c.text_from(uboot_at).contains("Started rota.service.");
         self.ok("stty cols 500 rows 50; dmesg -n 1; export SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 PAGER=cat");
         let (_, state) = self.run("systemctl is-system-running --wait", BOOT_DEADLINE);
+        let rota = parse_env(&self.ok("systemctl show rota.service -p ActiveState -p Result"));
+        assert_eq!(
+            rota["ActiveState"], "active",
+            "rota.service on slot {slot}: {rota:?}"
+        );
+        let mg =
+            parse_env(&self.ok("systemctl show rota-mark-good.service -p ActiveState -p Result"));
+        let log = self.ok("journalctl -b -o cat -u rota-mark-good.service");
+        if healthy {
+            assert_eq!(
+                (mg["ActiveState"].as_str(), mg["Result"].as_str()),
+                ("active", "success"),
+                "rota-mark-good.service on slot {slot}:\n{log}"
+            );
+            assert!(
+                log.contains("as good"),
+                "rota-mark-good.service ran, but rota did not say it marked the slot:\n{log}"
+            );
+        } else {
+            assert_eq!(
+                mg["ActiveState"], "failed",
+                "rota-mark-good.service on unhealthy slot {slot}:\n{log}"
+            );
+            assert!(
+                log.contains("rota-health-check: command failed"),
+                "the health check is why slot {slot} is not marked good:\n{log}"
+            );
+        }
+        let started = if started {
+            ", rota.service started on the console"
+        } else {
+            ""
+        };
         board.boots += 1;
         timing(&format!(
-            "{}: boot {} (slot {slot}): U-Boot after {uboot_s} s, system {} after {} s",
+            "{}: boot {} (slot {slot}): U-Boot after {uboot_s} s, system {} after {} s{started}",
             board.name,
             board.boots,
             state.trim(),
             t0.elapsed().as_secs()
         ));
-        Booted { slot, mark_good }
     }
 
     fn guest_env(&mut self) -> BTreeMap<String, String> {
@@ -459,7 +497,10 @@ impl On {
             "for i in $(seq 60); do t=$(systemctl show rota.service -p WatchdogTimestampMonotonic --value); [ \"${t:-0}\" != 0 ] && break; sleep 1; done; echo \"watchdog ping at $t\"; [ \"${t:-0}\" != 0 ]",
             Duration::from_secs(120),
         );
-        assert_eq!(rc, 0, "no watchdog ping from rota.service within 60 s: {out}");
+        assert_eq!(
+            rc, 0,
+            "no watchdog ping from rota.service within 60 s: {out}"
+        );
         let mnt = self.ok("findmnt -n -o SOURCE,FSTYPE /data; stat -c '%a %U' /data/rota");
         assert!(mnt.contains("ext4") && mnt.contains("700 root"), "{mnt}");
     }
@@ -549,9 +590,7 @@ fn install_and_boot_b(variant: &'static str, name: &str) {
 
     let url = board.url(&format!("{variant}-2.0.0.rota"));
     let t_install = Instant::now();
-    on.send(&format!("rota install --reboot {url}"));
-    on.console
-        .expect("reboot: Restarting system", INSTALL_DEADLINE);
+    on.run_until_reboot(&format!("rota install --reboot {url}"), INSTALL_DEADLINE);
     timing(&format!(
         "{name}: install over HTTP to reboot {} s",
         t_install.elapsed().as_secs()
@@ -594,10 +633,7 @@ fn rpi_env_on_fat_install_over_http_reboot_into_b_marked_good() {
 fn percents(s: &str) -> impl Iterator<Item = u32> + '_ {
     s.match_indices('%').filter_map(move |(i, _)| {
         let head = &s[..i];
-        let digits = head.len()
-            - head
-                .trim_end_matches(|c: char| c.is_ascii_digit())
-                .len();
+        let digits = head.len() - head.trim_end_matches(|c: char| c.is_ascii_digit()).len();
         (1..=3)
             .contains(&digits)
             .then(|| head[head.len() - digits..].parse().ok())
@@ -620,17 +656,10 @@ fn rollback_after_unhealthy_update_then_power_cut_after_activation() {
     let mut on = board.power_on();
     on.boot(&mut board, "A", true);
     let url = board.url("imx-2.0.1-unhealthy.rota");
-    on.send(&format!("rota install --reboot {url}"));
-    on.console
-        .expect("reboot: Restarting system", INSTALL_DEADLINE);
+    on.run_until_reboot(&format!("rota install --reboot {url}"), INSTALL_DEADLINE);
     let attempts: u32 = ATTEMPTS.parse().unwrap();
     for left in (0..attempts).rev() {
         on.boot(&mut board, "B", false);
-        let why = on.ok("systemctl status rota-mark-good.service --no-pager -n 20 || true");
-        assert!(
-            why.contains("rota-health-check: command failed"),
-            "the health check is why B is not marked good:\n{why}"
-        );
         let st = on.status();
         assert_eq!(st["booted"], "B", "{st}");
         assert_eq!(st["last_install"]["result"], "booted", "{st}");
@@ -708,7 +737,12 @@ fn power_cut_during_install_resumes_on_a_and_boots_b() {
     for seed in seeds.split_whitespace() {
         let seed: u64 = seed.parse().expect("ROTA_VM_SEEDS: numbers");
         // A cut point between 2 % and 96 % of the progress (a small LCG of the seed).
-        let cut = 2 + (seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) >> 33) % 95;
+        let cut = 2
+            + (seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407)
+                >> 33)
+                % 95;
         let name = format!("power-cut-seed-{seed}");
         let t0 = Instant::now();
         let mut board = Board::new("imx", &name);
@@ -736,7 +770,6 @@ fn power_cut_during_install_resumes_on_a_and_boots_b() {
         } else {
             // rota resumes by itself at start; the operator watches its log until the
             // resumed install reboots the board.
-            c.expect("Started rota.service.", BOOT_DEADLINE);
             let (_, at) = c.wait(c.mark, "the shell prompt", BOOT_DEADLINE, |s| {
                 s.find("root@gateway:").map(|i| ((), i))
             });
@@ -766,7 +799,10 @@ fn power_cut_during_install_resumes_on_a_and_boots_b() {
         let env = on.guest_env();
         on.power_off(&board);
         let (_, disk) = agree(&env, &st, &board);
-        assert!(disk["journal"].is_null(), "no install left in the journal: {disk}");
+        assert!(
+            disk["journal"].is_null(),
+            "no install left in the journal: {disk}"
+        );
         timing(&format!(
             "{name}: journey done in {} s",
             t0.elapsed().as_secs()
