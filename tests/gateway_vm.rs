@@ -430,10 +430,10 @@ impl On {
         self.ok("stty cols 500 rows 50; dmesg -n 1; export SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 PAGER=cat");
         let (_, state) = self.run("systemctl is-system-running --wait", BOOT_DEADLINE);
         let rota = parse_env(&self.ok("systemctl show rota.service -p ActiveState -p Result"));
-        assert_eq!(
-            rota["ActiveState"], "active",
-            "rota.service on slot {slot}: {rota:?}"
-        );
+        if rota["ActiveState"] != "active" {
+            let log = self.ok("journalctl -b -o cat -u rota.service | tail -n 15");
+            panic!("rota.service on slot {slot} is not active: {rota:?}; its log:\n{log}");
+        }
         let mg =
             parse_env(&self.ok("systemctl show rota-mark-good.service -p ActiveState -p Result"));
         let log = self.ok("journalctl -b -o cat -u rota-mark-good.service");
