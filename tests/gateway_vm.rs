@@ -794,6 +794,11 @@ fn power_cut_during_install_resumes_on_a_and_boots_b() {
                 "rota did not resume the install after the power cut:\n{log}"
             );
             board.boots += 1;
+            timing(&format!(
+                "{name}: boot {} (slot A): resumed, completed and rebooted {} s after power-on",
+                board.boots,
+                on.started.elapsed().as_secs()
+            ));
         }
         // Reboot into B (boot() starts from the U-Boot line, which may be behind us).
         on.console.mark = if first.starts_with('B') {
