@@ -12,6 +12,25 @@ ROOT=$PWD
 QEMU=1
 [[ "${1:-}" == "--no-qemu" ]] && QEMU=0
 
+# --vm: the same journey on an emulated ARM64 gateway instead (scripts/gateway-vm.sh):
+# Debian's U-Boot, kernel and systemd under qemu-system-aarch64, rota as shipped, the
+# serial console streamed here. ~10 min with a cached aarch64 build and root file system;
+# the first run cross-builds rota for aarch64 (~20 min on 2 cores) and builds the
+# Debian root file system (~3-5 min).
+if [[ "${1:-}" == "--vm" ]]; then
+  bash scripts/setup-deps.sh
+  bash scripts/ci-arm.sh --prepare
+  echo "== building rota: aarch64 release for the gateway, the host CLI for keys and bundles"
+  CARGO_TARGET_DIR=target/arm cargo build --release --locked --quiet --target aarch64-unknown-linux-gnu --bin rota
+  cargo build --locked --quiet --bin rota
+  echo "== the emulated gateway: images, keys, bundles (scripts/gateway-vm.sh prepare)"
+  bash scripts/ci-vm.sh --prepare
+  echo "== the journey (tests/gateway_vm.rs): factory boot of A, install over HTTP, reboot into B, mark good"
+  ROTA_VM_TESTS=1 ROTA_VM_CONSOLE=1 cargo nextest run --locked --features failpoints --profile vm \
+    --no-capture --test gateway_vm -E 'test(/^imx_env_factory/)'
+  exit
+fi
+
 bash scripts/setup-deps.sh
 echo "== building rota (release)"
 cargo build --release --quiet

@@ -16,6 +16,7 @@ APT_PACKAGES=(
   nginx curl                # real HTTP(S) server for downloads
   fdisk mtools dosfstools e2fsprogs  # disk images for the U-Boot tests
   python3-venv
+  mmdebstrap qemu-user-static binfmt-support arch-test  # the emulated gateway's Debian rootfs (scripts/gateway-vm-rootfs.sh)
   systemd                   # systemd-analyze verify/security (no systemd runs here)
   util-linux                # setpriv, runuser
 )

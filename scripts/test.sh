@@ -9,6 +9,9 @@
 # service), and once they are built, the ARM part (scripts/ci-arm.sh: cross builds, then
 # tests under qemu-user) runs at lower priority beside them.
 # ROTA_CI_ARM=0 skips the ARM part.
+# Last, scripts/ci-vm.sh runs the journeys on an emulated ARM64 gateway (real U-Boot,
+# kernel, systemd and partitions under qemu-system-aarch64) with the ARM part's aarch64
+# release binary. ROTA_CI_VM=0 skips it (so does ROTA_CI_ARM=0: it needs that binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -66,7 +69,8 @@ if grep -q ROTA_FAILPOINT target/debug/rota; then
 fi
 
 for extra in scripts/ci-*.sh; do
-  [[ -e "$extra" && "$extra" != scripts/ci-arm.sh ]] || continue
+  # ci-arm.sh runs in the background (above), ci-vm.sh after it (below).
+  [[ -e "$extra" && "$extra" != scripts/ci-arm.sh && "$extra" != scripts/ci-vm.sh ]] || continue
   stage "$extra"
   bash "$extra"
 done
@@ -77,5 +81,9 @@ if [[ -n $arm_pid ]]; then
   trap - EXIT
   cat target/ci-arm.log | grep -v '^\s*\(Compiling\|Downloaded\|Downloading\|Executable\)' || true
   ((rc == 0)) || { echo "scripts/ci-arm.sh failed ($rc)"; exit "$rc"; }
+  if [[ "${ROTA_CI_VM:-1}" != 0 ]]; then
+    stage "scripts/ci-vm.sh (emulated ARM64 gateway journeys)"
+    bash scripts/ci-vm.sh
+  fi
 fi
 stage "all green"

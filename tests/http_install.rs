@@ -530,4 +530,33 @@ fn zero_runs_are_written_without_a_download() {
     assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
     let st = gw.status_json();
     assert_eq!(st["last_install"]["result"], "activated", "{st}");
+
+/// A device without a CA store (no ca-certificates; first seen on the emulated gateway,
+/// tests/gateway_vm.rs) still installs from an http:// URL; only https needs trust
+/// anchors, and says so.
+#[test]
+fn plain_http_installs_without_a_system_ca_store() {
+    let mut gw = Gateway::new(false);
+    let pki = gw.path("pki");
+    make_pki(&pki);
+    std::fs::create_dir_all(gw.path("www")).unwrap();
+    let ng = Nginx::start(&gw.path("www"), &pki, &gw.path("nginx"));
+    let none = gw.path("no-ca-store");
+    gw.spawn_service_with(|c| {
+        c.env("SSL_CERT_FILE", &none).env("SSL_CERT_DIR", &none);
+    });
+    gw.wait_for_service();
+    let image = publish(&gw, "v11", "1.1.0", pattern(1 << 20, 41));
+    gw.rota(&["install", &ng.url(ng.http, false, "v11.rota")])
+        .success();
+    assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
+    let image = publish(&gw, "v12", "1.2.0", pattern(1 << 20, 42));
+    let r = gw.rota(&["install", &ng.url(ng.https, true, "v12.rota")]);
+    let out = format!("{}{}", r.stdout(), r.stderr());
+    assert_eq!(r.code(), 1, "{out}");
+    assert!(
+        out.contains("no trusted CA certificates"),
+        "https names the missing trust anchors: {out}"
+    );
+    assert_ne!(&gw.read("b.img")[..image.len()], &image[..]);
 }

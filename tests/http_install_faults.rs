@@ -35,12 +35,15 @@ fn installs_are_bit_exact_through_a_faulty_link() {
     let mut refetched_before = 0;
     for (round, seed) in [11u64, 12, 14].into_iter().enumerate() {
         let version = format!("1.{}.0", round + 1);
-        let (path, image) = gw.bundle(
+        // Format 1: each flipped byte must show up as a chunk fetched again (format 2
+        // frames refuse them the same way; tests/malicious_blocks.rs covers that path).
+        let (path, image) = gw.bundle_with(
             &format!("f{seed}"),
             "acme-gateway",
             &version,
             pattern(size, seed),
             "release",
+            &["--format", "1"],
         );
         std::fs::copy(&path, gw.path(&format!("www/f{seed}.rota"))).unwrap();
         proxy.clear();

@@ -62,7 +62,7 @@ fn openssl_keys_sign_bundles_rota_verifies() {
     let names: Vec<&str> = list.lines().collect();
     assert_eq!(
         names,
-        ["manifest.toml", "manifest.toml.sig", "img.chunks", "img"]
+        ["manifest.toml", "manifest.toml.sig", "img.blocks", "img"]
     );
     // OpenSSL verifies the signature of the manifest as extracted by tar.
     run(Command::new("tar").current_dir(d).args([
@@ -214,7 +214,7 @@ fn rota_keys_are_read_by_openssl_and_wrong_keys_are_named() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("image img: chunk 3") && err.contains("does not match its signed hash"),
+        err.contains("image img: the frame at bytes") && err.contains("does not match its signed hash"),
         "{err}"
     );
 }

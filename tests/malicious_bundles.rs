@@ -1,4 +1,5 @@
-//! The malicious and broken bundle corpus: every kind of bad bundle (forged, unsigned,
+//! The malicious and broken bundle corpus (format 1 bundles; format 2's own cases are in
+//! tests/malicious_blocks.rs): every kind of bad bundle (forged, unsigned,
 //! swapped, truncated, padded, traversing, linking, duplicated, oversized, overflowing,
 //! non-UTF-8, wrong board, downgrade, unknown format, reordered, damaged, not a tar at
 //! all) is installed through the real service path (`rota install` → D-Bus → `rota
@@ -63,20 +64,18 @@ impl Corpus {
 fn build_corpus(gw: &Gateway) -> Corpus {
     let mut c = Corpus { cases: Vec::new() };
     let release = signing_key(&gw.path("keys/release.key.pem"));
-    let (base_path, _) = gw.bundle(
+    let (base_path, _) = gw.bundle_with(
         "base",
         "acme-gateway",
         "3.0.0",
         pattern(IMAGE, 21),
-        "release",
-    );
-    let (twin_path, _) = gw.bundle(
+        "release", &["--format", "1"]);
+    let (twin_path, _) = gw.bundle_with(
         "twin",
         "acme-gateway",
         "3.0.1",
         pattern(IMAGE, 22),
-        "release",
-    );
+        "release", &["--format", "1"]);
     let base = std::fs::read(&base_path).unwrap();
     let ms = members(&base);
     let twin = members(&std::fs::read(&twin_path).unwrap());
@@ -148,13 +147,12 @@ fn build_corpus(gw: &Gateway) -> Corpus {
         &["manifest.toml.sig has 18446744073709551615 bytes, an ed25519 signature is 64"],
         Refused,
     );
-    let (untrusted, _) = gw.bundle(
+    let (untrusted, _) = gw.bundle_with(
         "untrusted",
         "acme-gateway",
         "3.0.0",
         pattern(IMAGE, 23),
-        "other",
-    );
+        "other", &["--format", "1"]);
     c.add_file(
         "signed by an untrusted key",
         untrusted,
@@ -555,39 +553,36 @@ fn build_corpus(gw: &Gateway) -> Corpus {
     );
 
     // --- device checks on a validly signed bundle ---
-    let (wrong, _) = gw.bundle(
+    let (wrong, _) = gw.bundle_with(
         "wrongcompat",
         "other-board",
         "3.0.0",
         pattern(IMAGE, 24),
-        "release",
-    );
+        "release", &["--format", "1"]);
     c.add_file(
         "wrong compatible",
         wrong,
         &["bundle is for \"other-board\", this device is \"acme-gateway\""],
         Refused,
     );
-    let (old, _) = gw.bundle(
+    let (old, _) = gw.bundle_with(
         "downgrade",
         "acme-gateway",
         "1.0.0",
         pattern(IMAGE, 25),
-        "release",
-    );
+        "release", &["--format", "1"]);
     c.add_file(
         "downgrade",
         old,
         &["bundle version 1.0.0 is lower than the booted slot's 2.0.0"],
         Refused,
     );
-    let (big, _) = gw.bundle(
+    let (big, _) = gw.bundle_with(
         "toobig",
         "acme-gateway",
         "3.0.0",
         pattern(support::gateway::SLOT_SIZE + 4096, 26),
-        "release",
-    );
+        "release", &["--format", "1"]);
     c.add_file(
         "image larger than its slot",
         big,
@@ -738,13 +733,12 @@ fn the_service_refuses_every_malicious_bundle_and_keeps_the_device_intact() {
     let corpus = build_corpus(&gw);
     let goods: Vec<(PathBuf, Vec<u8>)> = (0..2)
         .map(|i| {
-            gw.bundle(
+            gw.bundle_with(
                 &format!("good{i}"),
                 "acme-gateway",
                 &format!("3.1.{i}"),
                 pattern(200_000, 40 + i),
-                "release",
-            )
+                "release", &["--format", "1"])
         })
         .collect();
     let a_image = gw.read("a.img");
@@ -954,12 +948,16 @@ fn tar_padding_is_accepted_but_trailing_data_is_not() {
         "[update]\ncompatible = \"acme-gateway\"\nversion = \"1.0.0\"\n[[image]]\nslot-class = \"rootfs\"\nfile = \"rootfs.ext4\"\n",
     )
     .unwrap();
-    rota::bundle::writer::create(
+    // Format 1: this corpus is about the tar layer and the chunk index (format 2's own
+    // hostile cases are in tests/malicious_blocks.rs).
+    rota::bundle::writer::create_with(
         &d.join("in"),
         &d.join("b.rota"),
         &key,
-        65536,
-        rota::version::VersionScheme::Semver,
+        &rota::bundle::writer::CreateOptions {
+            pack: None,
+            ..Default::default()
+        },
     )
     .unwrap();
     std::fs::create_dir(d.join("x")).unwrap();

@@ -353,7 +353,10 @@ impl HttpSource {
         let mut tls_error = None;
         match opts.client_tls(https)? {
             ClientTls::Ready(c) => b = b.tls_backend_preconfigured(*c),
-            ClientTls::Unavailable(e) => tls_error = Some(e),
+            ClientTls::Unavailable(e) => {
+                tls_error = Some(e);
+                b = b.tls_backend_preconfigured(tls::trust_nothing_config()?);
+            }
         }
         let client = b
             .build()

@@ -403,6 +403,21 @@ pub fn client_config(s: &TlsSettings<'_>) -> Result<rustls::ClientConfig, Source
     Ok(config)
 }
 
+/// A configuration that trusts no certificate, for a plain-HTTP client on a system whose
+/// CA store is missing or unreadable: without a configuration of its own, reqwest builds
+/// one from the system store and refuses to make the client at all ("No CA certificates
+/// were loaded from the system"), so a device without ca-certificates could not install
+/// from an http:// URL. No TLS connection can succeed with it: a redirect to https fails
+/// with the reason the real configuration could not be made.
+pub fn trust_nothing_config() -> Result<rustls::ClientConfig, SourceError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| fatal(format!("TLS setup: {e}")))?
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 /// reqwest built without a default provider needs one installed process-wide, even for
 /// plain HTTP: ring, as for every TLS connection rota makes.
 pub fn install_ring_provider() {

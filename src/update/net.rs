@@ -77,7 +77,12 @@ impl Api {
         let mut tls_error = None;
         match opts.client_tls(https).map_err(|e| e.to_string())? {
             ClientTls::Ready(c) => builder = builder.tls_backend_preconfigured(*c),
-            ClientTls::Unavailable(e) => tls_error = Some(e),
+            ClientTls::Unavailable(e) => {
+                tls_error = Some(e);
+                // Else reqwest refuses to build a client on a system without CA store.
+                let c = tls::trust_nothing_config().map_err(|e| e.to_string())?;
+                builder = builder.tls_backend_preconfigured(c);
+            }
         }
         let client = builder
             .build()
