@@ -440,3 +440,94 @@ fn make_patches(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block of `BLOCK` bytes that is not all zero and differs for every `n`.
+    fn block(n: u64) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK as usize];
+        let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for byte in b.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = x as u8;
+        }
+        b
+    }
+
+    fn pack_bytes(dir: &Path, image: &[u8], opts: &PackOptions) -> (Packed, u64) {
+        let img = dir.join("image");
+        let payload = dir.join("payload");
+        std::fs::write(&img, image).unwrap();
+        let packed = pack(&img, &payload, opts).unwrap();
+        let len = std::fs::metadata(&payload).unwrap().len();
+        (packed, len)
+    }
+
+    #[test]
+    fn zero_runs_cost_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // 8 MiB of zeros: no frame, one zero run, an empty payload.
+        let (p, len) = pack_bytes(dir.path(), &vec![0u8; 8 << 20], &PackOptions::default());
+        assert!(p.map.frames.is_empty(), "{:?}", p.map.frames);
+        assert_eq!(
+            p.map.zeros,
+            [ZeroRun {
+                first: 0,
+                blocks: 2048
+            }]
+        );
+        assert_eq!((len, p.map.payload_size()), (0, 0));
+        assert_eq!(p.digest.size, 8 << 20);
+        // Data, 4 MiB of zeros, data: two one-block frames around one zero run, and the
+        // payload is no larger than the two blocks.
+        let mut image = block(1);
+        image.resize(image.len() + (4 << 20), 0);
+        image.extend_from_slice(&block(2));
+        let (p, len) = pack_bytes(dir.path(), &image, &PackOptions::default());
+        let cut: Vec<(u64, u32)> = p.map.frames.iter().map(|f| (f.first, f.blocks)).collect();
+        assert_eq!(cut, [(0, 1), (1025, 1)]);
+        assert_eq!(
+            p.map.zeros,
+            [ZeroRun {
+                first: 1,
+                blocks: 1024
+            }]
+        );
+        assert!(len <= 2 * BLOCK, "{len} bytes of payload");
+    }
+
+    #[test]
+    fn frames_are_cut_where_base_blocks_meet_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let base: Vec<u8> = (0..8).flat_map(block).collect();
+        std::fs::write(dir.path().join("base"), &base).unwrap();
+        // Base blocks 0..4, four new blocks, base blocks 4..8.
+        let image: Vec<u8> = (0..4).chain(100..104).chain(4..8).flat_map(block).collect();
+        let opts = PackOptions {
+            level: 3,
+            frame_blocks: MAX_FRAME_BLOCKS,
+            delta_from: Some(dir.path().join("base")),
+        };
+        let (p, _) = pack_bytes(dir.path(), &image, &opts);
+        let cut: Vec<(u64, u32)> = p.map.frames.iter().map(|f| (f.first, f.blocks)).collect();
+        assert_eq!(cut, [(0, 4), (4, 4), (8, 4)]);
+        for f in &p.map.frames {
+            let (at, len) = p.map.frame_range(f);
+            assert_eq!(f.sha256, sha256(&image[at as usize..(at + len) as usize]));
+        }
+        // Without a base the same image is one frame.
+        let (p, _) = pack_bytes(
+            dir.path(),
+            &image,
+            &PackOptions {
+                delta_from: None,
+                ..opts
+            },
+        );
+        assert_eq!(p.map.frames.len(), 1);
+    }
+}
