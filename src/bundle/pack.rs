@@ -155,13 +155,14 @@ fn compress_all(level: i32, jobs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Vec<V
 struct Base {
     file: File,
     path: std::path::PathBuf,
+    /// Its whole blocks (a partial last block is never part of a reference).
     blocks: u64,
     at: HashMap<[u8; 32], u64>,
 }
 
 impl Base {
     fn open(path: &Path) -> Result<Base, BundleError> {
-        let (hashes, _) = hash_blocks(path)?;
+        let (hashes, digest) = hash_blocks(path)?;
         let mut at = HashMap::new();
         for (i, h) in hashes.iter().enumerate() {
             if let Some(h) = h {
@@ -171,7 +172,10 @@ impl Base {
         Ok(Base {
             file: File::open(path).map_err(|e| io_err(path, e))?,
             path: path.to_owned(),
-            blocks: hashes.len() as u64,
+            // Whole blocks only: a reference is read as whole blocks (here and from the
+            // device's running slot), and past a partial last block the slot holds
+            // whatever the partition had, not what the base file has.
+            blocks: digest.size / BLOCK,
             at,
         })
     }
@@ -529,5 +533,31 @@ mod tests {
             },
         );
         assert_eq!(p.map.frames.len(), 1);
+    }
+
+    /// A base whose size is not a multiple of 4 KiB packs (it used to fail reading a
+    /// whole last block), and no reference reaches into its partial last block.
+    #[test]
+    fn a_base_with_a_partial_last_block_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut base: Vec<u8> = (0..3).flat_map(block).collect();
+        base.extend_from_slice(&block(3)[..1000]);
+        std::fs::write(dir.path().join("base"), &base).unwrap();
+        let mut image = base.clone();
+        for k in 0..16 {
+            image[2 * BLOCK as usize + 7 + k * 111] ^= 0x5a;
+        }
+        let opts = PackOptions {
+            level: 3,
+            frame_blocks: 1,
+            delta_from: Some(dir.path().join("base")),
+        };
+        let (p, _) = pack_bytes(dir.path(), &image, &opts);
+        assert!(!p.map.patches.is_empty());
+        for patch in &p.map.patches {
+            for r in &patch.refs {
+                assert!(r.start + u64::from(r.blocks) <= 3, "{r:?}");
+            }
+        }
     }
 }
