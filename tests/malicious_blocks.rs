@@ -230,3 +230,155 @@ fn hostile_block_bundles_never_reach_the_slot() {
     gw.rota(&["install", path_str(&good_path)]).success();
     assert!(gw.read("b.img")[..IMAGE] == good_image[..]);
 }
+
+/// Slot B filled with a known pattern; returns it.
+fn fill_b(gw: &Gateway, seed: u64) -> Vec<u8> {
+    let fill = pattern(gw.read("b.img").len(), seed);
+    std::fs::write(gw.path("b.img"), &fill).unwrap();
+    fill
+}
+
+/// A and its place first in the boot order are as before; B is not in the boot order.
+fn assert_a_kept(gw: &Gateway, a: &[u8], a_left: &str, what: &str) {
+    assert!(gw.read("a.img") == a, "[{what}] a.img changed");
+    let vars = gw.fw_printenv();
+    let order = &vars["BOOT_ORDER"];
+    assert!(order.starts_with('A'), "[{what}] BOOT_ORDER={order}");
+    assert!(
+        !order.split_whitespace().any(|s| s == "B"),
+        "[{what}] B activated: BOOT_ORDER={order}"
+    );
+    assert_eq!(vars["BOOT_A_LEFT"], a_left, "[{what}]");
+}
+
+/// d. A server that, after the signed head of one bundle, serves the frames of another
+/// bundle of exactly the same layout (stored frames, same sizes): every frame fetched
+/// over HTTP is refused by its hash and nothing of the other image reaches slot B.
+#[test]
+fn a_server_serving_another_bundles_blocks_is_refused() {
+    let mut gw = Gateway::new(false);
+    let pki = gw.path("pki");
+    support::nginx::make_pki(&pki);
+    std::fs::create_dir_all(gw.path("www")).unwrap();
+    let cfg = std::fs::read_to_string(gw.path("system.toml")).unwrap();
+    std::fs::write(
+        gw.path("system.toml"),
+        format!("{cfg}[http]\nretries = 3\nstall-timeout = \"5s\"\n"),
+    )
+    .unwrap();
+    let ng = support::nginx::Nginx::start(&gw.path("www"), &pki, &gw.path("nginx"));
+    gw.start_service();
+    let level0 = ["--zstd-level", "0"];
+    let (x_path, _) = gw.bundle_with("x", "acme-gateway", "3.0.0", image(51), "release", &level0);
+    let (y_path, _) = gw.bundle_with("y", "acme-gateway", "3.0.1", image(52), "release", &level0);
+    let x = std::fs::read(&x_path).unwrap();
+    let y = std::fs::read(&y_path).unwrap();
+    let (mut xs, _, xmap) = parse(&x);
+    let (ys, _, ymap) = parse(&y);
+    // Same layout: only the bytes differ.
+    assert_eq!(x.len(), y.len());
+    let layout = |m: &BlockMap| -> Vec<(u64, u64, u32)> {
+        m.frames
+            .iter()
+            .map(|f| (f.first, f.offset, f.csize))
+            .collect()
+    };
+    assert_eq!(layout(&xmap), layout(&ymap));
+    xs[3].data = ys[3].data.clone();
+    let hybrid = assemble(&xs);
+    assert_eq!(hybrid.len(), x.len());
+    std::fs::write(gw.path("www/x.rota"), &hybrid).unwrap();
+
+    let fill = fill_b(&gw, 77);
+    let a = gw.read("a.img");
+    let a_left = gw.fw_printenv()["BOOT_A_LEFT"].clone();
+    let r = gw.rota(&["install", &ng.url(ng.http, false, "x.rota")]);
+    let err = r.stderr();
+    assert_eq!(r.code(), 1, "must fail: {}{err}", r.stdout());
+    assert!(
+        err.contains("refused") && err.contains("does not match its signed hash"),
+        "{err}"
+    );
+    assert!(err.contains("the frame at bytes"), "{err}");
+    assert!(
+        gw.read("b.img")[..IMAGE] == fill[..IMAGE],
+        "bytes of the other image reached slot B"
+    );
+    assert_a_kept(&gw, &a, &a_left, "other bundle's blocks");
+    eprintln!("served another bundle's blocks: {}", err.trim());
+}
+
+/// e. Patches: a `--delta-from` bundle on a device not running its base installs
+/// bit-exact from frames (the patches' references do not match); on a device running
+/// the base, a patch with bytes flipped (re-signed, so only content checks catch it)
+/// never puts a wrong byte into slot B.
+#[test]
+fn patches_against_the_wrong_base_or_tampered_are_never_trusted() {
+    let mut gw = Gateway::new(false);
+    gw.start_service();
+    let base = image(61);
+    // v2: the base with a few bytes changed in every other block, so patches pay.
+    let mut v2 = base.clone();
+    for blk in (0..IMAGE / 4096).step_by(2) {
+        for k in 0..16 {
+            v2[blk * 4096 + 100 + k * 37] ^= 0x5a;
+        }
+    }
+    std::fs::write(gw.path("base.img"), &base).unwrap();
+    let base_arg = path_str(&gw.path("base.img")).to_owned();
+    let (delta_path, _) = gw.bundle_with(
+        "delta",
+        "acme-gateway",
+        "3.0.0",
+        v2.clone(),
+        "release",
+        &["--delta-from", &base_arg],
+    );
+    let delta = std::fs::read(&delta_path).unwrap();
+    let (_, _, map) = parse(&delta);
+    assert!(!map.patches.is_empty(), "no patches were made");
+
+    // Not running the base: the patches are ignored, the install is bit-exact.
+    assert!(gw.read("a.img")[..IMAGE] != base[..]);
+    let a = gw.read("a.img");
+    fill_b(&gw, 78);
+    gw.rota(&["install", path_str(&delta_path)]).success();
+    assert!(gw.read("b.img")[..IMAGE] == v2[..], "B is not v2");
+    assert!(gw.read("a.img") == a, "a.img changed");
+    gw.rota(&["mark", "active", "A"]).success();
+
+    // Running the base, with every patch's bytes flipped in the middle.
+    let mut a = gw.read("a.img");
+    a[..IMAGE].copy_from_slice(&base);
+    std::fs::write(gw.path("a.img"), &a).unwrap();
+    let tampered = reforge(&gw, &delta, &|m, p| {
+        for patch in &m.patches {
+            p[(patch.offset + u64::from(patch.csize) / 2) as usize] ^= 0xff;
+        }
+    });
+    let file = gw.path("tampered-patch.rota");
+    std::fs::write(&file, tampered).unwrap();
+    let fill = fill_b(&gw, 79);
+    let a_left = gw.fw_printenv()["BOOT_A_LEFT"].clone();
+    let r = gw.rota(&["install", path_str(&file)]);
+    let b = gw.read("b.img");
+    assert!(gw.read("a.img") == a, "a.img changed");
+    if r.code() == 0 {
+        assert!(b[..IMAGE] == v2[..], "installed, but B is not v2");
+        eprintln!("tampered patch: fell back to frames, bit-exact");
+    } else {
+        let err = r.stderr();
+        assert!(!err.contains("panick") && err.len() < 2048, "{err}");
+        // Every block of B is the old pattern or the right new bytes, never other.
+        for (i, blk) in b[..IMAGE].chunks(4096).enumerate() {
+            let at = i * 4096;
+            let end = at + blk.len();
+            assert!(
+                blk == &fill[at..end] || blk == &v2[at..end],
+                "wrong bytes in B at {at}: {err}"
+            );
+        }
+        assert_a_kept(&gw, &a, &a_left, "tampered patch");
+        eprintln!("tampered patch refused: {}", err.trim());
+    }
+}
