@@ -155,13 +155,14 @@ fn compress_all(level: i32, jobs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Vec<V
 struct Base {
     file: File,
     path: std::path::PathBuf,
+    /// Its whole blocks (a partial last block is never part of a reference).
     blocks: u64,
     at: HashMap<[u8; 32], u64>,
 }
 
 impl Base {
     fn open(path: &Path) -> Result<Base, BundleError> {
-        let (hashes, _) = hash_blocks(path)?;
+        let (hashes, digest) = hash_blocks(path)?;
         let mut at = HashMap::new();
         for (i, h) in hashes.iter().enumerate() {
             if let Some(h) = h {
@@ -171,7 +172,10 @@ impl Base {
         Ok(Base {
             file: File::open(path).map_err(|e| io_err(path, e))?,
             path: path.to_owned(),
-            blocks: hashes.len() as u64,
+            // Whole blocks only: a reference is read as whole blocks (here and from the
+            // device's running slot), and past a partial last block the slot holds
+            // whatever the partition had, not what the base file has.
+            blocks: digest.size / BLOCK,
             at,
         })
     }
@@ -439,4 +443,121 @@ fn make_patches(
             (data.len() as u64) < frames
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A block of `BLOCK` bytes that is not all zero and differs for every `n`.
+    fn block(n: u64) -> Vec<u8> {
+        let mut b = vec![0u8; BLOCK as usize];
+        let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for byte in b.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *byte = x as u8;
+        }
+        b
+    }
+
+    fn pack_bytes(dir: &Path, image: &[u8], opts: &PackOptions) -> (Packed, u64) {
+        let img = dir.join("image");
+        let payload = dir.join("payload");
+        std::fs::write(&img, image).unwrap();
+        let packed = pack(&img, &payload, opts).unwrap();
+        let len = std::fs::metadata(&payload).unwrap().len();
+        (packed, len)
+    }
+
+    #[test]
+    fn zero_runs_cost_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // 8 MiB of zeros: no frame, one zero run, an empty payload.
+        let (p, len) = pack_bytes(dir.path(), &vec![0u8; 8 << 20], &PackOptions::default());
+        assert!(p.map.frames.is_empty(), "{:?}", p.map.frames);
+        assert_eq!(
+            p.map.zeros,
+            [ZeroRun {
+                first: 0,
+                blocks: 2048
+            }]
+        );
+        assert_eq!((len, p.map.payload_size()), (0, 0));
+        assert_eq!(p.digest.size, 8 << 20);
+        // Data, 4 MiB of zeros, data: two one-block frames around one zero run, and the
+        // payload is no larger than the two blocks.
+        let mut image = block(1);
+        image.resize(image.len() + (4 << 20), 0);
+        image.extend_from_slice(&block(2));
+        let (p, len) = pack_bytes(dir.path(), &image, &PackOptions::default());
+        let cut: Vec<(u64, u32)> = p.map.frames.iter().map(|f| (f.first, f.blocks)).collect();
+        assert_eq!(cut, [(0, 1), (1025, 1)]);
+        assert_eq!(
+            p.map.zeros,
+            [ZeroRun {
+                first: 1,
+                blocks: 1024
+            }]
+        );
+        assert!(len <= 2 * BLOCK, "{len} bytes of payload");
+    }
+
+    #[test]
+    fn frames_are_cut_where_base_blocks_meet_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let base: Vec<u8> = (0..8).flat_map(block).collect();
+        std::fs::write(dir.path().join("base"), &base).unwrap();
+        // Base blocks 0..4, four new blocks, base blocks 4..8.
+        let image: Vec<u8> = (0..4).chain(100..104).chain(4..8).flat_map(block).collect();
+        let opts = PackOptions {
+            level: 3,
+            frame_blocks: MAX_FRAME_BLOCKS,
+            delta_from: Some(dir.path().join("base")),
+        };
+        let (p, _) = pack_bytes(dir.path(), &image, &opts);
+        let cut: Vec<(u64, u32)> = p.map.frames.iter().map(|f| (f.first, f.blocks)).collect();
+        assert_eq!(cut, [(0, 4), (4, 4), (8, 4)]);
+        for f in &p.map.frames {
+            let (at, len) = p.map.frame_range(f);
+            assert_eq!(f.sha256, sha256(&image[at as usize..(at + len) as usize]));
+        }
+        // Without a base the same image is one frame.
+        let (p, _) = pack_bytes(
+            dir.path(),
+            &image,
+            &PackOptions {
+                delta_from: None,
+                ..opts
+            },
+        );
+        assert_eq!(p.map.frames.len(), 1);
+    }
+
+    /// A base whose size is not a multiple of 4 KiB packs (it used to fail reading a
+    /// whole last block), and no reference reaches into its partial last block.
+    #[test]
+    fn a_base_with_a_partial_last_block_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut base: Vec<u8> = (0..3).flat_map(block).collect();
+        base.extend_from_slice(&block(3)[..1000]);
+        std::fs::write(dir.path().join("base"), &base).unwrap();
+        let mut image = base.clone();
+        for k in 0..16 {
+            image[2 * BLOCK as usize + 7 + k * 111] ^= 0x5a;
+        }
+        let opts = PackOptions {
+            level: 3,
+            frame_blocks: 1,
+            delta_from: Some(dir.path().join("base")),
+        };
+        let (p, _) = pack_bytes(dir.path(), &image, &opts);
+        assert!(!p.map.patches.is_empty());
+        for patch in &p.map.patches {
+            for r in &patch.refs {
+                assert!(r.start + u64::from(r.blocks) <= 3, "{r:?}");
+            }
+        }
+    }
 }
