@@ -530,6 +530,7 @@ fn zero_runs_are_written_without_a_download() {
     assert_eq!(&gw.read("b.img")[..image.len()], &image[..]);
     let st = gw.status_json();
     assert_eq!(st["last_install"]["result"], "activated", "{st}");
+}
 
 /// A device without a CA store (no ca-certificates; first seen on the emulated gateway,
 /// tests/gateway_vm.rs) still installs from an http:// URL; only https needs trust

@@ -214,7 +214,8 @@ fn rota_keys_are_read_by_openssl_and_wrong_keys_are_named() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("image img: the frame at bytes") && err.contains("does not match its signed hash"),
+        err.contains("image img: the frame at bytes")
+            && err.contains("does not match its signed hash"),
         "{err}"
     );
 }

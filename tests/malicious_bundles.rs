@@ -69,13 +69,17 @@ fn build_corpus(gw: &Gateway) -> Corpus {
         "acme-gateway",
         "3.0.0",
         pattern(IMAGE, 21),
-        "release", &["--format", "1"]);
+        "release",
+        &["--format", "1"],
+    );
     let (twin_path, _) = gw.bundle_with(
         "twin",
         "acme-gateway",
         "3.0.1",
         pattern(IMAGE, 22),
-        "release", &["--format", "1"]);
+        "release",
+        &["--format", "1"],
+    );
     let base = std::fs::read(&base_path).unwrap();
     let ms = members(&base);
     let twin = members(&std::fs::read(&twin_path).unwrap());
@@ -152,7 +156,9 @@ fn build_corpus(gw: &Gateway) -> Corpus {
         "acme-gateway",
         "3.0.0",
         pattern(IMAGE, 23),
-        "other", &["--format", "1"]);
+        "other",
+        &["--format", "1"],
+    );
     c.add_file(
         "signed by an untrusted key",
         untrusted,
@@ -489,8 +495,8 @@ fn build_corpus(gw: &Gateway) -> Corpus {
     c.add(
         gw,
         "unknown manifest format version",
-        signed(set_line(&text, "format", "2").as_bytes()),
-        &["format 2 is not supported (this rota reads format 1)"],
+        signed(set_line(&text, "format", "3").as_bytes()),
+        &["format 3 is not supported (this rota reads formats 1 and 2)"],
         Refused,
     );
     c.add(
@@ -558,7 +564,9 @@ fn build_corpus(gw: &Gateway) -> Corpus {
         "other-board",
         "3.0.0",
         pattern(IMAGE, 24),
-        "release", &["--format", "1"]);
+        "release",
+        &["--format", "1"],
+    );
     c.add_file(
         "wrong compatible",
         wrong,
@@ -570,7 +578,9 @@ fn build_corpus(gw: &Gateway) -> Corpus {
         "acme-gateway",
         "1.0.0",
         pattern(IMAGE, 25),
-        "release", &["--format", "1"]);
+        "release",
+        &["--format", "1"],
+    );
     c.add_file(
         "downgrade",
         old,
@@ -582,7 +592,9 @@ fn build_corpus(gw: &Gateway) -> Corpus {
         "acme-gateway",
         "3.0.0",
         pattern(support::gateway::SLOT_SIZE + 4096, 26),
-        "release", &["--format", "1"]);
+        "release",
+        &["--format", "1"],
+    );
     c.add_file(
         "image larger than its slot",
         big,
@@ -738,7 +750,9 @@ fn the_service_refuses_every_malicious_bundle_and_keeps_the_device_intact() {
                 "acme-gateway",
                 &format!("3.1.{i}"),
                 pattern(200_000, 40 + i),
-                "release", &["--format", "1"])
+                "release",
+                &["--format", "1"],
+            )
         })
         .collect();
     let a_image = gw.read("a.img");

@@ -39,7 +39,6 @@ use support::nginx::{make_pki, Nginx};
 
 const IMAGE: usize = 4 << 20;
 /// The installer writes in batches of this size (install::copy::BATCH_BYTES).
-const BATCH: usize = rota::install::copy::BATCH_BYTES as usize;
 const CHUNK: usize = 64 << 10;
 const BUNDLES: usize = 6;
 const ENV_SIZE: usize = 0x4000;
@@ -777,7 +776,7 @@ fn power_cuts_during_a_delta_install_resume_and_finish_bit_exact() {
     );
     std::fs::copy(&bundle, gw.path("www/v2.rota")).unwrap();
     let url = ng.url(ng.http, false, "v2.rota");
-    let mut rng = Rng(0x5eed_0f_de17a);
+    let mut rng = Rng(0x05ee_d0fd_e17a);
     // A delta install writes a dozen frames or so: cuts early, in the middle and late.
     let points: Vec<String> = vec![
         "copy.after-write:1".into(),
