@@ -3,7 +3,7 @@
 #  1. builds for aarch64 (glibc), armv7 hard-float (glibc) and static aarch64-musl
 #     (old-glibc boards), each started under qemu-user: in CI in the dev profile (the
 #     test builds, and musl on its own), and aarch64 in the shipped release profile:
-#     its stripped size (at most 4 MiB) and its ARMv8 SHA-256 instructions are checked
+#     its stripped size (at most 4.25 MiB) and its ARMv8 SHA-256 instructions are checked
 #     (ROTA_ARM_SIZES=1 builds all three in release, printing each size);
 #  2. tests under qemu-user with cargo-nextest's "qemu" profile (.config/nextest.toml:
 #     a hung emulated test is killed and tried once more), runner via
@@ -32,7 +32,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TD=${CARGO_TARGET_DIR:-target}
-MAX_AARCH64_BYTES=$((4 * 1024 * 1024))
+# 4.25 MiB: was 4 MiB until format 2 (3.94 MiB then). The zstd decoder (44 KiB) and the
+# block installer took the device build to 4.13 MiB; the encoder stays on the build host.
+MAX_AARCH64_BYTES=$((4352 * 1024))
 BUDGET_SECS=480
 RELEASE_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf aarch64-unknown-linux-musl)
 declare -A RUNNER=(
@@ -98,11 +100,12 @@ add_missing_targets
 # through runs in hardware on a Cortex-A53/A72 with the crypto extensions (i.MX8M), with
 # software fallback chosen at run time where they are missing (Raspberry Pi 4). With
 # ROTA_ARM_SIZES=1 the three release targets are built and their sizes printed (the
-# README's table).
+# README's table). They are device builds, as the Yocto recipe makes them: without the
+# zstd encoder (--no-default-features; bundles are made on the build host).
 SIZE_TARGETS=(aarch64-unknown-linux-gnu)
 [[ ${ROTA_ARM_SIZES:-0} == 1 ]] && SIZE_TARGETS=("${RELEASE_TARGETS[@]}")
 phase "release builds: ${SIZE_TARGETS[*]}"
-cargo build --release --locked $(printf -- '--target %s ' "${SIZE_TARGETS[@]}")
+cargo build --release --locked --no-default-features $(printf -- '--target %s ' "${SIZE_TARGETS[@]}")
 
 : > $TD/arm-sizes.txt
 for t in "${SIZE_TARGETS[@]}"; do
@@ -114,7 +117,7 @@ for t in "${SIZE_TARGETS[@]}"; do
   version=$(${RUNNER[$t]} "$bin" --version) || fail "$t: the release binary does not run under ${RUNNER[$t]}"
   printf '%-32s %9d bytes  %5.2f MiB  %-18s %s\n' "$t" "$bytes" "$(awk -v b="$bytes" 'BEGIN { print b / 1048576 }')" "$link" "$version" | tee -a $TD/arm-sizes.txt
   if [[ $t == aarch64-unknown-linux-gnu ]]; then
-    ((bytes <= MAX_AARCH64_BYTES)) || fail "the aarch64 binary is $bytes bytes, over the 4 MiB limit ($MAX_AARCH64_BYTES)"
+    ((bytes <= MAX_AARCH64_BYTES)) || fail "the aarch64 binary is $bytes bytes, over the 4.25 MiB limit ($MAX_AARCH64_BYTES)"
     n=$(aarch64-linux-gnu-objdump -d "$TD/$t/release/rota.stripped" | grep -cw 'sha256h') || true
     ((n > 0)) || fail "no sha256h instruction in the aarch64 release binary: SHA-256 would run in software on ARMv8"
     echo "ci-arm: aarch64 release binary: $n sha256h instructions (ARMv8 SHA-256 in hardware)"
@@ -123,6 +126,32 @@ for t in "${SIZE_TARGETS[@]}"; do
     fail "$t: expected a static binary, but it names a program interpreter (readelf -l $bin)"
   fi
 done
+
+# The device build has the zstd decoder but no encoder: `bundle create` says so instead
+# of writing a bundle it cannot compress, still writes one with stored frames, and that
+# bundle verifies with the same binary.
+phase "device build: bundle create without the encoder"
+dev_bin="${RUNNER[aarch64-unknown-linux-gnu]} $TD/aarch64-unknown-linux-gnu/release/rota"
+dev=$(mktemp -d)
+mkdir -p "$dev/src"
+head -c 300000 /dev/urandom > "$dev/src/rootfs.img"
+printf '[update]\ncompatible = "ci"\nversion = "1.0.0"\n\n[[image]]\nslot-class = "rootfs"\nfile = "rootfs.img"\n' > "$dev/src/manifest.toml"
+# shellcheck disable=SC2086
+$dev_bin keygen --out-dir "$dev/keys" --name ci >/dev/null
+# shellcheck disable=SC2086
+if $dev_bin bundle create "$dev/src" "$dev/a.rota" --key "$dev/keys/ci.key.pem" 2> "$dev/err"; then
+  fail "the device build created a compressed bundle without the zstd encoder"
+fi
+grep -q "built without" "$dev/err" || fail "device build: unclear refusal: $(cat "$dev/err")"
+# shellcheck disable=SC2086
+$dev_bin bundle create "$dev/src" "$dev/b.rota" --key "$dev/keys/ci.key.pem" --zstd-level 0 >/dev/null \
+  || fail "the device build cannot write a format-2 bundle with stored frames"
+# shellcheck disable=SC2086
+$dev_bin bundle verify "$dev/b.rota" --keyring "$dev/keys/ci.pub.pem" >/dev/null \
+  || fail "the device build does not verify its own stored format-2 bundle"
+[[ ! -e $dev/a.rota ]] || fail "the refused bundle create left $dev/a.rota behind"
+echo "ci-arm: device build refuses compression ($(head -c 80 "$dev/err")...), stores frames"
+rm -rf "$dev"
 
 # Dev profile for the test builds (see the header).
 export CARGO_PROFILE_DEV_DEBUG=0

@@ -101,6 +101,10 @@ fn read_at(f: &File, path: &Path, offset: u64, len: usize) -> Result<Vec<u8>, Bu
     Ok(buf)
 }
 
+/// Whether this build can compress (Cargo feature `encoder`; device builds leave it out).
+pub const HAS_ENCODER: bool = cfg!(feature = "encoder");
+
+#[cfg(feature = "encoder")]
 fn compress(level: i32, data: &[u8], prefix: Option<&[u8]>) -> Result<Vec<u8>, String> {
     use zstd::zstd_safe::{CCtx, CParameter};
     let mut cctx = CCtx::try_create().ok_or("zstd: cannot allocate an encoder")?;
@@ -117,6 +121,17 @@ fn compress(level: i32, data: &[u8], prefix: Option<&[u8]>) -> Result<Vec<u8>, S
     let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(data.len()));
     cctx.compress2(&mut out, data).map_err(err)?;
     Ok(out)
+}
+
+/// A device build has no encoder (Cargo feature `encoder`): bundles are made on the
+/// build host.
+#[cfg(not(feature = "encoder"))]
+fn compress(level: i32, _data: &[u8], _prefix: Option<&[u8]>) -> Result<Vec<u8>, String> {
+    Err(format!(
+        "zstd compression (level {level}) needs the zstd encoder, which this rota was built without \
+         (Cargo feature `encoder`, left out of device builds): create bundles on the build \
+         host, or pass --zstd-level 0 to store frames uncompressed"
+    ))
 }
 
 /// Compresses `jobs` (raw bytes, optional reference) on every core, results in order.

@@ -248,6 +248,22 @@ pub fn run(cli: Cli) -> CliResult {
                     "--frame-size {frame_size}: a multiple of 4096, at most 1048576"
                 )));
             }
+            if format == 2
+                && !crate::bundle::pack::HAS_ENCODER
+                && (zstd_level > 0 || delta_from.is_some())
+            {
+                return Err(Failure::Usage(format!(
+                    "this rota was built without the zstd encoder (Cargo feature `encoder`, \
+                     left out of device builds): it cannot compress (--zstd-level \
+                     {zstd_level}){}; create bundles on the build host, or pass \
+                     --zstd-level 0 to store frames uncompressed",
+                    if delta_from.is_some() {
+                        " nor make patches (--delta-from)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
             if format == 1 && delta_from.is_some() {
                 return Err(Failure::Usage(
                     "--delta-from needs format 2 (format 1 stores raw chunks)".into(),

@@ -15,6 +15,14 @@ inherit cargo cargo-update-recipe-crates systemd useradd
 # symbols end up in rota-dbg.
 export CARGO_PROFILE_RELEASE_STRIP = "false"
 
+# The zstd encoder (Cargo feature `encoder`) is for making bundles: rota-native has it,
+# the device binary decodes only (-0.3 MiB). Add "encoder" to PACKAGECONFIG to create
+# compressed bundles on the device itself.
+CARGO_BUILD_FLAGS:append = " --no-default-features"
+PACKAGECONFIG ??= ""
+PACKAGECONFIG:class-native ??= "encoder"
+PACKAGECONFIG[encoder] = "--features encoder,,"
+
 require rota-settings.inc
 
 USERADD_PACKAGES = "${PN}"
