@@ -25,7 +25,7 @@
 use super::progress::Reporter;
 use super::{check_cancel, InstallError};
 use crate::bundle::blockmap::{decode, key_of, BlockMap, Codec, Frame, Patch, BLOCK};
-use crate::bundle::digest::{sha256, ImageHasher};
+use crate::bundle::digest::sha256;
 use crate::bundle::{ImageEntry, Member};
 use crate::config::ReadBack;
 use crate::slot::{SlotReader, SlotWriter};
@@ -718,31 +718,7 @@ fn read_back(job: &BlockJob<'_>) -> Result<(), InstallError> {
         log::info!("{}: read-back is off ([install] read-back)", job.image.file);
         return Ok(());
     }
-    job.writer.drop_cache();
-    let mut hasher = ImageHasher::for_mode(job.read_back);
-    let mut buf = vec![0u8; 1 << 20];
-    let mut off = 0u64;
-    let slot = &job.writer.slot().name;
-    while off < job.image.size {
-        check_cancel(job.cancel)?;
-        let len = (job.image.size - off).min(buf.len() as u64) as usize;
-        job.writer.read_at(off, &mut buf[..len])?;
-        hasher.update(&buf[..len]);
-        off += len as u64;
-    }
-    let digest = hasher.finish();
-    digest.check_mode(job.image, job.read_back).map_err(|m| {
-        InstallError::Failed(format!(
-            "read-back of {} from slot {slot}: {m}",
-            job.image.file
-        ))
-    })?;
-    log::info!(
-        "{} read back from slot {slot}: {}",
-        job.image.file,
-        digest.describe(job.read_back)
-    );
-    Ok(())
+    super::copy::read_back_buffered(job.writer, job.image, job.read_back, job.cancel)
 }
 
 /// How many bytes installing `map` will download, given the running slot: the local

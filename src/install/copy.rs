@@ -754,18 +754,25 @@ impl DirectReader {
 
 /// Compares what the read-back saw with the signed manifest.
 fn check(job: &Job<'_>, hasher: ImageHasher) -> Result<(), InstallError> {
+    check_read_back(job.writer, job.image, job.read_back, hasher)
+}
+
+/// Compares a read-back of `image` from the slot `writer` wrote with the signed manifest.
+pub(super) fn check_read_back(
+    writer: &SlotWriter,
+    image: &ImageEntry,
+    mode: ReadBack,
+    hasher: ImageHasher,
+) -> Result<(), InstallError> {
     let digest = hasher.finish();
-    let slot = &job.writer.slot().name;
-    digest.check_mode(job.image, job.read_back).map_err(|m| {
-        InstallError::Failed(format!(
-            "read-back of {} from slot {slot}: {m}",
-            job.image.file
-        ))
+    let slot = &writer.slot().name;
+    digest.check_mode(image, mode).map_err(|m| {
+        InstallError::Failed(format!("read-back of {} from slot {slot}: {m}", image.file))
     })?;
     log::info!(
         "{} read back from slot {slot}: {}",
-        job.image.file,
-        digest.describe(job.read_back)
+        image.file,
+        digest.describe(mode)
     );
     Ok(())
 }
@@ -773,18 +780,29 @@ fn check(job: &Job<'_>, hasher: ImageHasher) -> Result<(), InstallError> {
 /// The read-back where `O_DIRECT` is not available: after the sync, drop the slot's
 /// pages from the cache and read it through it.
 fn buffered_read_back(job: &Job<'_>) -> Result<(), InstallError> {
-    job.writer.drop_cache();
-    let mut hasher = ImageHasher::for_mode(job.read_back);
+    read_back_buffered(job.writer, job.image, job.read_back, job.cancel)
+}
+
+/// Reads `image` back from the slot through the page cache, after dropping the slot's
+/// pages from it, and checks it against the manifest.
+pub(super) fn read_back_buffered(
+    writer: &SlotWriter,
+    image: &ImageEntry,
+    mode: ReadBack,
+    cancel: &AtomicBool,
+) -> Result<(), InstallError> {
+    writer.drop_cache();
+    let mut hasher = ImageHasher::for_mode(mode);
     let mut buf = vec![0u8; BATCH_BYTES as usize];
     let mut off = 0u64;
-    while off < job.image.size {
-        check_cancel(job.cancel)?;
-        let len = (job.image.size - off).min(BATCH_BYTES) as usize;
-        job.writer.read_at(off, &mut buf[..len])?;
+    while off < image.size {
+        check_cancel(cancel)?;
+        let len = (image.size - off).min(BATCH_BYTES) as usize;
+        writer.read_at(off, &mut buf[..len])?;
         hasher.update(&buf[..len]);
         off += len as u64;
     }
-    check(job, hasher)
+    check_read_back(writer, image, mode, hasher)
 }
 
 #[cfg(test)]

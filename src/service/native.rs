@@ -302,6 +302,29 @@ pub(crate) async fn caller(
         .map_err(RotaError::AccessDenied)
 }
 
+/// The install request a caller asks for: the source checked for them, the options
+/// applied (`rauc` selects RAUC's key names), and the files the options name checked
+/// for them too. Install and EstimateDownload, on both interfaces, start here.
+pub(crate) async fn caller_request(
+    caller: &access::Caller,
+    source: &str,
+    options: &HashMap<String, OwnedValue>,
+    rauc: bool,
+) -> Result<InstallRequest, RotaError> {
+    let source = check_source(caller, source)
+        .await
+        .map_err(RotaError::InvalidArgument)?;
+    let mut req = InstallRequest {
+        source,
+        ..Default::default()
+    };
+    apply_options(&mut req, options, rauc).map_err(RotaError::InvalidArgument)?;
+    check_request_files(caller, &req)
+        .await
+        .map_err(RotaError::InvalidArgument)?;
+    Ok(req)
+}
+
 /// Refuses a caller who is neither root nor in `group` (see [`access::may_control`]);
 /// returns who it is, for the checks that follow.
 pub(crate) async fn authorize(
@@ -329,17 +352,7 @@ impl Agent1 {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<String, RotaError> {
         let caller = authorize(conn, &header, &self.group).await?;
-        let source = check_source(&caller, &source)
-            .await
-            .map_err(RotaError::InvalidArgument)?;
-        let mut req = InstallRequest {
-            source,
-            ..Default::default()
-        };
-        apply_options(&mut req, &options, false).map_err(RotaError::InvalidArgument)?;
-        check_request_files(&caller, &req)
-            .await
-            .map_err(RotaError::InvalidArgument)?;
+        let req = caller_request(&caller, &source, &options, false).await?;
         Ok(self.agent.install(req).await?)
     }
 
@@ -355,17 +368,7 @@ impl Agent1 {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(u64, u64, u64, u64), RotaError> {
         let caller = authorize(conn, &header, &self.group).await?;
-        let source = check_source(&caller, &source)
-            .await
-            .map_err(RotaError::InvalidArgument)?;
-        let mut req = InstallRequest {
-            source,
-            ..Default::default()
-        };
-        apply_options(&mut req, &options, false).map_err(RotaError::InvalidArgument)?;
-        check_request_files(&caller, &req)
-            .await
-            .map_err(RotaError::InvalidArgument)?;
+        let req = caller_request(&caller, &source, &options, false).await?;
         let e = self.agent.estimate(req).await?;
         Ok((e.download, e.reuse, e.zero, e.total))
     }

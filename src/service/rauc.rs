@@ -14,8 +14,7 @@
 //! `GetArtifactStatus` is always empty (no artifact repositories).
 
 use super::native::{
-    apply_options, authorize, caller, check_request_files, check_slot_id, check_source,
-    slot_status, RotaError,
+    authorize, caller, caller_request, check_slot_id, check_source, slot_status, RotaError,
 };
 use crate::agent::AgentHandle;
 use crate::config::Config;
@@ -102,17 +101,7 @@ impl Installer {
             ))
         })?;
         let caller = caller(conn, header).await?;
-        let source = check_source(&caller, source)
-            .await
-            .map_err(RotaError::InvalidArgument)?;
-        let mut req = InstallRequest {
-            source,
-            ..Default::default()
-        };
-        apply_options(&mut req, args, true).map_err(RotaError::InvalidArgument)?;
-        check_request_files(&caller, &req)
-            .await
-            .map_err(RotaError::InvalidArgument)?;
+        let req = caller_request(&caller, source, args, true).await?;
         let privileged = super::access::may_control(&caller, &self.group()).is_ok();
         let mut http = self.config.http.clone();
         if !privileged {
@@ -208,17 +197,7 @@ impl Installer {
         #[zbus(connection)] conn: &Connection,
     ) -> Result<(), RotaError> {
         let caller = authorize(conn, &header, &self.group()).await?;
-        let source = check_source(&caller, &source)
-            .await
-            .map_err(RotaError::InvalidArgument)?;
-        let mut req = InstallRequest {
-            source,
-            ..Default::default()
-        };
-        apply_options(&mut req, &args, true).map_err(RotaError::InvalidArgument)?;
-        check_request_files(&caller, &req)
-            .await
-            .map_err(RotaError::InvalidArgument)?;
+        let req = caller_request(&caller, &source, &args, true).await?;
         self.agent.install(req).await?;
         Ok(())
     }
