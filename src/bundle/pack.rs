@@ -14,7 +14,7 @@ use super::digest::{sha256, ImageDigest, ImageHasher};
 use super::BundleError;
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -65,30 +65,14 @@ type ResultSlot = std::sync::Mutex<Option<Result<Vec<u8>, String>>>;
 
 /// The image's block hashes and its whole digest.
 fn hash_blocks(path: &Path) -> Result<(BlockHashes, ImageDigest), BundleError> {
-    let mut f = File::open(path).map_err(|e| io_err(path, e))?;
     let mut whole = ImageHasher::new();
     let mut blocks = Vec::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let n = f.read(&mut buf[filled..]).map_err(|e| io_err(path, e))?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-        }
-        if filled == 0 {
-            break;
-        }
-        whole.update(&buf[..filled]);
-        for b in buf[..filled].chunks(BLOCK as usize) {
+    super::writer::for_each_piece(path, 1 << 20, |piece| {
+        whole.update(piece);
+        for b in piece.chunks(BLOCK as usize) {
             blocks.push((!b.iter().all(|x| *x == 0)).then(|| sha256(b)));
         }
-        if filled < buf.len() {
-            break;
-        }
-    }
+    })?;
     Ok((blocks, whole.finish()))
 }
 

@@ -26,14 +26,18 @@ struct Hashed {
     chunks: ChunkIndex,
 }
 
-fn hash_image(path: &Path, chunk_size: u32) -> Result<Hashed, BundleError> {
+/// Reads the file at `path` in whole pieces of `piece` bytes (the last may be short)
+/// and hands each to `each`, in order; returns the file's size.
+pub(super) fn for_each_piece(
+    path: &Path,
+    piece: usize,
+    mut each: impl FnMut(&[u8]),
+) -> Result<u64, BundleError> {
     let mut f = File::open(path).map_err(|e| io_err(path, e))?;
-    let mut whole = super::digest::ImageHasher::new();
-    let mut hashes = Vec::new();
-    let mut buf = vec![0u8; chunk_size as usize];
+    let mut buf = vec![0u8; piece];
     let mut size = 0u64;
     loop {
-        // Fill a whole chunk (short reads are allowed by Read).
+        // Fill a whole piece (short reads are allowed by Read).
         let mut filled = 0;
         while filled < buf.len() {
             let n = f.read(&mut buf[filled..]).map_err(|e| io_err(path, e))?;
@@ -45,14 +49,22 @@ fn hash_image(path: &Path, chunk_size: u32) -> Result<Hashed, BundleError> {
         if filled == 0 {
             break;
         }
-        let data = &buf[..filled];
-        whole.update(data);
-        hashes.push(super::digest::sha256(data));
+        each(&buf[..filled]);
         size += filled as u64;
         if filled < buf.len() {
             break;
         }
     }
+    Ok(size)
+}
+
+fn hash_image(path: &Path, chunk_size: u32) -> Result<Hashed, BundleError> {
+    let mut whole = super::digest::ImageHasher::new();
+    let mut hashes = Vec::new();
+    let size = for_each_piece(path, chunk_size as usize, |data| {
+        whole.update(data);
+        hashes.push(super::digest::sha256(data));
+    })?;
     let digest = whole.finish();
     Ok(Hashed {
         size,

@@ -125,7 +125,7 @@ pub struct Estimate {
 
 /// Gathers frame `f`'s blocks from the running slot by key; `None` when a key is not
 /// there (the frame must be fetched).
-fn gather(map: &BlockMap, f: &Frame, running: &Running) -> std::io::Result<Option<Vec<u8>>> {
+fn gather(map: &BlockMap, f: &Frame, running: &Running) -> Result<Option<Vec<u8>>, InstallError> {
     let len = map.frame_len(f) as usize;
     if !len.is_multiple_of(BLOCK as usize) {
         // A short last block has no key in the table.
@@ -147,7 +147,11 @@ fn gather(map: &BlockMap, f: &Frame, running: &Running) -> std::io::Result<Optio
             j += 1;
         }
         let part = &mut data[i * BLOCK as usize..j * BLOCK as usize];
-        if !running.reader.read_at(at[i] * BLOCK, part)? {
+        if !running
+            .reader
+            .read_at(at[i] * BLOCK, part)
+            .map_err(running_failed)?
+        {
             return Ok(None);
         }
         i = j;
@@ -155,9 +159,13 @@ fn gather(map: &BlockMap, f: &Frame, running: &Running) -> std::io::Result<Optio
     Ok(Some(data))
 }
 
+fn running_failed(e: std::io::Error) -> InstallError {
+    InstallError::Failed(format!("reading the running slot: {e}"))
+}
+
 /// Reads a patch's reference from the running slot; `None` when it is not there (the
 /// running slot is not the image the patch was made against).
-fn reference(p: &Patch, running: &Running) -> std::io::Result<Option<Vec<u8>>> {
+fn reference(p: &Patch, running: &Running) -> Result<Option<Vec<u8>>, InstallError> {
     let mut data = Vec::with_capacity((p.ref_blocks() * BLOCK) as usize);
     for r in &p.refs {
         let start = data.len();
@@ -165,7 +173,11 @@ fn reference(p: &Patch, running: &Running) -> std::io::Result<Option<Vec<u8>>> {
         let Some(offset) = r.start.checked_mul(BLOCK) else {
             return Ok(None);
         };
-        if !running.reader.read_at(offset, &mut data[start..])? {
+        if !running
+            .reader
+            .read_at(offset, &mut data[start..])
+            .map_err(running_failed)?
+        {
             return Ok(None);
         }
     }
@@ -524,9 +536,7 @@ pub fn copy_blocks(
                     }
                 }
                 if let Some(running) = job.running {
-                    if let Some(data) = gather(map, f, running).map_err(|e| {
-                        InstallError::Failed(format!("reading the running slot: {e}"))
-                    })? {
+                    if let Some(data) = gather(map, f, running)? {
                         send(Work::Candidate {
                             frame: i,
                             origin: Origin::Running,
@@ -550,9 +560,7 @@ pub fn copy_blocks(
                         if have[i] {
                             continue;
                         }
-                        if let Some(data) = gather(map, f, running).map_err(|e| {
-                            InstallError::Failed(format!("reading the running slot: {e}"))
-                        })? {
+                        if let Some(data) = gather(map, f, running)? {
                             send(Work::Candidate {
                                 frame: i,
                                 origin: Origin::Running,
@@ -578,10 +586,7 @@ pub fn copy_blocks(
                             continue;
                         }
                         check_cancel(job.cancel)?;
-                        let Some(reference) = reference(p, running).map_err(|e| {
-                            InstallError::Failed(format!("reading the running slot: {e}"))
-                        })?
-                        else {
+                        let Some(reference) = reference(p, running)? else {
                             continue;
                         };
                         let mut data = vec![0u8; p.csize as usize];
@@ -737,9 +742,7 @@ pub fn estimate(
     if let Some(r) = running {
         for (i, f) in map.frames.iter().enumerate() {
             check_cancel(cancel)?;
-            if let Some(d) = gather(map, f, r)
-                .map_err(|e| InstallError::Failed(format!("reading the running slot: {e}")))?
-            {
+            if let Some(d) = gather(map, f, r)? {
                 if sha256(&d) == f.sha256 {
                     have[i] = true;
                     e.reuse += d.len() as u64;
@@ -750,10 +753,7 @@ pub fn estimate(
             if p.frames.iter().all(|f| have[*f as usize]) {
                 continue;
             }
-            if reference(p, r)
-                .map_err(|e| InstallError::Failed(format!("reading the running slot: {e}")))?
-                .is_some()
-            {
+            if reference(p, r)?.is_some() {
                 e.download += u64::from(p.csize);
                 for f in &p.frames {
                     let f = *f as usize;
