@@ -20,7 +20,9 @@
 //!
 //! Zero runs are written as zeros. After one sync the image is read back from the device
 //! (CRC32, or also SHA-256, as `[install] read-back` says). Memory: the key table, the
-//! block map, and a few frames in flight.
+//! block map, and at most `IN_FLIGHT_BYTES` (6 MiB) of frames between reading and
+//! writing; the planner takes credit for an item before it reads it, and a patch's
+//! frames share its decoded buffer. One item larger than that (a big patch) goes alone.
 
 use super::progress::Reporter;
 use super::{check_cancel, InstallError};
@@ -33,7 +35,7 @@ use crate::source::{ByteSource, SourceError};
 use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender, SyncSender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// Where the running slot's blocks are, by key: (key, block number), sorted by key.
 pub struct KeyTable {
@@ -192,28 +194,56 @@ enum Origin {
     Fetched,
 }
 
-enum Work {
+enum Work<'a> {
     /// Raw candidate bytes for frame `frame`.
     Candidate {
         frame: usize,
         origin: Origin,
         data: Vec<u8>,
+        credit: Credit<'a>,
     },
     /// Compressed bytes of frame `frame`.
-    Packed { frame: usize, data: Vec<u8> },
+    Packed {
+        frame: usize,
+        data: Vec<u8>,
+        credit: Credit<'a>,
+    },
     /// A patch's bytes and its (checked) reference.
     Patch {
         patch: usize,
         data: Vec<u8>,
         reference: Vec<u8>,
+        credit: Credit<'a>,
     },
 }
 
-enum ToWriter {
+/// One verified frame's bytes: a range of a buffer it may share with the other frames
+/// of its patch, and the credit that buffer holds.
+struct FrameBytes<'a> {
+    buf: Arc<Vec<u8>>,
+    range: std::ops::Range<usize>,
+    _credit: Arc<Credit<'a>>,
+}
+
+impl<'a> FrameBytes<'a> {
+    fn whole(data: Vec<u8>, credit: Credit<'a>) -> FrameBytes<'a> {
+        FrameBytes {
+            range: 0..data.len(),
+            buf: Arc::new(data),
+            _credit: Arc::new(credit),
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.range.clone()]
+    }
+}
+
+enum ToWriter<'a> {
     Frame {
         frame: usize,
         origin: Origin,
-        data: Vec<u8>,
+        data: FrameBytes<'a>,
         /// Downloaded bytes this frame accounts for.
         downloaded: u64,
     },
@@ -238,11 +268,11 @@ struct Verdict {
     why: String,
 }
 
-fn worker(
+fn worker<'a>(
     job: &BlockJob<'_>,
     dictionary: Option<&[u8]>,
-    work: &Mutex<Receiver<Work>>,
-    to_writer: SyncSender<ToWriter>,
+    work: &Mutex<Receiver<Work<'a>>>,
+    to_writer: SyncSender<ToWriter<'a>>,
     verdicts: Sender<Verdict>,
 ) {
     let map = job.map;
@@ -253,21 +283,26 @@ fn worker(
             Err(_) => return,
         };
         let Ok(w) = next else { return };
-        let mut out: Vec<(usize, Origin, Vec<u8>, u64)> = Vec::new();
+        let mut out: Vec<(usize, Origin, FrameBytes<'a>, u64)> = Vec::new();
         let mut bad: Vec<(usize, String)> = Vec::new();
         match w {
             Work::Candidate {
                 frame,
                 origin,
                 data,
+                credit,
             } => {
                 if sha256(&data) == map.frames[frame].sha256 {
-                    out.push((frame, origin, data, 0));
+                    out.push((frame, origin, FrameBytes::whole(data, credit), 0));
                 } else {
                     bad.push((frame, String::new()));
                 }
             }
-            Work::Packed { frame, data } => {
+            Work::Packed {
+                frame,
+                data,
+                credit,
+            } => {
                 let f = &map.frames[frame];
                 let len = map.frame_len(f) as usize;
                 let downloaded = data.len() as u64;
@@ -277,9 +312,12 @@ fn worker(
                         .map(|()| std::mem::take(&mut raw)),
                 };
                 match decoded {
-                    Ok(d) if d.len() == len && sha256(&d) == f.sha256 => {
-                        out.push((frame, Origin::Fetched, d, downloaded))
-                    }
+                    Ok(d) if d.len() == len && sha256(&d) == f.sha256 => out.push((
+                        frame,
+                        Origin::Fetched,
+                        FrameBytes::whole(d, credit),
+                        downloaded,
+                    )),
                     Ok(_) => bad.push((frame, "it does not match its signed hash".into())),
                     Err(e) => bad.push((frame, e)),
                 }
@@ -288,6 +326,7 @@ fn worker(
                 patch,
                 data,
                 reference,
+                credit,
             } => {
                 let p = &map.patches[patch];
                 let lens: Vec<usize> = p
@@ -296,22 +335,33 @@ fn worker(
                     .map(|f| map.frame_len(&map.frames[*f as usize]) as usize)
                     .collect();
                 let total = lens.iter().sum();
-                let share = data.len() as u64 / p.frames.len() as u64;
-                match decode(&data, total, Some(&reference), None, &mut raw) {
+                let size = data.len() as u64;
+                let share = size / p.frames.len() as u64;
+                let decoded = decode(&data, total, Some(&reference), None, &mut raw);
+                drop((data, reference));
+                match decoded {
                     Ok(()) => {
+                        // The frames share the decoded buffer: no copies.
+                        let buf = Arc::new(std::mem::take(&mut raw));
+                        let credit = Arc::new(credit);
                         let mut at = 0;
                         for (i, (f, len)) in p.frames.iter().zip(&lens).enumerate() {
-                            let piece = &raw[at..at + len];
+                            let range = at..at + len;
                             at += len;
                             let f = *f as usize;
-                            if sha256(piece) == map.frames[f].sha256 {
+                            if sha256(&buf[range.clone()]) == map.frames[f].sha256 {
                                 // The patch's bytes are shared out over its frames.
                                 let d = if i == 0 {
-                                    data.len() as u64 - share * (p.frames.len() as u64 - 1)
+                                    size - share * (p.frames.len() as u64 - 1)
                                 } else {
                                     share
                                 };
-                                out.push((f, Origin::Fetched, piece.to_vec(), d));
+                                let bytes = FrameBytes {
+                                    buf: buf.clone(),
+                                    range,
+                                    _credit: credit.clone(),
+                                };
+                                out.push((f, Origin::Fetched, bytes, d));
                             } else {
                                 bad.push((f, String::new()));
                             }
@@ -362,7 +412,7 @@ fn worker(
 
 fn writer_stage(
     job: &BlockJob<'_>,
-    incoming: Receiver<ToWriter>,
+    incoming: Receiver<ToWriter<'_>>,
     landed: &Landed,
 ) -> Result<(), InstallError> {
     let map = job.map;
@@ -394,7 +444,7 @@ fn writer_stage(
                 downloaded,
             } => {
                 let (at, len) = map.frame_range(&map.frames[frame]);
-                job.writer.write_at(at, &data)?;
+                job.writer.write_at(at, data.bytes())?;
                 job.writer.start_writeback(at, len);
                 match origin {
                     Origin::Fetched => {
@@ -442,6 +492,69 @@ impl Reported {
     }
 }
 
+/// Bytes that may be in flight between the planner and the writer: read or fetched,
+/// decoded, waiting to be written. An item larger than this (a patch: compressed bytes,
+/// reference and output, up to ~9 MiB) goes alone.
+const IN_FLIGHT_BYTES: u64 = 6 << 20;
+
+/// Bounds the memory of the stages: the planner takes credit for an item's buffers
+/// before it reads or fetches them; the credit comes back when the last of them is
+/// dropped (written, refused, or the stages stopped).
+struct Budget {
+    /// Bytes in flight, and whether the writer stopped (no credit comes back then).
+    state: Mutex<(u64, bool)>,
+    freed: Condvar,
+}
+
+/// Credit for `bytes` of [`Budget`], given back on drop.
+struct Credit<'a> {
+    budget: &'a Budget,
+    bytes: u64,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            state: Mutex::new((0, false)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Waits until `bytes` fit (or nothing else is in flight); `None` once the writer
+    /// has stopped.
+    fn take(&self, bytes: u64) -> Option<Credit<'_>> {
+        let mut st = self.state.lock().ok()?;
+        while !st.1 && st.0 > 0 && st.0 + bytes > IN_FLIGHT_BYTES {
+            st = self.freed.wait(st).ok()?;
+        }
+        if st.1 {
+            return None;
+        }
+        st.0 += bytes;
+        Some(Credit {
+            budget: self,
+            bytes,
+        })
+    }
+
+    /// The writer stopped: wake the planner.
+    fn close(&self) {
+        if let Ok(mut st) = self.state.lock() {
+            st.1 = true;
+        }
+        self.freed.notify_all();
+    }
+}
+
+impl Drop for Credit<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.budget.state.lock() {
+            st.0 -= self.bytes;
+        }
+        self.budget.freed.notify_all();
+    }
+}
+
 /// A fetched frame or patch that arrives corrupted this many times fails the install.
 const FETCH_ATTEMPTS: u32 = 2;
 /// Most bytes fetched with one ranged read.
@@ -466,6 +579,7 @@ pub fn copy_blocks(
     let dictionary = fetch_dictionary(source, job)?;
     let workers = super::copy::worker_count();
     let landed = Landed::default();
+    let budget = Budget::new();
     let mut reported = Reported::default();
     let result = std::thread::scope(|s| -> Result<(), InstallError> {
         let (work_tx, work_rx) = sync_channel::<Work>(workers);
@@ -473,7 +587,12 @@ pub fn copy_blocks(
         let (write_tx, write_rx) = sync_channel::<ToWriter>(2);
         let (verdict_tx, verdict_rx) = channel::<Verdict>();
         let landed = &landed;
-        let writer = s.spawn(move || writer_stage(job, write_rx, landed));
+        let budget = &budget;
+        let writer = s.spawn(move || {
+            let written = writer_stage(job, write_rx, landed);
+            budget.close();
+            written
+        });
         let dict = dictionary.as_deref();
         for _ in 0..workers {
             let (work_rx, write_tx, verdict_tx) =
@@ -514,33 +633,35 @@ pub fn copy_blocks(
                     }
                 }
             };
-            let send = |w: Work| -> Result<(), InstallError> {
-                work_tx
-                    .send(w)
-                    .map_err(|_| InstallError::Failed("the install stages stopped".into()))
-            };
+            let stopped = || InstallError::Failed("the install stages stopped".into());
+            let send = |w| -> Result<(), InstallError> { work_tx.send(w).map_err(|_| stopped()) };
+            let take = |bytes: u64| budget.take(bytes).ok_or_else(stopped);
             // 1. Local pass.
             for (i, f) in map.frames.iter().enumerate() {
                 check_cancel(job.cancel)?;
                 let (at, len) = map.frame_range(f);
                 if job.resume {
+                    let credit = take(len)?;
                     let mut data = vec![0u8; len as usize];
                     if job.writer.read_at(at, &mut data).is_ok() {
                         send(Work::Candidate {
                             frame: i,
                             origin: Origin::Target,
                             data,
+                            credit,
                         })?;
                         sent += 1;
                         continue;
                     }
                 }
                 if let Some(running) = job.running {
+                    let credit = take(len)?;
                     if let Some(data) = gather(map, f, running)? {
                         send(Work::Candidate {
                             frame: i,
                             origin: Origin::Running,
                             data,
+                            credit,
                         })?;
                         sent += 1;
                     }
@@ -560,11 +681,13 @@ pub fn copy_blocks(
                         if have[i] {
                             continue;
                         }
+                        let credit = take(map.frame_len(f))?;
                         if let Some(data) = gather(map, f, running)? {
                             send(Work::Candidate {
                                 frame: i,
                                 origin: Origin::Running,
                                 data,
+                                credit,
                             })?;
                             sent += 1;
                         }
@@ -586,6 +709,12 @@ pub fn copy_blocks(
                             continue;
                         }
                         check_cancel(job.cancel)?;
+                        let raw: u64 = p
+                            .frames
+                            .iter()
+                            .map(|f| map.frame_len(&map.frames[*f as usize]))
+                            .sum();
+                        let credit = take(u64::from(p.csize) + p.ref_blocks() * BLOCK + raw)?;
                         let Some(reference) = reference(p, running)? else {
                             continue;
                         };
@@ -602,6 +731,7 @@ pub fn copy_blocks(
                             patch: pi,
                             data,
                             reference,
+                            credit,
                         })?;
                         sent += p.frames.len();
                         drain(&mut have, &mut answered, &mut failures, false);
@@ -636,7 +766,9 @@ pub fn copy_blocks(
                         .read_range(job.member.offset + first.offset, bytes)
                         .map_err(|e| source_failure(e, job.cancel, what()))?;
                     for &fi in &missing[k..end] {
-                        let mut data = vec![0u8; map.frames[fi].csize as usize];
+                        let f = &map.frames[fi];
+                        let credit = take(u64::from(f.csize) + map.frame_len(f))?;
+                        let mut data = vec![0u8; f.csize as usize];
                         reader.read_exact(&mut data).map_err(|e| {
                             if check_cancel(job.cancel).is_err() {
                                 InstallError::Cancelled
@@ -644,7 +776,11 @@ pub fn copy_blocks(
                                 InstallError::Failed(format!("{}: {e}", what()))
                             }
                         })?;
-                        send(Work::Packed { frame: fi, data })?;
+                        send(Work::Packed {
+                            frame: fi,
+                            data,
+                            credit,
+                        })?;
                         sent += 1;
                         drain(&mut have, &mut answered, &mut failures, false);
                         reported.catch_up(landed, reporter);
@@ -775,4 +911,86 @@ pub fn estimate(
         e.download = 0;
     }
     Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn in_flight(b: &Budget) -> u64 {
+        b.state.lock().map(|s| s.0).unwrap_or(u64::MAX)
+    }
+
+    #[test]
+    fn a_take_over_the_budget_waits_until_credit_comes_back() {
+        let budget = Budget::new();
+        let first = budget.take(IN_FLIGHT_BYTES - 10).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let c = budget.take(20);
+                tx.send(c.map(|c| c.bytes)).unwrap();
+            });
+            // The second take cannot fit while the first credit is out.
+            assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+            assert_eq!(in_flight(&budget), IN_FLIGHT_BYTES - 10);
+            drop(first);
+            assert_eq!(rx.recv().unwrap(), Some(20));
+        });
+        assert_eq!(in_flight(&budget), 0, "every credit came back");
+    }
+
+    #[test]
+    fn an_item_larger_than_the_budget_goes_alone() {
+        let budget = Budget::new();
+        let big = budget.take(3 * IN_FLIGHT_BYTES).unwrap();
+        assert_eq!(in_flight(&budget), 3 * IN_FLIGHT_BYTES);
+        drop(big);
+        let small = budget.take(1).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| tx.send(budget.take(2 * IN_FLIGHT_BYTES).is_some()).unwrap());
+            assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+            drop(small);
+            assert!(rx.recv().unwrap());
+        });
+    }
+
+    #[test]
+    fn a_stopped_writer_wakes_a_waiting_planner() {
+        let budget = Budget::new();
+        let _held = budget.take(IN_FLIGHT_BYTES).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| tx.send(budget.take(1).is_none()).unwrap());
+            assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+            budget.close();
+            assert!(rx.recv().unwrap(), "take gives up once the writer stopped");
+        });
+        assert!(budget.take(1).is_none());
+    }
+
+    #[test]
+    fn frames_of_a_patch_return_its_credit_when_the_last_is_dropped() {
+        let budget = Budget::new();
+        let credit = Arc::new(budget.take(100).unwrap());
+        let buf = Arc::new(vec![7u8; 100]);
+        let a = FrameBytes {
+            buf: buf.clone(),
+            range: 0..40,
+            _credit: credit.clone(),
+        };
+        let b = FrameBytes {
+            buf,
+            range: 40..100,
+            _credit: credit,
+        };
+        assert_eq!((a.bytes().len(), b.bytes().len()), (40, 60));
+        drop(a);
+        assert_eq!(in_flight(&budget), 100);
+        drop(b);
+        assert_eq!(in_flight(&budget), 0);
+    }
 }
