@@ -30,6 +30,7 @@ pub mod failpoint;
 pub mod fsutil;
 pub mod install;
 pub mod mcu;
+pub mod memory;
 pub mod model;
 pub mod panics;
 pub mod service;

@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    rota::memory::tune_allocator();
     rota::panics::abort_on_panic();
     let cli = rota::cli::Cli::parse();
     if let Err(failure) = rota::cli::run(cli) {

@@ -13,6 +13,7 @@ const LAYERS: &[&[&str]] = &[
         "fsutil",
         "failpoint",
         "panics",
+        "memory",
         "device",
         "version",
     ],
