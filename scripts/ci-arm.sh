@@ -23,8 +23,8 @@
 #     Python peer), the campaigns (powercut, malicious_bundles) and the rest of
 #     dbus_service (argument checks and CLI paths the host runs). ROTA_ARM_FULL=1 runs
 #     every test on both targets.
-# Test builds use the dev profile without debug info, with the hashing and signature
-# crates optimized (their debug builds make a 64 MiB install take minutes under
+# Test builds use the dev profile without debug info, with the hashing, signature and
+# zstd crates optimized (their debug builds make a 64 MiB install take minutes under
 # emulation).
 # Needs: gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross
 #        libc6-dev-armhf-cross qemu-user, rustup (targets are added if missing).
@@ -156,7 +156,7 @@ rm -rf "$dev"
 # Dev profile for the test builds (see the header).
 export CARGO_PROFILE_DEV_DEBUG=0
 HOT=()
-for c in sha2 crc32fast ring curve25519-dalek ed25519-dalek; do
+for c in sha2 crc32fast ring curve25519-dalek ed25519-dalek zstd-sys; do
   HOT+=(--config "profile.dev.package.$c.opt-level=3")
 done
 

@@ -293,10 +293,19 @@ async fn tampered_payload_is_never_activated() {
 #[tokio::test(flavor = "multi_thread")]
 async fn second_install_is_busy_and_cancel_leaves_slot_inactive() {
     let dev = Device::new();
-    // Larger slots so the copy lasts long enough to be caught mid-write.
+    // Larger slots so the copy lasts long enough to be caught mid-write. Format 1: raw
+    // chunks, so making the bundle is quick under qemu-user too (zstd -19 of 96 MiB in a
+    // debug build under emulation took minutes).
     let big = 96 << 20;
     std::fs::write(dev.path("b.img"), vec![0u8; big]).unwrap();
-    let (bundle, _) = dev.bundle("big", "acme-gateway", "1.1.0", pattern(big, 11), "release");
+    let (bundle, _) = dev.bundle_with(
+        "big",
+        "acme-gateway",
+        "1.1.0",
+        pattern(big, 11),
+        "release",
+        &["--format", "1"],
+    );
     let h = start(&dev).await;
     let mut events = h.subscribe();
     let tr = h.install(req(&bundle)).await.unwrap();
