@@ -33,8 +33,11 @@
 
 /// Bytes per block: the granularity of reuse and of zero runs.
 pub const BLOCK: u64 = 4096;
-/// Most blocks in one frame: 1 MiB of raw bytes, the most a frame may inflate to.
-pub const MAX_FRAME_BLOCKS: u32 = 256;
+/// Most blocks in one frame: 4 MiB of raw bytes, the most a frame may inflate to (and
+/// what a device holds of it while it decodes and checks it). Bundles choose their frame
+/// size up to this (`bundle create --frame-size`): larger frames compress better, smaller
+/// ones cost less memory and are reused more often.
+pub const MAX_FRAME_BLOCKS: u32 = 1024;
 /// Largest reference a patch may name: what a device holds in memory to decode it.
 pub const MAX_REF_BLOCKS: u64 = 1024;
 /// Most frames one patch may replace.
@@ -577,6 +580,29 @@ mod tests {
         let e =
             BlockMap::from_bytes(&big.to_bytes(), m.image_size, big.payload_size()).unwrap_err();
         assert!(e.contains("ends at block 11, the image has 10"), "{e}");
+        let mut long = BlockMap {
+            image_size: u64::from(MAX_FRAME_BLOCKS + 1) * BLOCK,
+            ..Default::default()
+        };
+        long.frames.push(Frame {
+            first: 0,
+            blocks: MAX_FRAME_BLOCKS + 1,
+            codec: Codec::Stored,
+            offset: 0,
+            csize: 1,
+            sha256: [1; 32],
+            keys_at: 0,
+        });
+        long.keys = (0..MAX_FRAME_BLOCKS + 1).collect();
+        let e = BlockMap::from_bytes(&long.to_bytes(), long.image_size, long.payload_size())
+            .unwrap_err();
+        assert!(e.contains("at most 1024 are allowed"), "{e}");
+        long.frames[0].blocks = MAX_FRAME_BLOCKS;
+        long.frames[0].codec = Codec::Zstd;
+        long.image_size -= BLOCK;
+        long.keys.pop();
+        BlockMap::from_bytes(&long.to_bytes(), long.image_size, long.payload_size())
+            .expect("a frame of MAX_FRAME_BLOCKS blocks is accepted");
         let mut huge = m.clone();
         huge.patches[0].refs[0].blocks = MAX_REF_BLOCKS as u32 + 1;
         let e = BlockMap::from_bytes(&huge.to_bytes(), m.image_size, m.payload_size()).unwrap_err();

@@ -107,10 +107,10 @@ pub enum BundleCommand {
         /// zstd level of the frames, 1 (fast) to 22; 0 stores them uncompressed
         #[arg(long, value_name = "LEVEL", default_value_t = 19)]
         zstd_level: i32,
-        /// Most bytes of raw image per frame, a multiple of 4096 up to 1 MiB (default:
+        /// Most bytes of raw image per frame, a multiple of 4096 up to 4 MiB (default:
         /// 64 KiB, so a device on any earlier image fetches little; 1 MiB with
-        /// --delta-from, whose cuts and patches already isolate what changed, and larger
-        /// frames compress better)
+        /// --delta-from, whose cuts and patches already isolate what changed). Larger
+        /// frames compress better; a device holds one whole frame per decoder.
         #[arg(long, value_name = "BYTES")]
         frame_size: Option<u32>,
         /// The image the devices run now (the previous release's slot image): frames are
@@ -243,9 +243,10 @@ pub fn run(cli: Cli) -> CliResult {
             } else {
                 crate::bundle::pack::FRAME_BYTES
             });
-            if frame_size == 0 || frame_size % 4096 != 0 || frame_size > 1 << 20 {
+            let max_frame = crate::bundle::blockmap::MAX_FRAME_BLOCKS * 4096;
+            if frame_size == 0 || frame_size % 4096 != 0 || frame_size > max_frame {
                 return Err(Failure::Usage(format!(
-                    "--frame-size {frame_size}: a multiple of 4096, at most 1048576"
+                    "--frame-size {frame_size}: a multiple of 4096, at most {max_frame}"
                 )));
             }
             if format == 2
