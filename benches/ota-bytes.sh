@@ -52,8 +52,12 @@ printf '[update]\ncompatible = "acme-gateway"\nversion = "2.0.0"\n[[image]]\nslo
 declare -A BUNDLE_ARGS=(
   [default]=""
   [delta-from-v1]="--delta-from $PAIR/v1.img"
+  [delta-from-v1-4m]="--delta-from $PAIR/v1.img --frame-size 4194304"
 )
-KINDS=(default delta-from-v1)
+# ROTA_BENCH_KINDS picks bundles (space-separated); ROTA_BENCH_INSTALL the one installed
+# for real.
+read -r -a KINDS <<<"${ROTA_BENCH_KINDS:-default delta-from-v1 delta-from-v1-4m}"
+INSTALL_KIND=${ROTA_BENCH_INSTALL:-delta-from-v1}
 declare -A PACK_SECS
 for k in "${KINDS[@]}"; do
   t0=$(now)
@@ -96,7 +100,7 @@ done
 G=$W/gw-v1
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 t0=$(now)
-EVENTS=$( (eval "$($GW env "$G")"; "$ROTA" install --json --force-version "$(url delta-from-v1)") )
+EVENTS=$( (eval "$($GW env "$G")"; "$ROTA" install --json --force-version "$(url "$INSTALL_KIND")") )
 INSTALL_SECS=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
 HWM=$(awk '/VmHWM/{print $2}' "/proc/$(cat "$G/service.pid")/status")
 DOWNLOADED=$(python3 -c '
@@ -118,7 +122,7 @@ for k in "${KINDS[@]}"; do
 done
 echo
 read -r dl reused <<<"$DOWNLOADED"
-echo "update installed for real (delta-from-v1 over HTTP, slot B == v2 checked):"
+echo "update installed for real ($INSTALL_KIND over HTTP, slot B == v2 checked):"
 echo "  $INSTALL_SECS s wall, service peak RSS $(awk -v k="$HWM" 'BEGIN { printf "%.1f", k / 1024 }') MiB,"
 echo "  $(mib "$dl") of frames and patches downloaded, $(mib "$reused") reused;"
 echo "  nginx served $(mib "$SERVED") in all to the dry runs and installs of this run"

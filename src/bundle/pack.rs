@@ -301,6 +301,12 @@ pub fn pack(image: &Path, payload: &Path, opts: &PackOptions) -> Result<Packed, 
     let file = out.into_inner().map_err(|e| io_err(payload, e.error()))?;
     file.sync_all().map_err(|e| io_err(payload, e))?;
     debug_assert_eq!(offset, map.payload_size());
+    // What devices will parse: a map the reader refuses must never be signed.
+    BlockMap::from_bytes(&map.to_bytes(), map.image_size, map.payload_size()).map_err(|e| {
+        bad(format!(
+            "the packer made a block map the reader refuses: {e}"
+        ))
+    })?;
     Ok(Packed {
         map,
         digest,
@@ -365,7 +371,11 @@ fn make_patches(
     for fi in new_frames {
         let f = &map.frames[fi];
         let len = map.frame_len(f);
-        let r = predicted_ref(map, f, hashes, base);
+        // A large frame's predicted reference may pass what one patch may name.
+        let r = predicted_ref(map, f, hashes, base).map(|r| RefRange {
+            blocks: r.blocks.min(MAX_REF_BLOCKS as u32),
+            ..r
+        });
         let rb = r.map_or(0, |r| u64::from(r.blocks));
         if !frames.is_empty()
             && (frames.len() as u32 >= MAX_PATCH_FRAMES
@@ -558,5 +568,32 @@ mod tests {
                 assert!(r.start + u64::from(r.blocks) <= 3, "{r:?}");
             }
         }
+    }
+
+    /// A frame of MAX_FRAME_BLOCKS changed blocks in the middle of a larger base: its
+    /// predicted reference (the frame plus a margin) would pass MAX_REF_BLOCKS; the
+    /// packer keeps it within, and the map it makes is one the reader accepts.
+    #[test]
+    fn a_patch_for_the_largest_frame_keeps_its_reference_within_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = u64::from(MAX_FRAME_BLOCKS);
+        let base: Vec<u8> = (0..n + 40).flat_map(block).collect();
+        std::fs::write(dir.path().join("base"), &base).unwrap();
+        // Base blocks 0..20, then the old middle with one byte changed per block, then
+        // the base's last 20 blocks.
+        let mut image = base.clone();
+        for b in 20..20 + n as usize {
+            image[b * BLOCK as usize + 9] ^= 0x77;
+        }
+        let opts = PackOptions {
+            level: 1,
+            frame_blocks: MAX_FRAME_BLOCKS,
+            delta_from: Some(dir.path().join("base")),
+        };
+        let (p, _) = pack_bytes(dir.path(), &image, &opts);
+        assert_eq!(p.map.patches.len(), 1, "{:?}", p.map.patches);
+        assert!(p.map.patches[0].ref_blocks() <= MAX_REF_BLOCKS);
+        BlockMap::from_bytes(&p.map.to_bytes(), p.map.image_size, p.map.payload_size())
+            .expect("the reader accepts what the packer made");
     }
 }
