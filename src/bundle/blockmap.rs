@@ -158,6 +158,14 @@ impl BlockMap {
         self.frame_range(f).1
     }
 
+    /// Raw bytes of the frames numbered in `frames` (a patch's), together.
+    pub fn frames_len(&self, frames: &[u32]) -> u64 {
+        frames
+            .iter()
+            .map(|f| self.frame_len(&self.frames[*f as usize]))
+            .sum()
+    }
+
     /// The keys of frame `f`'s blocks, in order.
     pub fn frame_keys(&self, f: &Frame) -> &[u32] {
         &self.keys[f.keys_at..f.keys_at + f.blocks as usize]
@@ -388,10 +396,7 @@ impl BlockMap {
             if refs.is_empty() {
                 return Err(format!("patch {i} has no reference"));
             }
-            let raw: u64 = frames
-                .iter()
-                .map(|f| map.frame_len(&map.frames[*f as usize]))
-                .sum();
+            let raw = map.frames_len(&frames);
             if raw > MAX_PATCH_RAW {
                 return Err(format!(
                     "patch {i} decodes to {raw} bytes, at most {MAX_PATCH_RAW} are allowed"

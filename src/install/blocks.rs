@@ -709,11 +709,7 @@ pub fn copy_blocks(
                             continue;
                         }
                         check_cancel(job.cancel)?;
-                        let raw: u64 = p
-                            .frames
-                            .iter()
-                            .map(|f| map.frame_len(&map.frames[*f as usize]))
-                            .sum();
+                        let raw = map.frames_len(&p.frames);
                         let credit = take(u64::from(p.csize) + p.ref_blocks() * BLOCK + raw)?;
                         let Some(reference) = reference(p, running)? else {
                             continue;

@@ -236,12 +236,12 @@ pub fn copy_image(
         written?;
         read?;
         match hashed? {
-            Some(h) => check(job, h),
+            Some(h) => check_read_back(job.writer, job.image, job.read_back, h),
             None if job.read_back == ReadBack::Off => {
                 log::info!("{}: read-back is off ([install] read-back)", job.image.file);
                 Ok(())
             }
-            None => buffered_read_back(job),
+            None => read_back_buffered(job.writer, job.image, job.read_back, job.cancel),
         }
     });
     reported.catch_up(&landed, reporter);
@@ -752,11 +752,6 @@ impl DirectReader {
     }
 }
 
-/// Compares what the read-back saw with the signed manifest.
-fn check(job: &Job<'_>, hasher: ImageHasher) -> Result<(), InstallError> {
-    check_read_back(job.writer, job.image, job.read_back, hasher)
-}
-
 /// Compares a read-back of `image` from the slot `writer` wrote with the signed manifest.
 pub(super) fn check_read_back(
     writer: &SlotWriter,
@@ -777,14 +772,9 @@ pub(super) fn check_read_back(
     Ok(())
 }
 
-/// The read-back where `O_DIRECT` is not available: after the sync, drop the slot's
-/// pages from the cache and read it through it.
-fn buffered_read_back(job: &Job<'_>) -> Result<(), InstallError> {
-    read_back_buffered(job.writer, job.image, job.read_back, job.cancel)
-}
-
-/// Reads `image` back from the slot through the page cache, after dropping the slot's
-/// pages from it, and checks it against the manifest.
+/// The read-back where `O_DIRECT` is not available: reads `image` back from the slot
+/// through the page cache, after dropping the slot's pages from it, and checks it
+/// against the manifest.
 pub(super) fn read_back_buffered(
     writer: &SlotWriter,
     image: &ImageEntry,
