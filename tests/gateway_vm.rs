@@ -554,6 +554,13 @@ fn next_boot(env: &BTreeMap<String, String>) -> Option<&str> {
 }
 
 /// The guest's view and the powered-off disk agree: env and state.
+/// `rota status` after the update: booted B, the install good, B holding 2.0.0.
+fn assert_good_on_b(st: &Value) {
+    assert_eq!(st["booted"], "B", "{st}");
+    assert_eq!(st["last_install"]["result"], "good", "{st}");
+    assert_eq!(slot_of(st, "B")["version"], "2.0.0", "{st}");
+}
+
 fn agree(
     guest_env: &BTreeMap<String, String>,
     guest_status: &Value,
@@ -607,9 +614,7 @@ fn install_and_boot_b(variant: &'static str, name: &str) {
     on.boot(&mut board, "B", true);
     on.check_service();
     let st = on.status();
-    assert_eq!(st["booted"], "B", "{st}");
-    assert_eq!(st["last_install"]["result"], "good", "{st}");
-    assert_eq!(slot_of(&st, "B")["version"], "2.0.0", "{st}");
+    assert_good_on_b(&st);
     let os = on.ok("grep VERSION_ID /etc/os-release");
     assert!(os.contains("2.0.0"), "{os}");
     let env = on.guest_env();
@@ -727,9 +732,7 @@ fn rollback_after_unhealthy_update_then_power_cut_after_activation() {
     let mut on = board.power_on();
     on.boot(&mut board, "B", true);
     let st = on.status();
-    assert_eq!(st["booted"], "B", "{st}");
-    assert_eq!(st["last_install"]["result"], "good", "{st}");
-    assert_eq!(slot_of(&st, "B")["version"], "2.0.0", "{st}");
+    assert_good_on_b(&st);
     let env = on.guest_env();
     on.power_off(&board);
     agree(&env, &st, &board);
@@ -808,9 +811,7 @@ fn power_cut_during_install_resumes_on_a_and_boots_b() {
         };
         on.boot(&mut board, "B", true);
         let st = on.status();
-        assert_eq!(st["booted"], "B", "{st}");
-        assert_eq!(st["last_install"]["result"], "good", "{st}");
-        assert_eq!(slot_of(&st, "B")["version"], "2.0.0", "{st}");
+        assert_good_on_b(&st);
         let env = on.guest_env();
         on.power_off(&board);
         let (_, disk) = agree(&env, &st, &board);

@@ -11,7 +11,7 @@ use rota::bundle::blockmap::{BlockMap, Codec};
 use rota::bundle::digest::sha256_hex;
 use rota::bundle::manifest::Manifest;
 use support::gateway::{path_str, pattern, Gateway};
-use support::tarcraft::{assemble, members, resign, signing_key, Raw};
+use support::tarcraft::{assemble, member_names, members, resign, signing_key, Raw};
 
 /// Image size: five 64 KiB frames, the last one partial.
 const IMAGE: usize = 300_000;
@@ -35,10 +35,7 @@ fn image(seed: u64) -> Vec<u8> {
 /// The block map of a bundle's one image, with its members.
 fn parse(bundle: &[u8]) -> (Vec<Raw>, Manifest, BlockMap) {
     let ms = members(bundle);
-    let names: Vec<String> = ms
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.name).into_owned())
-        .collect();
+    let names = member_names(&ms);
     assert_eq!(
         names,
         [

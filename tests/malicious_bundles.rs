@@ -15,8 +15,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 use support::gateway::{path_str, pattern, Gateway};
 use support::tarcraft::{
-    assemble, assemble_open, data_offset, header, members, resign, set_line, signing_key,
-    MemSource, Raw,
+    assemble, assemble_open, data_offset, header, member_names, members, resign, set_line,
+    signing_key, MemSource, Raw,
 };
 
 /// Size of the images in the corpus bundles: five 64 KiB chunks, the last one partial.
@@ -83,10 +83,7 @@ fn build_corpus(gw: &Gateway) -> Corpus {
     let base = std::fs::read(&base_path).unwrap();
     let ms = members(&base);
     let twin = members(&std::fs::read(&twin_path).unwrap());
-    let names: Vec<String> = ms
-        .iter()
-        .map(|m| String::from_utf8_lossy(&m.name).into_owned())
-        .collect();
+    let names = member_names(&ms);
     assert_eq!(
         names,
         [

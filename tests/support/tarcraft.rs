@@ -32,6 +32,13 @@ impl Raw {
     }
 }
 
+/// The members' names, in archive order.
+pub fn member_names(ms: &[Raw]) -> Vec<String> {
+    ms.iter()
+        .map(|m| String::from_utf8_lossy(&m.name).into_owned())
+        .collect()
+}
+
 /// The members of a tar archive, read with the `tar` crate (independently of rota).
 pub fn members(bundle: &[u8]) -> Vec<Raw> {
     let mut ar = tar::Archive::new(bundle);
