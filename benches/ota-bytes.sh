@@ -8,7 +8,7 @@
 #
 # What rota does here, all through the shipped binary (release build):
 #   1. `rota bundle create` of v2 two ways: default (64 KiB frames, for devices on any
-#      earlier image) and `--delta-from v1.img` (1 MiB frames cut where v1's blocks end,
+#      earlier image) and `--delta-from v1.img` (4 MiB frames,
 #      plus patches against v1);
 #   2. a simulated gateway (scripts/sim-gateway.sh) with 1 GiB slots, slot A holding v1,
 #      served over HTTP by nginx on the loopback; `rota install --dry-run` of each bundle
@@ -52,11 +52,11 @@ printf '[update]\ncompatible = "acme-gateway"\nversion = "2.0.0"\n[[image]]\nslo
 declare -A BUNDLE_ARGS=(
   [default]=""
   [delta-from-v1]="--delta-from $PAIR/v1.img"
-  [delta-from-v1-4m]="--delta-from $PAIR/v1.img --frame-size 4194304"
+  [delta-from-v1-1m]="--delta-from $PAIR/v1.img --frame-size 1048576"
 )
 # ROTA_BENCH_KINDS picks bundles (space-separated); ROTA_BENCH_INSTALL the one installed
 # for real.
-read -r -a KINDS <<<"${ROTA_BENCH_KINDS:-default delta-from-v1 delta-from-v1-4m}"
+read -r -a KINDS <<<"${ROTA_BENCH_KINDS:-default delta-from-v1}"
 INSTALL_KIND=${ROTA_BENCH_INSTALL:-delta-from-v1}
 declare -A PACK_SECS
 for k in "${KINDS[@]}"; do

@@ -449,8 +449,9 @@ fn moved_blocks_are_found_by_content_anywhere_in_the_running_slot() {
     );
 }
 
-/// Built against the image the devices run (`--delta-from`), frames are cut where the
-/// known blocks end: the update downloads the three new blocks and nothing else.
+/// Built against the image the devices run (`--delta-from`), a patch carries the three
+/// new blocks (random: they do not compress) and the device gathers the rest of their
+/// 4 MiB frame from its running slot: the update downloads those blocks and nothing else.
 #[test]
 fn a_bundle_built_against_the_running_image_downloads_only_new_blocks() {
     let (mut gw, ng) = setup("");
@@ -497,7 +498,10 @@ fn a_bundle_built_against_the_running_image_downloads_only_new_blocks() {
 
     let (downloaded, reused, _) = install_counts(&gw, &url);
     println!("delta-from: {downloaded} downloaded, {reused} reused");
-    assert_eq!(downloaded, 3 * 4096, "exactly the three new blocks");
+    assert!(
+        (3 * 4096..3 * 4096 + 256).contains(&downloaded),
+        "the three new blocks, in one patch: {downloaded}"
+    );
     assert_eq!(reused, (size - 3 * 4096) as u64);
     assert_eq!(
         &gw.read("a.img")[..size],

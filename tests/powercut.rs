@@ -737,8 +737,9 @@ fn a_panic_mid_copy_aborts_and_the_restarted_service_finishes_the_install() {
 }
 
 /// Power cuts during a delta install over HTTP: the device runs v1 in slot A, v2 is v1
-/// with new blocks inserted, bundled `--delta-from` v1 (frames cut around the new blocks,
-/// patches against v1). Cut inside and after frame writes at several points, and killed at
+/// with new blocks inserted, bundled `--delta-from` v1 (256 KiB frames, so there are many
+/// to cut between; patches against v1 carry the new blocks, the device gathers the rest
+/// of their frames). Cut inside and after frame writes at several points, and killed at
 /// a random instant; the restarted service resumes — keeping what landed, taking the rest
 /// from the running slot, patches and frames — and ends with slot B bit-exact, A untouched.
 #[test]
@@ -772,7 +773,7 @@ fn power_cuts_during_a_delta_install_resume_and_finish_bit_exact() {
         "2.0.0",
         v2,
         "release",
-        &["--delta-from", path_str(&base)],
+        &["--delta-from", path_str(&base), "--frame-size", "262144"],
     );
     std::fs::copy(&bundle, gw.path("www/v2.rota")).unwrap();
     let url = ng.url(ng.http, false, "v2.rota");

@@ -12,22 +12,29 @@
 //! never trusted: only the frame hash decides.
 //!
 //! A bundle built against a known previous image (`rota bundle create --delta-from`)
-//! also carries **patches**: a patch replaces the frames holding blocks that image does
+//! also carries **patches**: a patch supplies the blocks of some frames that image does
 //! not have, compressed against a *reference* — ranges of that previous image which the
 //! device reads from its own running slot (checked against the reference's SHA-256
-//! before anything is fetched). A device on another image ignores them.
+//! before anything is fetched). The frames' other blocks come from the running slot by
+//! key, as in a local gather, and each frame is checked against its SHA-256 as always.
+//! Frames need not be cut where old and new blocks meet, so they can be large (better
+//! compression for a full install) while an update fetches only the new blocks. A device
+//! on another image ignores the patches.
 //!
 //! Serialized form (`<file>.blocks` member, little-endian), covered by the manifest's
 //! `index-sha256`:
 //! ```text
-//! "ROTABLK1" u32 block-size u64 image-size u32 dictionary-size [32] dictionary-sha256
+//! "ROTABLK2" u32 block-size u64 image-size u32 dictionary-size [32] dictionary-sha256
 //! u32 extent-count, then per extent:
 //!   0u8 u32 blocks                                   zero run
 //!   1u8 u32 blocks u8 codec u32 csize [32] sha256 u32 keys[blocks]   frame
 //! u32 patch-count, then per patch:
-//!   u32 frame-count u32 frames[frame-count] u32 csize [32] ref-sha256
-//!   u32 ref-count (u64 start-block u32 blocks)[ref-count]
+//!   u32 run-count (u64 first-block u32 blocks)[run-count]   the blocks it supplies
+//!   u32 csize [32] ref-sha256 u32 ref-count (u64 start-block u32 blocks)[ref-count]
 //! ```
+//! A patch's runs ascend, and each lies within one frame; the patch decodes to the runs'
+//! bytes back to back. (`ROTABLK1`, written by earlier releases, is read too: its patches
+//! name whole frames, `u32 frame-count u32 frames[frame-count]`, instead of runs.)
 //! The payload member holds the dictionary, then every frame's compressed bytes in
 //! extent order, then every patch's, back to back: offsets follow from the sizes.
 
@@ -40,13 +47,16 @@ pub const BLOCK: u64 = 4096;
 pub const MAX_FRAME_BLOCKS: u32 = 1024;
 /// Largest reference a patch may name: what a device holds in memory to decode it.
 pub const MAX_REF_BLOCKS: u64 = 1024;
-/// Most frames one patch may replace.
+/// Most frames one patch may complete.
 pub const MAX_PATCH_FRAMES: u32 = 256;
-/// Most raw bytes one patch may decode to.
+/// Most raw bytes of frames one patch may complete (what a device assembles at once;
+/// the patch itself decodes to at most as much).
 pub const MAX_PATCH_RAW: u64 = 4 << 20;
 /// Largest shared dictionary.
 pub const MAX_DICTIONARY: u32 = 1 << 20;
-const MAGIC: &[u8; 8] = b"ROTABLK1";
+const MAGIC: &[u8; 8] = b"ROTABLK2";
+/// The first block map version: patches name whole frames.
+const MAGIC_V1: &[u8; 8] = b"ROTABLK1";
 
 /// How a frame's bytes are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,11 +106,21 @@ pub struct RefRange {
     pub blocks: u32,
 }
 
-/// A patch: some frames (indexes into [`BlockMap::frames`], ascending), compressed
-/// together against a reference taken from the previous image. Decodes to the frames'
-/// raw bytes back to back.
+/// Consecutive blocks of the new image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockRun {
+    pub first: u64,
+    pub blocks: u32,
+}
+
+/// A patch: blocks of some frames, compressed together against a reference taken from
+/// the previous image. Decodes to its runs' raw bytes back to back; the rest of its
+/// frames' blocks are the previous image's, found by key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Patch {
+    /// The blocks it supplies, ascending; each run lies within one frame.
+    pub runs: Vec<BlockRun>,
+    /// The frames its runs lie in (indexes into [`BlockMap::frames`], ascending).
     pub frames: Vec<u32>,
     pub offset: u64,
     pub csize: u32,
@@ -156,6 +176,18 @@ impl BlockMap {
     /// Raw length of frame `f`.
     pub fn frame_len(&self, f: &Frame) -> u64 {
         self.frame_range(f).1
+    }
+
+    /// Byte range of run `r` in the image: (offset, length).
+    pub fn run_range(&self, r: &BlockRun) -> (u64, u64) {
+        let start = r.first * BLOCK;
+        let end = ((r.first + u64::from(r.blocks)) * BLOCK).min(self.image_size);
+        (start, end.saturating_sub(start))
+    }
+
+    /// Raw bytes a patch decodes to: its runs, back to back.
+    pub fn patch_len(&self, p: &Patch) -> u64 {
+        p.runs.iter().map(|r| self.run_range(r).1).sum()
     }
 
     /// Raw bytes of the frames numbered in `frames` (a patch's), together.
@@ -235,9 +267,10 @@ impl BlockMap {
         out.extend_from_slice(&body);
         out.extend_from_slice(&(self.patches.len() as u32).to_le_bytes());
         for p in &self.patches {
-            out.extend_from_slice(&(p.frames.len() as u32).to_le_bytes());
-            for f in &p.frames {
-                out.extend_from_slice(&f.to_le_bytes());
+            out.extend_from_slice(&(p.runs.len() as u32).to_le_bytes());
+            for r in &p.runs {
+                out.extend_from_slice(&r.first.to_le_bytes());
+                out.extend_from_slice(&r.blocks.to_le_bytes());
             }
             out.extend_from_slice(&p.csize.to_le_bytes());
             out.extend_from_slice(&p.ref_sha256);
@@ -256,9 +289,11 @@ impl BlockMap {
     /// the payload must be exactly what the sizes add up to.
     pub fn from_bytes(bytes: &[u8], image_size: u64, payload_size: u64) -> Result<Self, String> {
         let mut r = Cursor { bytes, at: 0 };
-        if r.take(8)? != MAGIC {
-            return Err("the block map does not start with ROTABLK1".into());
-        }
+        let v1 = match r.take(8)? {
+            m if m == MAGIC => false,
+            m if m == MAGIC_V1 => true,
+            _ => return Err("the block map does not start with ROTABLK2 (or ROTABLK1)".into()),
+        };
         let block = r.u32()?;
         if u64::from(block) != BLOCK {
             return Err(format!(
@@ -360,19 +395,13 @@ impl BlockMap {
         }
         let patches = r.u32()?;
         for i in 0..patches {
-            let count = r.u32()?;
-            if count == 0 || count > MAX_PATCH_FRAMES {
-                return Err(format!("patch {i} names {count} frames"));
-            }
-            let mut frames = Vec::with_capacity(count as usize);
-            for _ in 0..count {
-                let f = r.u32()?;
-                if f as usize >= map.frames.len() || frames.last().is_some_and(|l| *l >= f) {
-                    return Err(format!(
-                        "patch {i} names frames outside the image or out of order"
-                    ));
-                }
-                frames.push(f);
+            let (runs, frames) = if v1 {
+                map.v1_patch_runs(&mut r, i)?
+            } else {
+                map.patch_runs(&mut r, i)?
+            };
+            if frames.is_empty() || frames.len() > MAX_PATCH_FRAMES as usize {
+                return Err(format!("patch {i} completes {} frames", frames.len()));
             }
             let csize = r.u32()?;
             let ref_sha256 = r.hash()?;
@@ -399,10 +428,11 @@ impl BlockMap {
             let raw = map.frames_len(&frames);
             if raw > MAX_PATCH_RAW {
                 return Err(format!(
-                    "patch {i} decodes to {raw} bytes, at most {MAX_PATCH_RAW} are allowed"
+                    "patch {i} completes frames of {raw} bytes, at most {MAX_PATCH_RAW} are allowed"
                 ));
             }
             map.patches.push(Patch {
+                runs,
                 frames,
                 offset,
                 csize,
@@ -423,6 +453,83 @@ impl BlockMap {
             ));
         }
         Ok(map)
+    }
+}
+
+impl BlockMap {
+    /// Index of the frame holding block `b`, if a frame does.
+    fn frame_of(&self, b: u64) -> Option<usize> {
+        let i = self
+            .frames
+            .partition_point(|f| f.first <= b)
+            .checked_sub(1)?;
+        let f = &self.frames[i];
+        (b < f.first + u64::from(f.blocks)).then_some(i)
+    }
+
+    /// Reads patch `i`'s runs and derives its frames: runs ascend, do not overlap, and
+    /// each lies within one frame.
+    fn patch_runs(&self, r: &mut Cursor<'_>, i: u32) -> Result<(Vec<BlockRun>, Vec<u32>), String> {
+        let count = r.u32()?;
+        if count == 0 || u64::from(count) > block_count(self.image_size) {
+            return Err(format!("patch {i} names {count} runs of blocks"));
+        }
+        let mut runs = Vec::new();
+        let mut frames: Vec<u32> = Vec::new();
+        let mut next = 0u64;
+        for _ in 0..count {
+            let first = r.u64()?;
+            let blocks = r.u32()?;
+            let inside = self.frame_of(first).filter(|f| {
+                let f = &self.frames[*f];
+                blocks > 0 && first + u64::from(blocks) <= f.first + u64::from(f.blocks)
+            });
+            let Some(f) = inside.filter(|_| first >= next) else {
+                return Err(format!(
+                    "patch {i} names blocks {first}..{} outside its frames or out of order",
+                    first.saturating_add(u64::from(blocks))
+                ));
+            };
+            next = first + u64::from(blocks);
+            if frames.last() != Some(&(f as u32)) {
+                frames.push(f as u32);
+            }
+            runs.push(BlockRun { first, blocks });
+        }
+        Ok((runs, frames))
+    }
+
+    /// A `ROTABLK1` patch: whole frames, ascending.
+    fn v1_patch_runs(
+        &self,
+        r: &mut Cursor<'_>,
+        i: u32,
+    ) -> Result<(Vec<BlockRun>, Vec<u32>), String> {
+        let count = r.u32()?;
+        if count == 0 || count > MAX_PATCH_FRAMES {
+            return Err(format!("patch {i} names {count} frames"));
+        }
+        let mut frames: Vec<u32> = Vec::with_capacity(count as usize);
+        for _ in 0..count {
+            let f = r.u32()?;
+            if f as usize >= self.frames.len() || frames.last().is_some_and(|l| *l >= f) {
+                return Err(format!(
+                    "patch {i} names frames outside the image or out of order"
+                ));
+            }
+            frames.push(f);
+        }
+        let runs = frames
+            .iter()
+            .map(|f| {
+                let f = &self.frames[*f as usize];
+                BlockRun {
+                    first: f.first,
+                    blocks: f.blocks,
+                }
+            })
+            .collect();
+        Ok((runs, frames))
     }
 }
 
@@ -465,7 +572,7 @@ impl<'a> Cursor<'a> {
 /// accepts before reading it (keys, one frame header per block at worst, patches).
 pub fn max_serialized(image_size: u64) -> u64 {
     let blocks = block_count(image_size);
-    128 + blocks * (4 + 42 + 5) + blocks * (48 + 12)
+    128 + blocks * (4 + 42 + 5) + blocks * (48 + 12 + 12)
 }
 
 /// Decompresses one zstd frame or patch into exactly `raw_len` bytes. Output past
@@ -547,6 +654,16 @@ mod tests {
         });
         m.keys = (0..8).collect();
         m.patches.push(Patch {
+            runs: vec![
+                BlockRun {
+                    first: 3,
+                    blocks: 2,
+                },
+                BlockRun {
+                    first: 6,
+                    blocks: 4,
+                },
+            ],
             frames: vec![0, 1],
             offset: 100 + 5 * BLOCK - 100,
             csize: 7,
@@ -612,6 +729,91 @@ mod tests {
         huge.patches[0].refs[0].blocks = MAX_REF_BLOCKS as u32 + 1;
         let e = BlockMap::from_bytes(&huge.to_bytes(), m.image_size, m.payload_size()).unwrap_err();
         assert!(e.contains("reference of more than"), "{e}");
+    }
+
+    /// `m` serialized as a `ROTABLK1` map: patches as lists of whole frames.
+    fn as_v1(m: &BlockMap) -> Vec<u8> {
+        let mut bare = m.clone();
+        bare.patches.clear();
+        let mut out = bare.to_bytes();
+        out.truncate(out.len() - 4);
+        out[..8].copy_from_slice(MAGIC_V1);
+        out.extend_from_slice(&(m.patches.len() as u32).to_le_bytes());
+        for p in &m.patches {
+            out.extend_from_slice(&(p.frames.len() as u32).to_le_bytes());
+            for f in &p.frames {
+                out.extend_from_slice(&f.to_le_bytes());
+            }
+            out.extend_from_slice(&p.csize.to_le_bytes());
+            out.extend_from_slice(&p.ref_sha256);
+            out.extend_from_slice(&(p.refs.len() as u32).to_le_bytes());
+            for r in &p.refs {
+                out.extend_from_slice(&r.start.to_le_bytes());
+                out.extend_from_slice(&r.blocks.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_first_version_block_map_reads_with_whole_frame_patches() {
+        let m = sample();
+        let back = BlockMap::from_bytes(&as_v1(&m), m.image_size, m.payload_size()).unwrap();
+        assert_eq!(back.frames, m.frames);
+        let p = &back.patches[0];
+        assert_eq!(p.frames, vec![0, 1]);
+        // Whole frames, the short last block included.
+        assert_eq!(
+            p.runs,
+            vec![
+                BlockRun {
+                    first: 2,
+                    blocks: 3
+                },
+                BlockRun {
+                    first: 5,
+                    blocks: 5
+                }
+            ]
+        );
+        assert_eq!(back.patch_len(p), back.data_bytes());
+    }
+
+    #[test]
+    fn patch_runs_outside_their_frames_or_out_of_order_are_refused() {
+        let m = sample();
+        assert_eq!(m.patch_len(&m.patches[0]), 2 * BLOCK + 4 * BLOCK - 100);
+        let refuse = |runs: Vec<(u64, u32)>, what: &str| {
+            let mut bad = m.clone();
+            bad.patches[0].runs = runs
+                .into_iter()
+                .map(|(first, blocks)| BlockRun { first, blocks })
+                .collect();
+            let e =
+                BlockMap::from_bytes(&bad.to_bytes(), m.image_size, m.payload_size()).unwrap_err();
+            assert!(e.contains(what), "{e}");
+        };
+        // Block 1 is in a zero run, 4..6 crosses from frame 0 into frame 1, 10 is past
+        // the image, a run of no blocks, runs that overlap or go back.
+        refuse(vec![(1, 1)], "blocks 1..2 outside its frames");
+        refuse(vec![(4, 2)], "blocks 4..6 outside its frames");
+        refuse(vec![(9, 2)], "blocks 9..11 outside its frames");
+        refuse(vec![(3, 0)], "outside its frames or out of order");
+        refuse(
+            vec![(3, 2), (4, 1)],
+            "blocks 4..5 outside its frames or out of order",
+        );
+        refuse(vec![(6, 1), (3, 1)], "out of order");
+        refuse(vec![], "names 0 runs");
+        // Frames derived from the runs: one run in frame 1 completes frame 1 only.
+        let mut one = m.clone();
+        one.patches[0].runs = vec![BlockRun {
+            first: 7,
+            blocks: 1,
+        }];
+        one.patches[0].frames = vec![1];
+        let back = BlockMap::from_bytes(&one.to_bytes(), m.image_size, m.payload_size()).unwrap();
+        assert_eq!(back, one);
     }
 
     #[test]

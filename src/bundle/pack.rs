@@ -1,14 +1,15 @@
 //! Packing a slot image into its format-2 form (`rota bundle create`): zero runs,
 //! compressed frames with their block keys, and — against a previous image given with
-//! `--delta-from` — patches for the blocks that image does not have.
+//! `--delta-from` — patches that supply the blocks a device running that image will not
+//! find by key (the device gathers the rest of those frames itself).
 //!
 //! The image is read twice, streaming: once to hash every 4 KiB block, once to compress
 //! the frames (on every core, in order) into a payload file next to the output. Memory
 //! is one small record per block plus a bounded batch of frames.
 
 use super::blockmap::{
-    block_count, key_of, BlockMap, Codec, Frame, Patch, RefRange, ZeroRun, BLOCK, MAX_FRAME_BLOCKS,
-    MAX_PATCH_FRAMES, MAX_PATCH_RAW, MAX_REF_BLOCKS,
+    block_count, key_of, BlockMap, BlockRun, Codec, Frame, Patch, RefRange, ZeroRun, BLOCK,
+    MAX_FRAME_BLOCKS, MAX_PATCH_FRAMES, MAX_PATCH_RAW, MAX_REF_BLOCKS,
 };
 use super::digest::{sha256, ImageDigest, ImageHasher};
 use super::BundleError;
@@ -21,9 +22,9 @@ use std::path::Path;
 /// Default raw bytes per frame: small enough that a device on any earlier image fetches
 /// little more than what changed.
 pub const FRAME_BYTES: u32 = 64 << 10;
-/// Default raw bytes per frame with a known base: cuts and patches already isolate what
-/// changed, so frames can be as large as compression likes.
-pub const FRAME_BYTES_WITH_BASE: u32 = 1 << 20;
+/// Default raw bytes per frame with a known base: patches carry just the blocks that
+/// changed, so frames can be as large as the format allows (compression gains most).
+pub const FRAME_BYTES_WITH_BASE: u32 = MAX_FRAME_BLOCKS * BLOCK as u32;
 
 /// How to pack.
 #[derive(Debug, Clone)]
@@ -32,8 +33,7 @@ pub struct PackOptions {
     pub level: i32,
     /// Most blocks per frame.
     pub frame_blocks: u32,
-    /// The image the devices run now, if known: frames are cut where its blocks stop
-    /// and start, and patches are made against it.
+    /// The image the devices run now, if known: patches are made against it.
     pub delta_from: Option<std::path::PathBuf>,
 }
 
@@ -150,22 +150,25 @@ fn compress_all(level: i32, jobs: &[(Vec<u8>, Option<Vec<u8>>)]) -> Result<Vec<V
         .collect()
 }
 
-/// Where the blocks of the previous image lie, by content.
+/// The previous image as a device running it sees it: its blocks by key.
 struct Base {
     file: File,
     path: std::path::PathBuf,
     /// Its whole blocks (a partial last block is never part of a reference).
     blocks: u64,
-    at: HashMap<[u8; 32], u64>,
+    /// Per key, the block a device's key table holds for it (the first non-zero whole
+    /// block with that key) and that block's SHA-256.
+    by_key: HashMap<u32, ([u8; 32], u64)>,
 }
 
 impl Base {
     fn open(path: &Path) -> Result<Base, BundleError> {
         let (hashes, digest) = hash_blocks(path)?;
-        let mut at = HashMap::new();
-        for (i, h) in hashes.iter().enumerate() {
+        let blocks = digest.size / BLOCK;
+        let mut by_key = HashMap::new();
+        for (i, h) in hashes.iter().enumerate().take(blocks as usize) {
             if let Some(h) = h {
-                at.entry(*h).or_insert(i as u64);
+                by_key.entry(key_of(h)).or_insert((*h, i as u64));
             }
         }
         Ok(Base {
@@ -174,9 +177,19 @@ impl Base {
             // Whole blocks only: a reference is read as whole blocks (here and from the
             // device's running slot), and past a partial last block the slot holds
             // whatever the partition had, not what the base file has.
-            blocks: digest.size / BLOCK,
-            at,
+            blocks,
+            by_key,
         })
+    }
+
+    /// Where a device running this image finds a block of content `h` by its key: only
+    /// when the block its key table holds for that key is that content (two contents
+    /// may share a 4-byte key; the device keeps one).
+    fn find(&self, h: &[u8; 32]) -> Option<u64> {
+        self.by_key
+            .get(&key_of(h))
+            .filter(|(have, _)| have == h)
+            .map(|(_, at)| *at)
     }
 }
 
@@ -194,17 +207,12 @@ pub fn pack(image: &Path, payload: &Path, opts: &PackOptions) -> Result<Packed, 
     }
     let (hashes, digest) = hash_blocks(image)?;
     let base = opts.delta_from.as_deref().map(Base::open).transpose()?;
-    let known = |i: usize| -> Option<u64> {
-        let b = base.as_ref()?;
-        hashes[i].as_ref().and_then(|h| b.at.get(h).copied())
-    };
     let mut map = BlockMap {
         image_size: digest.size,
         ..Default::default()
     };
     debug_assert_eq!(hashes.len() as u64, block_count(digest.size));
-    // Cut: zero runs; frames end at a zero block, at the size limit, and (with a base)
-    // where blocks the base has meet blocks it has not.
+    // Cut: zero runs; frames end at a zero block and at the size limit.
     let mut i = 0usize;
     while i < hashes.len() {
         if hashes[i].is_none() {
@@ -219,12 +227,7 @@ pub fn pack(image: &Path, payload: &Path, opts: &PackOptions) -> Result<Packed, 
             continue;
         }
         let start = i;
-        let is_known = known(i).is_some();
-        while i < hashes.len()
-            && hashes[i].is_some()
-            && i - start < opts.frame_blocks as usize
-            && (base.is_none() || known(i).is_some() == is_known)
-        {
+        while i < hashes.len() && hashes[i].is_some() && i - start < opts.frame_blocks as usize {
             i += 1;
         }
         let keys_at = map.keys.len();
@@ -314,39 +317,95 @@ pub fn pack(image: &Path, payload: &Path, opts: &PackOptions) -> Result<Packed, 
     })
 }
 
-/// Blocks of the previous image around where a frame of new blocks most likely came
-/// from: images made from scratch keep files in the same order, so the old version of a
-/// changed file sits right after the old copy of the block before it.
-fn predicted_ref(
-    map: &BlockMap,
-    frame: &Frame,
-    hashes: &[Option<[u8; 32]>],
-    base: &Base,
-) -> Option<RefRange> {
-    const BEFORE: u64 = 4;
-    const AFTER: u64 = 8;
-    let mut k = frame.first;
-    let anchor = loop {
-        if k == 0 {
-            return None;
-        }
-        k -= 1;
-        if let Some(at) = hashes[k as usize].as_ref().and_then(|h| base.at.get(h)) {
-            break *at;
-        }
-    };
-    let guess = anchor + (frame.first - k);
-    let start = guess.saturating_sub(BEFORE).min(base.blocks);
-    let end = (guess + u64::from(frame.blocks) + AFTER).min(base.blocks);
-    let _ = map;
-    (end > start).then_some(RefRange {
-        start,
-        blocks: (end - start) as u32,
-    })
+/// A run of blocks a device running the base will not find, and the range of the base
+/// it is compressed against.
+struct Missing {
+    frame: u32,
+    run: BlockRun,
+    reference: Option<RefRange>,
 }
 
-/// Patches for the frames whose blocks the base does not have, grouped in image order up
-/// to the patch limits; each compressed against its predicted reference.
+/// The runs of blocks (within each frame) a device running `base` will not find by key,
+/// each with the range of the base its old version most likely lies in: images made
+/// from scratch keep files in the same order, so the old version of a changed file sits
+/// right after the old copy of the last block before it that the base has.
+fn missing_runs(map: &BlockMap, hashes: &[Option<[u8; 32]>], base: &Base) -> Vec<Missing> {
+    const BEFORE: u64 = 4;
+    const AFTER: u64 = 8;
+    // A partial last block is never in a device's key table.
+    let whole = map.image_size / BLOCK;
+    let found = |b: u64| -> Option<u64> {
+        (b < whole)
+            .then(|| hashes[b as usize].as_ref())
+            .flatten()
+            .and_then(|h| base.find(h))
+    };
+    let mut out = Vec::new();
+    // The last block found so far: (block of the new image, where the base has it).
+    let mut anchor: Option<(u64, u64)> = None;
+    for (fi, f) in map.frames.iter().enumerate() {
+        let end = f.first + u64::from(f.blocks);
+        let mut b = f.first;
+        while b < end {
+            if let Some(at) = found(b) {
+                anchor = Some((b, at));
+                b += 1;
+                continue;
+            }
+            let first = b;
+            while b < end && found(b).is_none() {
+                b += 1;
+            }
+            let blocks = b - first;
+            // Without an anchor: the same place in the base (the file system's own
+            // metadata at the start of the image).
+            let guess = anchor.map_or(first, |(k, at)| at + (first - k));
+            let start = guess.saturating_sub(BEFORE).min(base.blocks);
+            let stop = (guess + blocks + AFTER)
+                .min(base.blocks)
+                .min(start + MAX_REF_BLOCKS);
+            out.push(Missing {
+                frame: fi as u32,
+                run: BlockRun {
+                    first,
+                    blocks: blocks as u32,
+                },
+                reference: (stop > start).then_some(RefRange {
+                    start,
+                    blocks: (stop - start) as u32,
+                }),
+            });
+        }
+    }
+    out
+}
+
+/// Blocks `r` would add to references ending with `last`: none where it lies within.
+fn ref_growth(last: Option<&RefRange>, r: &RefRange) -> u64 {
+    let end = r.start + u64::from(r.blocks);
+    match last {
+        Some(l) if r.start >= l.start && r.start <= l.start + u64::from(l.blocks) => {
+            end.saturating_sub(l.start + u64::from(l.blocks))
+        }
+        _ => u64::from(r.blocks),
+    }
+}
+
+/// Adds `r` to `refs`, merged into the last range when it overlaps or touches it;
+/// returns the blocks added.
+fn push_ref(refs: &mut Vec<RefRange>, r: RefRange) -> u64 {
+    let grows = ref_growth(refs.last(), &r);
+    match refs.last_mut() {
+        Some(l) if r.start >= l.start && r.start <= l.start + u64::from(l.blocks) => {
+            l.blocks += grows as u32;
+        }
+        _ => refs.push(r),
+    }
+    grows
+}
+
+/// Patches for the blocks a device running the base will not find: runs grouped in image
+/// order up to the patch limits, each group compressed against its references.
 fn make_patches(
     map: &BlockMap,
     hashes: &[Option<[u8; 32]>],
@@ -355,62 +414,55 @@ fn make_patches(
     image: &Path,
     level: i32,
 ) -> Result<Vec<(Patch, Vec<u8>)>, BundleError> {
-    let new_frames: Vec<usize> = map
-        .frames
-        .iter()
-        .enumerate()
-        .filter(|(_, f)| {
-            hashes[f.first as usize]
-                .as_ref()
-                .is_some_and(|h| !base.at.contains_key(h))
-        })
-        .map(|(i, _)| i)
-        .collect();
-    let mut groups: Vec<(Vec<u32>, Vec<RefRange>)> = Vec::new();
-    let (mut frames, mut refs, mut raw, mut ref_blocks) = (Vec::new(), Vec::new(), 0u64, 0u64);
-    for fi in new_frames {
-        let f = &map.frames[fi];
-        let len = map.frame_len(f);
-        // A large frame's predicted reference may pass what one patch may name.
-        let r = predicted_ref(map, f, hashes, base).map(|r| RefRange {
-            blocks: r.blocks.min(MAX_REF_BLOCKS as u32),
-            ..r
-        });
-        let rb = r.map_or(0, |r| u64::from(r.blocks));
+    // Per frame: its missing runs and their references, merged, within MAX_REF_BLOCKS
+    // (a frame's runs all go into one patch: a device completes a frame from one).
+    let mut per_frame: Vec<(u32, Vec<BlockRun>, Vec<RefRange>, u64)> = Vec::new();
+    for m in missing_runs(map, hashes, base) {
+        if per_frame.last().map(|p| p.0) != Some(m.frame) {
+            per_frame.push((m.frame, Vec::new(), Vec::new(), 0));
+        }
+        let Some((_, runs, refs, ref_blocks)) = per_frame.last_mut() else {
+            continue;
+        };
+        runs.push(m.run);
+        let Some(r) = m.reference else { continue };
+        // Past the limit the run still goes in, compressed without more reference.
+        if *ref_blocks + ref_growth(refs.last(), &r) <= MAX_REF_BLOCKS {
+            *ref_blocks += push_ref(refs, r);
+        }
+    }
+    let mut groups: Vec<(Vec<BlockRun>, Vec<u32>, Vec<RefRange>)> = Vec::new();
+    let (mut runs, mut frames, mut refs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut frames_raw, mut ref_blocks) = (0u64, 0u64);
+    for (frame, frame_runs, frame_refs, rb) in per_frame {
+        let len = map.frame_len(&map.frames[frame as usize]);
         if !frames.is_empty()
             && (frames.len() as u32 >= MAX_PATCH_FRAMES
-                || raw + len > MAX_PATCH_RAW.min(1 << 20)
+                || frames_raw + len > MAX_PATCH_RAW
                 || ref_blocks + rb > MAX_REF_BLOCKS)
         {
-            groups.push((std::mem::take(&mut frames), std::mem::take(&mut refs)));
-            raw = 0;
+            groups.push((
+                std::mem::take(&mut runs),
+                std::mem::take(&mut frames),
+                std::mem::take(&mut refs),
+            ));
+            frames_raw = 0;
             ref_blocks = 0;
         }
-        frames.push(fi as u32);
-        raw += len;
-        if let Some(r) = r {
-            // Overlapping or touching references are one range.
-            match refs.last_mut() {
-                Some(RefRange { start, blocks })
-                    if r.start >= *start && r.start <= *start + u64::from(*blocks) =>
-                {
-                    let end = (r.start + u64::from(r.blocks)).max(*start + u64::from(*blocks));
-                    ref_blocks += end - (*start + u64::from(*blocks));
-                    *blocks = (end - *start) as u32;
-                }
-                _ => {
-                    refs.push(r);
-                    ref_blocks += rb;
-                }
-            }
+        frames.push(frame);
+        frames_raw += len;
+        ref_blocks += rb;
+        runs.extend(frame_runs);
+        for r in frame_refs {
+            push_ref(&mut refs, r);
         }
     }
     if !frames.is_empty() {
-        groups.push((frames, refs));
+        groups.push((runs, frames, refs));
     }
     let mut jobs = Vec::new();
     let mut metas = Vec::new();
-    for (frames, refs) in groups {
+    for (runs, frames, refs) in groups {
         if refs.is_empty() {
             continue;
         }
@@ -424,11 +476,12 @@ fn make_patches(
             )?);
         }
         let mut raw = Vec::new();
-        for fi in &frames {
-            let (at, len) = map.frame_range(&map.frames[*fi as usize]);
+        for r in &runs {
+            let (at, len) = map.run_range(r);
             raw.extend(read_at(src, image, at, len as usize)?);
         }
         metas.push(Patch {
+            runs,
             frames,
             offset: 0,
             csize: 0,
@@ -439,7 +492,7 @@ fn make_patches(
     }
     let level = if level == 0 { 3 } else { level };
     let packed = compress_all(level, &jobs).map_err(BundleError::Manifest)?;
-    // A patch that is not smaller than its frames is no patch.
+    // A patch that is not smaller than the frames it completes is no patch.
     Ok(metas
         .into_iter()
         .zip(packed)
@@ -514,34 +567,67 @@ mod tests {
     }
 
     #[test]
-    fn frames_are_cut_where_base_blocks_meet_new_ones() {
+    fn a_patch_supplies_just_the_blocks_the_base_does_not_have() {
         let dir = tempfile::tempdir().unwrap();
         let base: Vec<u8> = (0..8).flat_map(block).collect();
         std::fs::write(dir.path().join("base"), &base).unwrap();
-        // Base blocks 0..4, four new blocks, base blocks 4..8.
-        let image: Vec<u8> = (0..4).chain(100..104).chain(4..8).flat_map(block).collect();
+        // Base blocks 0..4, four new blocks, base blocks 4..8, one more new block.
+        let image: Vec<u8> = (0..4)
+            .chain(100..104)
+            .chain(4..8)
+            .chain(200..201)
+            .flat_map(block)
+            .collect();
         let opts = PackOptions {
             level: 3,
             frame_blocks: MAX_FRAME_BLOCKS,
             delta_from: Some(dir.path().join("base")),
         };
         let (p, _) = pack_bytes(dir.path(), &image, &opts);
+        // One frame: frames are not cut where old blocks meet new ones.
         let cut: Vec<(u64, u32)> = p.map.frames.iter().map(|f| (f.first, f.blocks)).collect();
-        assert_eq!(cut, [(0, 4), (4, 4), (8, 4)]);
-        for f in &p.map.frames {
-            let (at, len) = p.map.frame_range(f);
-            assert_eq!(f.sha256, sha256(&image[at as usize..(at + len) as usize]));
-        }
-        // Without a base the same image is one frame.
-        let (p, _) = pack_bytes(
-            dir.path(),
-            &image,
-            &PackOptions {
-                delta_from: None,
-                ..opts
-            },
+        assert_eq!(cut, [(0, 13)]);
+        let (at, len) = p.map.frame_range(&p.map.frames[0]);
+        assert_eq!(
+            p.map.frames[0].sha256,
+            sha256(&image[at as usize..(at + len) as usize])
         );
-        assert_eq!(p.map.frames.len(), 1);
+        assert_eq!(p.map.patches.len(), 1, "{:?}", p.map.patches);
+        let patch = &p.map.patches[0];
+        let runs: Vec<(u64, u32)> = patch.runs.iter().map(|r| (r.first, r.blocks)).collect();
+        assert_eq!(runs, [(4, 4), (12, 1)]);
+        assert_eq!(patch.frames, [0]);
+        // The first run's old version is looked for right after base block 3.
+        assert!(patch.refs[0].start <= 4, "{:?}", patch.refs);
+    }
+
+    /// Two contents with one 4-byte key: a device's key table holds the first block of
+    /// the running slot with that key, so the other content is not found there by key,
+    /// though the base has it. The packer knows and puts it into the patch.
+    #[test]
+    fn a_block_whose_key_the_base_gives_to_other_content_goes_into_the_patch() {
+        // Found by search: block(21511) and block(90443) share a key.
+        let (x, y) = (block(21511), block(90443));
+        assert_eq!(key_of(&sha256(&x)), key_of(&sha256(&y)));
+        assert_ne!(x, y);
+        let dir = tempfile::tempdir().unwrap();
+        // The base has x first, then y.
+        let base: Vec<u8> = [x.clone(), block(1), block(2), y.clone()].concat();
+        std::fs::write(dir.path().join("base"), &base).unwrap();
+        let image: Vec<u8> = [block(1), block(2), y, block(3)].concat();
+        let opts = PackOptions {
+            level: 3,
+            frame_blocks: MAX_FRAME_BLOCKS,
+            delta_from: Some(dir.path().join("base")),
+        };
+        let (p, _) = pack_bytes(dir.path(), &image, &opts);
+        let runs: Vec<(u64, u32)> = p
+            .map
+            .patches
+            .iter()
+            .flat_map(|p| p.runs.iter().map(|r| (r.first, r.blocks)))
+            .collect();
+        assert_eq!(runs, [(2, 2)], "y and the new block 3 are supplied");
     }
 
     /// A base whose size is not a multiple of 4 KiB packs (it used to fail reading a
@@ -570,9 +656,10 @@ mod tests {
         }
     }
 
-    /// A frame of MAX_FRAME_BLOCKS changed blocks in the middle of a larger base: its
-    /// predicted reference (the frame plus a margin) would pass MAX_REF_BLOCKS; the
-    /// packer keeps it within, and the map it makes is one the reader accepts.
+    /// MAX_FRAME_BLOCKS changed blocks in the middle of a larger base: the predicted
+    /// reference of the run in the first frame (the run plus a margin) would pass
+    /// MAX_REF_BLOCKS; the packer keeps it within, and the map it makes is one the
+    /// reader accepts.
     #[test]
     fn a_patch_for_the_largest_frame_keeps_its_reference_within_the_limit() {
         let dir = tempfile::tempdir().unwrap();
@@ -591,8 +678,17 @@ mod tests {
             delta_from: Some(dir.path().join("base")),
         };
         let (p, _) = pack_bytes(dir.path(), &image, &opts);
-        assert_eq!(p.map.patches.len(), 1, "{:?}", p.map.patches);
-        assert!(p.map.patches[0].ref_blocks() <= MAX_REF_BLOCKS);
+        // Frames 0..1024 and 1024..1064: the changed blocks lie in both.
+        let runs: Vec<(u64, u32)> = p
+            .map
+            .patches
+            .iter()
+            .flat_map(|p| p.runs.iter().map(|r| (r.first, r.blocks)))
+            .collect();
+        assert_eq!(runs, [(20, 1004), (1024, 20)]);
+        for patch in &p.map.patches {
+            assert!(patch.ref_blocks() <= MAX_REF_BLOCKS, "{patch:?}");
+        }
         BlockMap::from_bytes(&p.map.to_bytes(), p.map.image_size, p.map.payload_size())
             .expect("the reader accepts what the packer made");
     }

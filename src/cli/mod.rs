@@ -108,13 +108,13 @@ pub enum BundleCommand {
         #[arg(long, value_name = "LEVEL", default_value_t = 19)]
         zstd_level: i32,
         /// Most bytes of raw image per frame, a multiple of 4096 up to 4 MiB (default:
-        /// 64 KiB, so a device on any earlier image fetches little; 1 MiB with
-        /// --delta-from, whose cuts and patches already isolate what changed). Larger
+        /// 64 KiB, so a device on any earlier image fetches little; 4 MiB with
+        /// --delta-from, whose patches carry just the blocks that changed). Larger
         /// frames compress better; a device holds one whole frame per decoder.
         #[arg(long, value_name = "BYTES")]
         frame_size: Option<u32>,
-        /// The image the devices run now (the previous release's slot image): frames are
-        /// cut where its blocks end, and patches against it make the update smaller
+        /// The image the devices run now (the previous release's slot image): patches
+        /// against it carry just the blocks a device running it lacks
         #[arg(long, value_name = "IMAGE")]
         delta_from: Option<PathBuf>,
     },

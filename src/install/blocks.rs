@@ -26,7 +26,7 @@
 
 use super::progress::Reporter;
 use super::{check_cancel, InstallError};
-use crate::bundle::blockmap::{decode, key_of, BlockMap, Codec, Frame, Patch, BLOCK};
+use crate::bundle::blockmap::{decode, key_of, BlockMap, BlockRun, Codec, Frame, Patch, BLOCK};
 use crate::bundle::digest::sha256;
 use crate::bundle::{ImageEntry, Member};
 use crate::config::ReadBack;
@@ -125,33 +125,49 @@ pub struct Estimate {
     pub fetched_raw: u64,
 }
 
-/// Gathers frame `f`'s blocks from the running slot by key; `None` when a key is not
-/// there (the frame must be fetched).
-fn gather(map: &BlockMap, f: &Frame, running: &Running) -> Result<Option<Vec<u8>>, InstallError> {
+/// Gathers frame `f`'s blocks from the running slot by key, leaving the blocks of
+/// `supplied` (a patch's runs) zero for the patch to fill; `None` when a key is not
+/// there (the frame must come from elsewhere).
+fn gather(
+    map: &BlockMap,
+    f: &Frame,
+    running: &Running,
+    supplied: &[BlockRun],
+) -> Result<Option<Vec<u8>>, InstallError> {
     let len = map.frame_len(f) as usize;
-    if !len.is_multiple_of(BLOCK as usize) {
-        // A short last block has no key in the table.
-        return Ok(None);
-    }
+    let is_supplied = |b: u64| {
+        supplied
+            .iter()
+            .any(|r| b >= r.first && b < r.first + u64::from(r.blocks))
+    };
+    // (block of the frame, where the running slot has it)
     let mut at = Vec::with_capacity(f.blocks as usize);
-    for k in map.frame_keys(f) {
+    for (i, k) in map.frame_keys(f).iter().enumerate() {
+        let b = f.first + i as u64;
+        if is_supplied(b) {
+            continue;
+        }
+        if (b + 1) * BLOCK > map.image_size {
+            // A short last block has no key in the table.
+            return Ok(None);
+        }
         match running.keys.find(*k) {
-            Some(b) => at.push(b),
+            Some(from) => at.push((i, from)),
             None => return Ok(None),
         }
     }
     let mut data = vec![0u8; len];
     let mut i = 0;
     while i < at.len() {
-        // Consecutive blocks in one read.
+        // Blocks consecutive in both the frame and the running slot: one read.
         let mut j = i + 1;
-        while j < at.len() && at[j] == at[j - 1] + 1 {
+        while j < at.len() && at[j].0 == at[j - 1].0 + 1 && at[j].1 == at[j - 1].1 + 1 {
             j += 1;
         }
-        let part = &mut data[i * BLOCK as usize..j * BLOCK as usize];
+        let part = &mut data[at[i].0 * BLOCK as usize..(at[j - 1].0 + 1) * BLOCK as usize];
         if !running
             .reader
-            .read_at(at[i] * BLOCK, part)
+            .read_at(at[i].1 * BLOCK, part)
             .map_err(running_failed)?
         {
             return Ok(None);
@@ -186,6 +202,27 @@ fn reference(p: &Patch, running: &Running) -> Result<Option<Vec<u8>>, InstallErr
     Ok((sha256(&data) == p.ref_sha256).then_some(data))
 }
 
+/// The frames of patch `p` still missing whose other blocks the running slot has, each
+/// gathered with the patch's blocks left to fill.
+fn patch_frames(
+    map: &BlockMap,
+    p: &Patch,
+    running: &Running,
+    have: &[bool],
+) -> Result<Vec<(usize, Vec<u8>)>, InstallError> {
+    let mut out = Vec::new();
+    for f in &p.frames {
+        let f = *f as usize;
+        if have[f] {
+            continue;
+        }
+        if let Some(buf) = gather(map, &map.frames[f], running, &p.runs)? {
+            out.push((f, buf));
+        }
+    }
+    Ok(out)
+}
+
 /// Where a frame comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
@@ -208,34 +245,34 @@ enum Work<'a> {
         data: Vec<u8>,
         credit: Credit<'a>,
     },
-    /// A patch's bytes and its (checked) reference.
+    /// A patch's bytes, its (checked) reference, and the frames it completes with
+    /// their other blocks already gathered from the running slot.
     Patch {
         patch: usize,
         data: Vec<u8>,
         reference: Vec<u8>,
+        frames: Vec<(usize, Vec<u8>)>,
         credit: Credit<'a>,
     },
 }
 
-/// One verified frame's bytes: a range of a buffer it may share with the other frames
-/// of its patch, and the credit that buffer holds.
+/// One verified frame's bytes, and the credit of the item it came with (which the
+/// frames of one patch share: it returns when the last of them is written).
 struct FrameBytes<'a> {
-    buf: Arc<Vec<u8>>,
-    range: std::ops::Range<usize>,
+    buf: Vec<u8>,
     _credit: Arc<Credit<'a>>,
 }
 
 impl<'a> FrameBytes<'a> {
     fn whole(data: Vec<u8>, credit: Credit<'a>) -> FrameBytes<'a> {
         FrameBytes {
-            range: 0..data.len(),
-            buf: Arc::new(data),
+            buf: data,
             _credit: Arc::new(credit),
         }
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.buf[self.range.clone()]
+        &self.buf
     }
 }
 
@@ -246,6 +283,9 @@ enum ToWriter<'a> {
         data: FrameBytes<'a>,
         /// Downloaded bytes this frame accounts for.
         downloaded: u64,
+        /// Its raw bytes that came from the running slot (a patched frame's other
+        /// blocks).
+        from_running: u64,
     },
     Present {
         frame: usize,
@@ -283,7 +323,8 @@ fn worker<'a>(
             Err(_) => return,
         };
         let Ok(w) = next else { return };
-        let mut out: Vec<(usize, Origin, FrameBytes<'a>, u64)> = Vec::new();
+        // (frame, origin, bytes, downloaded, raw bytes from the running slot)
+        let mut out: Vec<(usize, Origin, FrameBytes<'a>, u64, u64)> = Vec::new();
         let mut bad: Vec<(usize, String)> = Vec::new();
         match w {
             Work::Candidate {
@@ -293,7 +334,7 @@ fn worker<'a>(
                 credit,
             } => {
                 if sha256(&data) == map.frames[frame].sha256 {
-                    out.push((frame, origin, FrameBytes::whole(data, credit), 0));
+                    out.push((frame, origin, FrameBytes::whole(data, credit), 0, 0));
                 } else {
                     bad.push((frame, String::new()));
                 }
@@ -317,6 +358,7 @@ fn worker<'a>(
                         Origin::Fetched,
                         FrameBytes::whole(d, credit),
                         downloaded,
+                        0,
                     )),
                     Ok(_) => bad.push((frame, "it does not match its signed hash".into())),
                     Err(e) => bad.push((frame, e)),
@@ -326,51 +368,38 @@ fn worker<'a>(
                 patch,
                 data,
                 reference,
+                frames,
                 credit,
             } => {
                 let p = &map.patches[patch];
-                let lens: Vec<usize> = p
-                    .frames
-                    .iter()
-                    .map(|f| map.frame_len(&map.frames[*f as usize]) as usize)
-                    .collect();
-                let total = lens.iter().sum();
                 let size = data.len() as u64;
-                let share = size / p.frames.len() as u64;
-                let decoded = decode(&data, total, Some(&reference), None, &mut raw);
+                let decoded = decode(
+                    &data,
+                    map.patch_len(p) as usize,
+                    Some(&reference),
+                    None,
+                    &mut raw,
+                );
                 drop((data, reference));
-                match decoded {
-                    Ok(()) => {
-                        // The frames share the decoded buffer: no copies.
-                        let buf = Arc::new(std::mem::take(&mut raw));
-                        let credit = Arc::new(credit);
-                        let mut at = 0;
-                        for (i, (f, len)) in p.frames.iter().zip(&lens).enumerate() {
-                            let range = at..at + len;
-                            at += len;
-                            let f = *f as usize;
-                            if sha256(&buf[range.clone()]) == map.frames[f].sha256 {
-                                // The patch's bytes are shared out over its frames.
-                                let d = if i == 0 {
-                                    size - share * (p.frames.len() as u64 - 1)
-                                } else {
-                                    share
-                                };
-                                let bytes = FrameBytes {
-                                    buf: buf.clone(),
-                                    range,
-                                    _credit: credit.clone(),
-                                };
-                                out.push((f, Origin::Fetched, bytes, d));
-                            } else {
-                                bad.push((f, String::new()));
-                            }
+                let credit = Arc::new(credit);
+                let count = frames.len() as u64;
+                for (i, (f, mut buf)) in frames.into_iter().enumerate() {
+                    let fr = &map.frames[f];
+                    let supplied = decoded
+                        .is_ok()
+                        .then(|| fill_from_patch(map, p, fr, &raw, &mut buf));
+                    match supplied {
+                        Some(supplied) if sha256(&buf) == fr.sha256 => {
+                            // The patch's bytes are shared out over its frames.
+                            let d = size / count + if i == 0 { size % count } else { 0 };
+                            let from_running = buf.len() as u64 - supplied;
+                            let bytes = FrameBytes {
+                                buf,
+                                _credit: credit.clone(),
+                            };
+                            out.push((f, Origin::Fetched, bytes, d, from_running));
                         }
-                    }
-                    Err(_) => {
-                        for f in &p.frames {
-                            bad.push((*f as usize, String::new()));
-                        }
+                        _ => bad.push((f, String::new())),
                     }
                 }
             }
@@ -387,7 +416,7 @@ fn worker<'a>(
                 return;
             }
         }
-        for (frame, origin, data, downloaded) in out {
+        for (frame, origin, data, downloaded, from_running) in out {
             let _ = verdicts.send(Verdict {
                 frame,
                 ok: true,
@@ -401,6 +430,7 @@ fn worker<'a>(
                     origin,
                     data,
                     downloaded,
+                    from_running,
                 }
             };
             if to_writer.send(msg).is_err() {
@@ -408,6 +438,29 @@ fn worker<'a>(
             }
         }
     }
+}
+
+/// Copies the blocks patch `p` supplies for frame `f` from its decoded bytes (`decoded`:
+/// the runs back to back) into the frame's buffer; returns how many bytes it copied.
+fn fill_from_patch(map: &BlockMap, p: &Patch, f: &Frame, decoded: &[u8], frame: &mut [u8]) -> u64 {
+    let (frame_at, frame_len) = map.frame_range(f);
+    let mut at = 0usize;
+    let mut copied = 0;
+    for r in &p.runs {
+        let (run_at, len) = map.run_range(r);
+        let len = len as usize;
+        if run_at >= frame_at && run_at < frame_at + frame_len {
+            let into = (run_at - frame_at) as usize;
+            if let (Some(src), Some(dst)) =
+                (decoded.get(at..at + len), frame.get_mut(into..into + len))
+            {
+                dst.copy_from_slice(src);
+                copied += len as u64;
+            }
+        }
+        at += len;
+    }
+    copied
 }
 
 fn writer_stage(
@@ -442,13 +495,17 @@ fn writer_stage(
                 origin,
                 data,
                 downloaded,
+                from_running,
             } => {
                 let (at, len) = map.frame_range(&map.frames[frame]);
                 job.writer.write_at(at, data.bytes())?;
                 job.writer.start_writeback(at, len);
                 match origin {
                     Origin::Fetched => {
-                        landed.fetched_raw.fetch_add(len, Ordering::Relaxed);
+                        landed
+                            .fetched_raw
+                            .fetch_add(len - from_running, Ordering::Relaxed);
+                        landed.reused.fetch_add(from_running, Ordering::Relaxed);
                         landed.downloaded.fetch_add(downloaded, Ordering::Relaxed);
                     }
                     _ => {
@@ -656,7 +713,7 @@ pub fn copy_blocks(
                 }
                 if let Some(running) = job.running {
                     let credit = take(len)?;
-                    if let Some(data) = gather(map, f, running)? {
+                    if let Some(data) = gather(map, f, running, &[])? {
                         send(Work::Candidate {
                             frame: i,
                             origin: Origin::Running,
@@ -682,7 +739,7 @@ pub fn copy_blocks(
                             continue;
                         }
                         let credit = take(map.frame_len(f))?;
-                        if let Some(data) = gather(map, f, running)? {
+                        if let Some(data) = gather(map, f, running, &[])? {
                             send(Work::Candidate {
                                 frame: i,
                                 origin: Origin::Running,
@@ -702,34 +759,42 @@ pub fn copy_blocks(
             // 2. Fetch pass, in attempts: what a patch or a fetch did not bring is tried once more.
             for attempt in 1..=FETCH_ATTEMPTS {
                 failures.clear();
-                let mut in_patch = vec![false; map.frames.len()];
                 if let Some(running) = job.running {
                     for (pi, p) in map.patches.iter().enumerate() {
                         if attempt > 1 || p.frames.iter().all(|f| have[*f as usize]) {
                             continue;
                         }
                         check_cancel(job.cancel)?;
-                        let raw = map.frames_len(&p.frames);
-                        let credit = take(u64::from(p.csize) + p.ref_blocks() * BLOCK + raw)?;
+                        let todo: Vec<&u32> =
+                            p.frames.iter().filter(|f| !have[**f as usize]).collect();
+                        let raw: u64 = todo
+                            .iter()
+                            .map(|f| map.frame_len(&map.frames[**f as usize]))
+                            .sum();
+                        let credit = take(
+                            u64::from(p.csize) + p.ref_blocks() * BLOCK + map.patch_len(p) + raw,
+                        )?;
                         let Some(reference) = reference(p, running)? else {
                             continue;
                         };
+                        let frames = patch_frames(map, p, running, &have)?;
+                        if frames.is_empty() {
+                            continue;
+                        }
                         let mut data = vec![0u8; p.csize as usize];
                         source
                             .read_exact_at(job.member.offset + p.offset, &mut data)
                             .map_err(|e| {
                                 source_failure(e, job.cancel, format!("fetching a patch of {file}"))
                             })?;
-                        for f in &p.frames {
-                            in_patch[*f as usize] = true;
-                        }
+                        sent += frames.len();
                         send(Work::Patch {
                             patch: pi,
                             data,
                             reference,
+                            frames,
                             credit,
                         })?;
-                        sent += p.frames.len();
                         drain(&mut have, &mut answered, &mut failures, false);
                         reported.catch_up(landed, reporter);
                     }
@@ -788,7 +853,6 @@ pub fn copy_blocks(
                         break;
                     }
                 }
-                let _ = in_patch;
             }
             Ok(())
         };
@@ -874,7 +938,7 @@ pub fn estimate(
     if let Some(r) = running {
         for (i, f) in map.frames.iter().enumerate() {
             check_cancel(cancel)?;
-            if let Some(d) = gather(map, f, r)? {
+            if let Some(d) = gather(map, f, r, &[])? {
                 if sha256(&d) == f.sha256 {
                     have[i] = true;
                     e.reuse += d.len() as u64;
@@ -882,18 +946,28 @@ pub fn estimate(
             }
         }
         for p in &map.patches {
-            if p.frames.iter().all(|f| have[*f as usize]) {
+            if p.frames.iter().all(|f| have[*f as usize]) || reference(p, r)?.is_none() {
                 continue;
             }
-            if reference(p, r)?.is_some() {
-                e.download += u64::from(p.csize);
-                for f in &p.frames {
-                    let f = *f as usize;
-                    if !have[f] {
-                        have[f] = true;
-                        e.fetched_raw += map.frame_len(&map.frames[f]);
-                    }
-                }
+            let frames = patch_frames(map, p, r, &have)?;
+            if frames.is_empty() {
+                continue;
+            }
+            e.download += u64::from(p.csize);
+            for (f, _) in frames {
+                have[f] = true;
+                let fr = &map.frames[f];
+                let (at, len) = map.frame_range(fr);
+                // What the patch supplies of this frame; the rest is reused.
+                let supplied: u64 = p
+                    .runs
+                    .iter()
+                    .map(|run| map.run_range(run))
+                    .filter(|(ra, _)| *ra >= at && *ra < at + len)
+                    .map(|(_, l)| l)
+                    .sum();
+                e.fetched_raw += supplied;
+                e.reuse += len - supplied;
             }
         }
     }
@@ -972,15 +1046,12 @@ mod tests {
     fn frames_of_a_patch_return_its_credit_when_the_last_is_dropped() {
         let budget = Budget::new();
         let credit = Arc::new(budget.take(100).unwrap());
-        let buf = Arc::new(vec![7u8; 100]);
         let a = FrameBytes {
-            buf: buf.clone(),
-            range: 0..40,
+            buf: vec![7u8; 40],
             _credit: credit.clone(),
         };
         let b = FrameBytes {
-            buf,
-            range: 40..100,
+            buf: vec![7u8; 60],
             _credit: credit,
         };
         assert_eq!((a.bytes().len(), b.bytes().len()), (40, 60));
