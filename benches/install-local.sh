@@ -3,6 +3,10 @@
 #   dd        dd of the image into a slot file, conv=fsync (the disk's speed);
 #   rota      `rota install` through the service, [install] read-back = crc (default);
 #   rota-off  the same with read-back = off;
+#   rota-f1   `rota install` of a format 1 bundle (`--format 1`, raw 64 KiB chunks) of the
+#             same image, read-back = crc: the throughput before compressed frames;
+#   rota-8m   format 2 with 8 MiB frames (`--frame-size 8388608`, as `--delta-from` packs
+#             them), read-back = crc: one frame in flight at a time;
 #   rauc      Debian's RAUC (`rauc install` of a plain bundle of the same image, raw slot,
 #             bootloader=noop, its own service on its own private bus).
 # Every slot is a preallocated file on the same file system; the page cache is dropped
@@ -11,6 +15,9 @@
 # ratios the install-pipeline issue sets (rota ≥ 1.5× RAUC, ≥ 0.5× dd; rota-off ≥ 0.7× dd),
 # and the service's peak RSS.
 #   bash benches/install-local.sh [SIZE_MIB] [RUNS]      (defaults 256, 5)
+# The image is SIZE_MIB of random bytes (nothing compresses, nothing is zero), or with
+# ROTA_BENCH_IMAGE=FILE the first SIZE_MIB of FILE (e.g. v2.img of benches/ota-image-pair.sh:
+# a real root file system, compressible, with zero runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MIB=${1:-256}
@@ -38,17 +45,29 @@ drop_caches() { sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true; }
 now() { date +%s.%N; }
 
 mkdir -p "$W/src"
-head -c "${SIZE_MIB}M" /dev/urandom > "$W/src/rootfs.img"
+if [[ -n ${ROTA_BENCH_IMAGE:-} ]]; then
+  head -c "${SIZE_MIB}M" "$ROTA_BENCH_IMAGE" > "$W/src/rootfs.img"
+  [[ $(stat -c %s "$W/src/rootfs.img") == $((SIZE_MIB << 20)) ]] ||
+    { echo "install-local: $ROTA_BENCH_IMAGE is smaller than ${SIZE_MIB} MiB" >&2; exit 1; }
+else
+  head -c "${SIZE_MIB}M" /dev/urandom > "$W/src/rootfs.img"
+fi
 
-# --- rota: two gateways, read-back crc and off ---
-for mode in crc off; do
-  G=$W/gw-$mode
+# --- rota: four gateways: read-back crc and off, a format 1 bundle, 8 MiB frames ---
+for gw in crc off f1 8m; do
+  G=$W/gw-$gw
+  mode=crc pack=(--format 2)
+  case $gw in
+    off) mode=off ;;
+    f1) pack=(--format 1) ;;
+    8m) pack=(--frame-size 8388608) ;;
+  esac
   $GW create "$G" --slot-size "$SLOT" --install "read-back = \"$mode\""
   prealloc "$G/b.img"
   cp "$W/src/rootfs.img" "$G/rootfs.img"
   printf '[update]\ncompatible = "acme-gateway"\nversion = "1.0.0"\n[[image]]\nslot-class = "rootfs"\nfile = "rootfs.img"\n' > "$G/manifest.toml"
   mkdir -p "$G/src" && mv "$G/rootfs.img" "$G/manifest.toml" "$G/src/"
-  (cd "$G" && "$ROTA" bundle create src b.rota --key keys/release.key.pem >/dev/null)
+  (cd "$G" && "$ROTA" bundle create src b.rota "${pack[@]}" --key keys/release.key.pem >/dev/null)
   rm -rf "$G/src"
   $GW start "$G"
 done
@@ -109,8 +128,9 @@ run() { # tool -> seconds
     dd)
       prealloc "$W/dd.img"; drop_caches; t0=$(now)
       dd if="$W/src/rootfs.img" of="$W/dd.img" bs=1M conv=notrunc,fsync status=none ;;
-    rota|rota-off)
-      local G=$W/gw-crc; [[ $1 == rota-off ]] && G=$W/gw-off
+    rota|rota-off|rota-f1|rota-8m)
+      local G=$W/gw-crc
+      [[ $1 == rota-off || $1 == rota-f1 || $1 == rota-8m ]] && G=$W/gw-${1#rota-}
       drop_caches; t0=$(now)
       (eval "$($GW env "$G")"; "$ROTA" install --force-version "$G/b.rota" >/dev/null) ;;
     rauc)
@@ -122,7 +142,7 @@ run() { # tool -> seconds
   echo "$t0 $t1" | awk '{ printf "%.4f\n", $2 - $1 }'
 }
 
-TOOLS=(dd rota rota-off rauc)
+TOOLS=(dd rota rota-off rota-f1 rota-8m rauc)
 declare -A TIMES
 for i in $(seq "$RUNS"); do
   for t in "${TOOLS[@]}"; do
@@ -132,14 +152,17 @@ for i in $(seq "$RUNS"); do
   echo "round $i: $(for t in "${TOOLS[@]}"; do printf '%s %ss  ' "$t" "$(echo "${TIMES[$t]}" | awk '{print $NF}')"; done)"
 done
 hwm=$(awk '/VmHWM/{print $2}' "/proc/$(cat "$W/gw-crc/service.pid")/status")
-cmp <(head -c "${SIZE_MIB}M" "$W/gw-crc/b.img") "$W/src/rootfs.img" || { echo "rota's slot B differs from the image" >&2; exit 1; }
+hwm8=$(awk '/VmHWM/{print $2}' "/proc/$(cat "$W/gw-8m/service.pid")/status")
+for gw in crc off f1 8m; do
+  cmp <(head -c "${SIZE_MIB}M" "$W/gw-$gw/b.img") "$W/src/rootfs.img" || { echo "rota's slot B ($gw) differs from the image" >&2; exit 1; }
+done
 cmp <(head -c "${SIZE_MIB}M" "$R/b.img") "$W/src/rootfs.img" || { echo "RAUC's slot B differs from the image" >&2; exit 1; }
 
-python3 - "$SIZE_MIB" "$hwm" <<P
+python3 - "$SIZE_MIB" "$hwm" "${ROTA_BENCH_IMAGE:-random bytes}" "$hwm8" <<P
 import statistics, sys
 mib, hwm = int(sys.argv[1]), int(sys.argv[2])
 times = {$(for t in "${TOOLS[@]}"; do printf '"%s": [%s], ' "$t" "$(echo "${TIMES[$t]}" | sed 's/ *$//; s/ /, /g')"; done)}
-print(f"local install of a {mib} MiB image, {len(times['dd'])} alternating runs, page cache dropped before each")
+print(f"local install of a {mib} MiB image ({sys.argv[3]}), {len(times['dd'])} alternating runs, page cache dropped before each")
 print(f"{'tool':10} {'min s':>8} {'median s':>9} {'MB/s (median)':>14}")
 best = {}
 for t, v in times.items():
@@ -151,5 +174,7 @@ def ratio(a, b):  # speed of a relative to b, from median times
 print(f"rota vs RAUC 1.8 speed:    {ratio('rota', 'rauc'):.2f}x  (target >= 1.5)")
 print(f"rota vs dd+fsync speed:    {ratio('rota', 'dd'):.2f}x  (target >= 0.5)")
 print(f"rota read-back=off vs dd:  {ratio('rota-off', 'dd'):.2f}x  (target >= 0.7)")
-print(f"rota service peak RSS: {hwm / 1024:.1f} MiB")
+print(f"rota format 2 vs format 1: {ratio('rota', 'rota-f1'):.2f}x  (target >= 1: no slower than raw chunks)")
+print(f"8 MiB frames vs format 1:  {ratio('rota-8m', 'rota-f1'):.2f}x")
+print(f"rota service peak RSS: {hwm / 1024:.1f} MiB (64 KiB frames), {int(sys.argv[4]) / 1024:.1f} MiB (8 MiB frames)")
 P

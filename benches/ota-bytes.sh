@@ -8,7 +8,7 @@
 #
 # What rota does here, all through the shipped binary (release build):
 #   1. `rota bundle create` of v2 two ways: default (64 KiB frames, for devices on any
-#      earlier image) and `--delta-from v1.img` (4 MiB frames,
+#      earlier image) and `--delta-from v1.img` (8 MiB frames,
 #      plus patches against v1);
 #   2. a simulated gateway (scripts/sim-gateway.sh) with 1 GiB slots, slot A holding v1,
 #      served over HTTP by nginx on the loopback; `rota install --dry-run` of each bundle
@@ -16,7 +16,9 @@
 #      common gives the full install's;
 #   3. the real install of the --delta-from bundle over HTTP: downloaded bytes as the
 #      service counted them, wall time, the service's peak RSS, and slot B compared with
-#      v2 byte for byte.
+#      v2 byte for byte;
+#   4. the same bundle installed for real on the gateway with nothing in common (a full
+#      install): wall time, throughput, peak RSS, slot B compared with v2.
 # The baselines take ~17 minutes on 2 cores; ROTA_BENCH_BASELINES=FILE uses a table a
 # previous run of ota-bytes-baselines.sh printed for the same pair instead.
 # Needs: nginx, dbus-daemon, mkenvimage (scripts/setup-deps.sh), and for the baselines
@@ -111,6 +113,20 @@ print(p["bytes_downloaded"], p["bytes_reused"])' <<<"$EVENTS")
 SERVED=$(awk '$9 == 206 || $9 == 200 { s += $10 } END { print s + 0 }' "$W/nginx-access.log")
 cmp "$PAIR/v2.img" <(head -c "$SIZE" "$G/b.img") || { echo "slot B differs from v2" >&2; exit 1; }
 
+# 4. The full install for real, same bundle, on the gateway whose running slot has
+# nothing in common: the install's throughput with this bundle's frames.
+G=$W/gw-none
+sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+t0=$(now)
+FULL_EVENTS=$( (eval "$($GW env "$G")"; "$ROTA" install --json --force-version "$(url "$INSTALL_KIND")") )
+FULL_SECS=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+FULL_HWM=$(awk '/VmHWM/{print $2}' "/proc/$(cat "$G/service.pid")/status")
+FULL_DL=$(python3 -c '
+import json, sys
+ev = [json.loads(l) for l in sys.stdin if l.startswith("{")]
+print([e for e in ev if e.get("event") == "progress"][-1]["bytes_downloaded"])' <<<"$FULL_EVENTS")
+cmp "$PAIR/v2.img" <(head -c "$SIZE" "$G/b.img") || { echo "slot B of the full install differs from v2" >&2; exit 1; }
+
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 echo
 echo "pair: $PAIR ($(mib "$SIZE") images)"
@@ -126,6 +142,9 @@ echo "update installed for real ($INSTALL_KIND over HTTP, slot B == v2 checked):
 echo "  $INSTALL_SECS s wall, service peak RSS $(awk -v k="$HWM" 'BEGIN { printf "%.1f", k / 1024 }') MiB,"
 echo "  $(mib "$dl") of frames and patches downloaded, $(mib "$reused") reused;"
 echo "  nginx served $(mib "$SERVED") in all to the dry runs and installs of this run"
+echo "full install for real ($INSTALL_KIND over HTTP onto unrelated bytes, slot B == v2 checked):"
+echo "  $FULL_SECS s wall ($(awk -v s="$FULL_SECS" -v b="$SIZE" 'BEGIN { printf "%.0f", b / 1048576 / s }') MiB of image per second),\
+ service peak RSS $(awk -v k="$FULL_HWM" 'BEGIN { printf "%.1f", k / 1024 }') MiB, $(mib "$FULL_DL") downloaded"
 echo
 echo "baselines (real tools, same pair):"
 if [[ -n ${ROTA_BENCH_BASELINES:-} ]]; then

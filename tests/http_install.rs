@@ -3,11 +3,16 @@
 
 mod support;
 use std::time::{Duration, Instant};
+use support::fixture::Fixture;
 use support::gateway::{pattern, Gateway};
 use support::nginx::{make_pki, Nginx};
 
 fn setup(extra_http: &str) -> (Gateway, Nginx) {
-    let mut gw = Gateway::new(false);
+    setup_with(Gateway::new(false), extra_http)
+}
+
+/// [`setup`] on a gateway of one's own making.
+fn setup_with(mut gw: Gateway, extra_http: &str) -> (Gateway, Nginx) {
     let pki = gw.path("pki");
     make_pki(&pki);
     std::fs::create_dir_all(gw.path("www")).unwrap();
@@ -451,7 +456,7 @@ fn moved_blocks_are_found_by_content_anywhere_in_the_running_slot() {
 
 /// Built against the image the devices run (`--delta-from`), a patch carries the three
 /// new blocks (random: they do not compress) and the device gathers the rest of their
-/// 4 MiB frame from its running slot: the update downloads those blocks and nothing else.
+/// frame from its running slot: the update downloads those blocks and nothing else.
 #[test]
 fn a_bundle_built_against_the_running_image_downloads_only_new_blocks() {
     let (mut gw, ng) = setup("");
@@ -501,6 +506,89 @@ fn a_bundle_built_against_the_running_image_downloads_only_new_blocks() {
     assert!(
         (3 * 4096..3 * 4096 + 256).contains(&downloaded),
         "the three new blocks, in one patch: {downloaded}"
+    );
+    assert_eq!(reused, (size - 3 * 4096) as u64);
+    assert_eq!(
+        &gw.read("a.img")[..size],
+        &v2[..],
+        "slot A holds v2 bit-exact"
+    );
+}
+
+/// The largest frames the format allows (8 MiB, what `--delta-from` packs by default):
+/// a full install of them lands bit-exact on a slot with nothing in common, and an
+/// update built against that image fetches three new blocks by patch, the device
+/// gathering the rest of each 8 MiB frame from its running slot.
+#[test]
+fn the_largest_frames_install_whole_and_by_patch() {
+    let size = (17 << 20) + 4096;
+    let gw = Gateway::with(
+        Fixture::builder()
+            .slot_size(24 << 20)
+            .dbus("rauc-compat = false"),
+    );
+    let (mut gw, ng) = setup_with(gw, "");
+    // Text-like bytes with random blocks strewn in: compressible, yet every block differs.
+    let mut v1: Vec<u8> = (0..size)
+        .map(|i| b"gateway firmware, release one\n"[i % 30])
+        .collect();
+    for (n, b) in (0..size / 4096).enumerate() {
+        let at = b * 4096;
+        v1[at..at + 64].copy_from_slice(&pattern(64, 7000 + n as u64));
+    }
+    let fast = ["--zstd-level", "1"];
+    let big = ["--frame-size", "8388608", "--zstd-level", "1"];
+    publish_with(&gw, "v1", "1.1.0", v1.clone(), &big);
+    let info = gw
+        .rota(&[
+            "bundle",
+            "info",
+            "--json",
+            gw.path("www/v1.rota").to_str().unwrap(),
+        ])
+        .success();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        info["images"][0]["frames"], 3,
+        "8 MiB, 8 MiB and the rest: {info}"
+    );
+    let (downloaded, reused, _) = install_counts(&gw, &ng.url(ng.http, false, "v1.rota"));
+    assert_eq!(reused, 0, "slot A has nothing of v1");
+    assert!(
+        downloaded < size as u64 / 2,
+        "frames are compressed: {downloaded}"
+    );
+    assert_eq!(
+        &gw.read("b.img")[..size],
+        &v1[..],
+        "slot B holds v1 bit-exact"
+    );
+    gw.stop_service();
+    std::fs::write(gw.path("cmdline"), "rota.slot=B\n").unwrap();
+    gw.start_service();
+    gw.rota(&["mark", "good", "booted"]).success();
+
+    let v2 = with_inserted_blocks(&v1, &[1 << 20, (9 << 20) + 8192, 16 << 20], 960);
+    std::fs::write(gw.path("v1-base.img"), &v1).unwrap();
+    let base = gw.path("v1-base.img");
+    let mut args = vec!["--delta-from", base.to_str().unwrap()];
+    args.extend(fast);
+    publish_with(&gw, "v2", "1.2.0", v2.clone(), &args);
+    let info = gw
+        .rota(&[
+            "bundle",
+            "info",
+            "--json",
+            gw.path("www/v2.rota").to_str().unwrap(),
+        ])
+        .success();
+    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(info["images"][0]["frames"], 3, "{info}");
+    assert_eq!(info["images"][0]["patches"], 3, "one per frame: {info}");
+    let (downloaded, reused, _) = install_counts(&gw, &ng.url(ng.http, false, "v2.rota"));
+    assert!(
+        (3 * 4096..3 * 4096 + 1024).contains(&downloaded),
+        "the three new blocks (random, so uncompressed) and the patches' framing: {downloaded}"
     );
     assert_eq!(reused, (size - 3 * 4096) as u64);
     assert_eq!(

@@ -107,8 +107,8 @@ pub enum BundleCommand {
         /// zstd level of the frames, 1 (fast) to 22; 0 stores them uncompressed
         #[arg(long, value_name = "LEVEL", default_value_t = 19)]
         zstd_level: i32,
-        /// Most bytes of raw image per frame, a multiple of 4096 up to 4 MiB (default:
-        /// 64 KiB, so a device on any earlier image fetches little; 4 MiB with
+        /// Most bytes of raw image per frame, a multiple of 4096 up to 8 MiB (default:
+        /// 64 KiB, so a device on any earlier image fetches little; 8 MiB with
         /// --delta-from, whose patches carry just the blocks that changed). Larger
         /// frames compress better; a device holds one whole frame per decoder.
         #[arg(long, value_name = "BYTES")]

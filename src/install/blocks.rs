@@ -550,8 +550,9 @@ impl Reported {
 }
 
 /// Bytes that may be in flight between the planner and the writer: read or fetched,
-/// decoded, waiting to be written. An item larger than this (a patch: compressed bytes,
-/// reference and output, up to ~9 MiB) goes alone.
+/// decoded, waiting to be written. An item larger than this (an 8 MiB frame; a patch:
+/// compressed bytes, reference, output and the frame it completes, up to ~25 MiB) goes
+/// alone.
 const IN_FLIGHT_BYTES: u64 = 6 << 20;
 
 /// Bounds the memory of the stages: the planner takes credit for an item's buffers
