@@ -13,6 +13,7 @@ APT_PACKAGES=(
   gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
   openssl                   # signature and key interop
   rauc                      # Debian's rauc CLI against rota's RAUC-compatible D-Bus API
+  squashfs-tools            # mksquashfs: the RAUC bundles of benches/install-local.sh
   nginx curl                # real HTTP(S) server for downloads
   fdisk mtools dosfstools e2fsprogs  # disk images for the U-Boot tests
   python3-venv

@@ -379,3 +379,51 @@ fn patches_against_the_wrong_base_or_tampered_are_never_trusted() {
         eprintln!("tampered patch refused: {}", err.trim());
     }
 }
+
+/// f. Frames that all match their hashes, under a re-signed manifest whose CRC32 of the
+/// image is another: the read-back, which follows the writer straight from the device,
+/// finds the difference, and slot B is never activated.
+#[test]
+fn an_image_that_reads_back_other_than_its_manifest_says_is_not_activated() {
+    let mut gw = Gateway::new(false);
+    gw.start_service();
+    let (good_path, _) = gw.bundle_with(
+        "good",
+        "acme-gateway",
+        "3.0.0",
+        image(33),
+        "release",
+        &["--zstd-level", "1"],
+    );
+    let good = std::fs::read(&good_path).unwrap();
+    let (mut ms, mut manifest, _) = parse(&good);
+    let crc = manifest.images[0].crc32;
+    manifest.images[0].crc32 = crc ^ 1;
+    let text = manifest.to_toml().expect("manifest to toml");
+    let key = signing_key(&gw.path("keys/release.key.pem"));
+    resign(&mut ms, text.as_bytes(), &key);
+    let file = gw.path("lying-crc.rota");
+    std::fs::write(&file, assemble(&ms)).unwrap();
+    let a_image = gw.read("a.img");
+    let vars_before = gw.fw_printenv();
+    let r = gw.rota(&["install", path_str(&file)]);
+    let err = r.stderr();
+    assert_eq!(r.code(), 1, "must fail: {}{err}", r.stdout());
+    let want = format!("CRC32 is {crc:08x}, expected {:08x}", crc ^ 1);
+    assert!(
+        err.contains("read-back of rootfs.ext4 from slot") && err.contains(&want),
+        "want the read-back's finding ({want}) in:\n{err}"
+    );
+    assert!(gw.read("a.img") == a_image, "a.img changed");
+    // The install took B out of the boot order before writing it, and left it out.
+    let vars = gw.fw_printenv();
+    assert_eq!(
+        vars["BOOT_ORDER"], "A",
+        "before: {}",
+        vars_before["BOOT_ORDER"]
+    );
+    assert_eq!(vars["BOOT_A_LEFT"], vars_before["BOOT_A_LEFT"]);
+    // The honest bundle installs, read back and activated.
+    gw.rota(&["install", path_str(&good_path)]).success();
+    assert!(gw.fw_printenv()["BOOT_ORDER"].starts_with('B'));
+}

@@ -18,16 +18,19 @@
 //!    ranged read. Workers decompress into a buffer of exactly the frame's size (a frame
 //!    that inflates past it is refused) and check its SHA-256.
 //!
-//! Zero runs are written as zeros. After one sync the image is read back from the device
-//! (CRC32, or also SHA-256, as `[install] read-back` says). Memory: the key table, the
+//! Zero runs are written as zeros. The image is read back from the device (CRC32, or
+//! also SHA-256, as `[install] read-back` says): with `O_DIRECT`, following the writer
+//! through the image's written prefix while the install goes on; else after the sync. Memory: the key table, the
 //! block map, and at most `IN_FLIGHT_BYTES` (6 MiB) of frames between reading and
 //! writing; the planner takes credit for an item before it reads it, and a patch's
 //! frames share its decoded buffer. One item larger than that (a big patch) goes alone.
 
+use super::copy::DirectReader;
 use super::progress::Reporter;
 use super::{check_cancel, InstallError};
 use crate::bundle::blockmap::{decode, key_of, BlockMap, BlockRun, Codec, Frame, Patch, BLOCK};
 use crate::bundle::digest::sha256;
+use crate::bundle::digest::ImageHasher;
 use crate::bundle::{ImageEntry, Member};
 use crate::config::ReadBack;
 use crate::slot::{SlotReader, SlotWriter};
@@ -467,8 +470,15 @@ fn writer_stage(
     job: &BlockJob<'_>,
     incoming: Receiver<ToWriter<'_>>,
     landed: &Landed,
+    done_to: Option<Sender<u64>>,
 ) -> Result<(), InstallError> {
     let map = job.map;
+    let mut prefix = Prefix::default();
+    let mut complete = |at: u64, len: u64| {
+        if let (Some(grown), Some(tx)) = (prefix.add(at, at + len), &done_to) {
+            let _ = tx.send(grown);
+        }
+    };
     // Zero runs first: they need nothing from anywhere.
     let zeros = vec![0u8; 1 << 20];
     for z in &map.zeros {
@@ -483,12 +493,14 @@ fn writer_stage(
             at += n;
             landed.zero.fetch_add(n, Ordering::Relaxed);
         }
+        complete(start, end - start);
     }
     for msg in incoming {
         match msg {
             ToWriter::Present { frame } => {
-                let len = map.frame_len(&map.frames[frame]);
+                let (at, len) = map.frame_range(&map.frames[frame]);
                 landed.reused.fetch_add(len, Ordering::Relaxed);
+                complete(at, len);
             }
             ToWriter::Frame {
                 frame,
@@ -500,6 +512,7 @@ fn writer_stage(
                 let (at, len) = map.frame_range(&map.frames[frame]);
                 job.writer.write_at(at, data.bytes())?;
                 job.writer.start_writeback(at, len);
+                complete(at, len);
                 match origin {
                     Origin::Fetched => {
                         landed
@@ -516,6 +529,35 @@ fn writer_stage(
         }
     }
     Ok(())
+}
+
+/// How far from its start the image is written without a gap: what the read-back may
+/// read while the install goes on.
+#[derive(Default)]
+struct Prefix {
+    /// Bytes `0..end` are written.
+    end: u64,
+    /// Written ranges past a gap, start → end.
+    beyond: std::collections::BTreeMap<u64, u64>,
+}
+
+impl Prefix {
+    /// Records `start..end` as written; the new end of the prefix when it grew.
+    fn add(&mut self, start: u64, end: u64) -> Option<u64> {
+        if start > self.end {
+            self.beyond.insert(start, end);
+            return None;
+        }
+        let before = self.end;
+        self.end = self.end.max(end);
+        while let Some(e) = self.beyond.first_entry() {
+            if *e.key() > self.end {
+                break;
+            }
+            self.end = self.end.max(e.remove());
+        }
+        (self.end > before).then_some(self.end)
+    }
 }
 
 /// What of [`Landed`] was reported already.
@@ -639,15 +681,28 @@ pub fn copy_blocks(
     let landed = Landed::default();
     let budget = Budget::new();
     let mut reported = Reported::default();
-    let result = std::thread::scope(|s| -> Result<(), InstallError> {
+    // The read-back follows the writer through the written prefix of the image, straight
+    // from the device, while the install goes on (as in a format 1 copy).
+    let direct = match job.read_back {
+        ReadBack::Off => None,
+        _ => DirectReader::open(job.writer),
+    };
+    let result = std::thread::scope(|s| -> Result<Option<ImageHasher>, InstallError> {
         let (work_tx, work_rx) = sync_channel::<Work>(workers);
         let work_rx = Arc::new(Mutex::new(work_rx));
         let (write_tx, write_rx) = sync_channel::<ToWriter>(2);
         let (verdict_tx, verdict_rx) = channel::<Verdict>();
+        let (done_tx, done_rx) = channel::<u64>();
+        let done_tx = direct.is_some().then_some(done_tx);
+        let read_back = s.spawn(move || {
+            direct
+                .map(|d| d.follow(job.writer, job.image, job.read_back, done_rx))
+                .transpose()
+        });
         let landed = &landed;
         let budget = &budget;
         let writer = s.spawn(move || {
-            let written = writer_stage(job, write_rx, landed);
+            let written = writer_stage(job, write_rx, landed, done_tx);
             budget.close();
             written
         });
@@ -862,6 +917,9 @@ pub fn copy_blocks(
         let written = writer
             .join()
             .unwrap_or_else(|_| Err(InstallError::Failed("the slot writer stopped".into())));
+        let hashed = read_back
+            .join()
+            .unwrap_or_else(|_| Err(InstallError::Failed("the read-back thread panicked".into())));
         // A cancel first, else the writer's own error (the planner only sees that the
         // stages behind it stopped), else the planner's.
         if let Err(InstallError::Cancelled) = planned {
@@ -883,13 +941,16 @@ pub fn copy_blocks(
                 at + len
             )));
         }
-        Ok(())
+        hashed
     });
     reported.catch_up(&landed, reporter);
-    result?;
+    let hashed = result?;
     check_cancel(job.cancel)?;
     job.writer.sync()?;
-    read_back(job)
+    match hashed {
+        Some(h) => super::copy::check_read_back(job.writer, job.image, job.read_back, h),
+        None => read_back(job),
+    }
 }
 
 /// Fetches and checks the image's shared dictionary, if it has one.
@@ -914,7 +975,8 @@ fn fetch_dictionary(
     Ok(Some(d))
 }
 
-/// Reads the image back from the device after the sync, around the page cache.
+/// Reads the image back from the device after the sync, through a dropped page cache
+/// (where `O_DIRECT` is refused, e.g. tmpfs).
 fn read_back(job: &BlockJob<'_>) -> Result<(), InstallError> {
     if job.read_back == ReadBack::Off {
         log::info!("{}: read-back is off ([install] read-back)", job.image.file);
@@ -992,6 +1054,21 @@ mod tests {
 
     fn in_flight(b: &Budget) -> u64 {
         b.state.lock().map(|s| s.0).unwrap_or(u64::MAX)
+    }
+
+    /// The read-back may follow only a gapless prefix: ranges written out of order
+    /// count once the gap before them is filled, and nothing past a gap is given away.
+    #[test]
+    fn the_written_prefix_grows_only_without_gaps() {
+        let mut p = Prefix::default();
+        assert_eq!(p.add(8, 12), None, "a gap at 0..8");
+        assert_eq!(p.add(20, 30), None);
+        assert_eq!(p.add(0, 4), Some(4));
+        assert_eq!(p.add(4, 8), Some(12), "fills the gap: 8..12 joins");
+        assert_eq!(p.add(12, 20), Some(30), "and 20..30 after it");
+        assert_eq!(p.add(30, 30), None, "an empty range adds nothing");
+        assert_eq!(p.add(0, 4), None, "nothing new");
+        assert_eq!(p.add(30, 40), Some(40));
     }
 
     #[test]

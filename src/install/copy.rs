@@ -181,7 +181,9 @@ pub fn copy_image(
         let overlapped = job.read_back != ReadBack::Off && direct.is_some();
         let read_back = s.spawn(move || -> Result<Option<ImageHasher>, InstallError> {
             match direct {
-                Some(d) if overlapped => d.follow(job, done_rx).map(Some),
+                Some(d) if overlapped => d
+                    .follow(job.writer, job.image, job.read_back, done_rx)
+                    .map(Some),
                 _ => Ok(None),
             }
         });
@@ -669,7 +671,7 @@ fn write_stage(
 }
 
 /// Reads the slot around the page cache (`O_DIRECT`), into an aligned buffer.
-struct DirectReader {
+pub(super) struct DirectReader {
     file: std::fs::File,
     buf: Vec<u8>,
     /// Where the aligned part of `buf` starts.
@@ -679,7 +681,7 @@ struct DirectReader {
 impl DirectReader {
     /// `None` when the device or file system does not take `O_DIRECT` (tmpfs): the
     /// read-back then runs after the copy, through the page cache after dropping it.
-    fn open(writer: &SlotWriter) -> Option<Self> {
+    pub(super) fn open(writer: &SlotWriter) -> Option<Self> {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(nix::libc::O_DIRECT)
@@ -715,13 +717,19 @@ impl DirectReader {
         Ok(&self.buf[self.at..self.at + want])
     }
 
-    /// Follows the writer: reads every byte up to the offset it reports as complete, in
-    /// image order, and hashes what the device returns.
-    fn follow(mut self, job: &Job<'_>, done: Receiver<u64>) -> Result<ImageHasher, InstallError> {
-        let mut hasher = ImageHasher::for_mode(job.read_back);
-        let size = job.image.size;
+    /// Follows the writer: reads every byte of `image` up to the offset it reports as
+    /// complete, in image order, and hashes what the device returns.
+    pub(super) fn follow(
+        mut self,
+        writer: &SlotWriter,
+        image: &ImageEntry,
+        mode: ReadBack,
+        done: Receiver<u64>,
+    ) -> Result<ImageHasher, InstallError> {
+        let mut hasher = ImageHasher::for_mode(mode);
+        let size = image.size;
         let mut pos = 0u64;
-        let slot = &job.writer.slot().name;
+        let slot = &writer.slot().name;
         for complete in done {
             // Whole batches while the copy runs; the tail once everything is written.
             let upto = if complete >= size {
@@ -734,7 +742,7 @@ impl DirectReader {
                 let data = self.read(pos, len).map_err(|e| {
                     InstallError::Failed(format!(
                         "read-back of {} from slot {slot} at byte {pos}: {e}",
-                        job.image.file
+                        image.file
                     ))
                 })?;
                 hasher.update(data);
@@ -745,7 +753,7 @@ impl DirectReader {
             // The copy stopped early; its own error is what the caller reports.
             return Err(InstallError::Failed(format!(
                 "read-back of {} stopped at byte {pos}",
-                job.image.file
+                image.file
             )));
         }
         Ok(hasher)
