@@ -506,8 +506,11 @@ fn writer_stage(
 ) -> Result<(), InstallError> {
     let map = job.map;
     let mut prefix = Prefix::default();
-    let mut complete = |at: u64, len: u64| {
-        if let (Some(grown), Some(tx)) = (prefix.add(at, at + len), &done_to) {
+    let mut writeback = Writeback::default();
+    let mut complete = |at: u64, len: u64, written: bool| {
+        let grown = prefix.add(at, at + len);
+        writeback.landed(job.writer, at, len, written, prefix.end, map.image_size);
+        if let (Some(grown), Some(tx)) = (grown, &done_to) {
             let _ = tx.send(grown);
         }
     };
@@ -525,42 +528,91 @@ fn writer_stage(
             at += n;
             landed.zero.fetch_add(n, Ordering::Relaxed);
         }
-        complete(start, end - start);
+        complete(start, end - start, false);
     }
-    for msg in incoming {
+    // Frames that lie back to back are written with one system call per
+    // WRITEBACK_BATCH (as a format 1 copy batches chunks). The batch is written
+    // whenever no frame is waiting: the writer never sits on frames (and their credit)
+    // while the planner waits for credit.
+    let mut batch: Vec<ToWriter<'_>> = Vec::new();
+    let flush = |batch: &mut Vec<ToWriter<'_>>,
+                 complete: &mut dyn FnMut(u64, u64, bool)|
+     -> Result<(), InstallError> {
+        let Some(ToWriter::Frame { frame, .. }) = batch.first() else {
+            return Ok(());
+        };
+        let at = map.frame_range(&map.frames[*frame]).0;
+        let bufs: Vec<&[u8]> = batch
+            .iter()
+            .filter_map(|m| match m {
+                ToWriter::Frame { data, .. } => Some(data.bytes()),
+                ToWriter::Present { .. } => None,
+            })
+            .collect();
+        job.writer.write_vectored_at(at, &bufs)?;
+        for msg in batch.drain(..) {
+            let ToWriter::Frame {
+                frame,
+                origin,
+                downloaded,
+                from_running,
+                ..
+            } = msg
+            else {
+                continue;
+            };
+            let (at, len) = map.frame_range(&map.frames[frame]);
+            complete(at, len, true);
+            match origin {
+                Origin::Fetched => {
+                    landed
+                        .fetched_raw
+                        .fetch_add(len - from_running, Ordering::Relaxed);
+                    landed.reused.fetch_add(from_running, Ordering::Relaxed);
+                    landed.downloaded.fetch_add(downloaded, Ordering::Relaxed);
+                }
+                _ => {
+                    landed.reused.fetch_add(len, Ordering::Relaxed);
+                }
+            }
+        }
+        Ok(())
+    };
+    let mut batch_end = 0u64;
+    let mut batch_bytes = 0u64;
+    loop {
+        let msg = match incoming.try_recv() {
+            Ok(m) => m,
+            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                flush(&mut batch, &mut complete)?;
+                match incoming.recv() {
+                    Ok(m) => m,
+                    Err(_) => break,
+                }
+            }
+            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+        };
         match msg {
             ToWriter::Present { frame } => {
                 let (at, len) = map.frame_range(&map.frames[frame]);
                 landed.reused.fetch_add(len, Ordering::Relaxed);
-                complete(at, len);
+                complete(at, len, false);
             }
-            ToWriter::Frame {
-                frame,
-                origin,
-                data,
-                downloaded,
-                from_running,
-            } => {
+            ToWriter::Frame { frame, .. } => {
                 let (at, len) = map.frame_range(&map.frames[frame]);
-                job.writer.write_at(at, data.bytes())?;
-                job.writer.start_writeback(at, len);
-                complete(at, len);
-                match origin {
-                    Origin::Fetched => {
-                        landed
-                            .fetched_raw
-                            .fetch_add(len - from_running, Ordering::Relaxed);
-                        landed.reused.fetch_add(from_running, Ordering::Relaxed);
-                        landed.downloaded.fetch_add(downloaded, Ordering::Relaxed);
-                    }
-                    _ => {
-                        landed.reused.fetch_add(len, Ordering::Relaxed);
-                    }
+                if !batch.is_empty() && (at != batch_end || batch_bytes >= WRITEBACK_BATCH) {
+                    flush(&mut batch, &mut complete)?;
                 }
+                if batch.is_empty() {
+                    batch_bytes = 0;
+                }
+                batch.push(msg);
+                batch_end = at + len;
+                batch_bytes += len;
             }
         }
     }
-    Ok(())
+    flush(&mut batch, &mut complete)
 }
 
 /// How far from its start the image is written without a gap: what the read-back may
@@ -589,6 +641,54 @@ impl Prefix {
             self.end = self.end.max(e.remove());
         }
         (self.end > before).then_some(self.end)
+    }
+}
+
+/// Starts the writeback of written frames in batches of at least [`WRITEBACK_BATCH`]
+/// (as a format 1 copy does): along the written prefix, where the read-back follows,
+/// and for frames written past a gap once enough of them are dirty, so an install does
+/// not fill a small device's page cache.
+#[derive(Default)]
+struct Writeback {
+    /// The prefix up to here has been handed to writeback.
+    prefix_done: u64,
+    /// Written past the prefix and not yet handed: the span and its bytes.
+    loose: Option<(u64, u64, u64)>,
+}
+
+const WRITEBACK_BATCH: u64 = 1 << 20;
+
+impl Writeback {
+    fn landed(
+        &mut self,
+        writer: &SlotWriter,
+        at: u64,
+        len: u64,
+        written: bool,
+        prefix_end: u64,
+        size: u64,
+    ) {
+        let upto = if prefix_end >= size {
+            prefix_end
+        } else {
+            prefix_end / WRITEBACK_BATCH * WRITEBACK_BATCH
+        };
+        if upto > self.prefix_done {
+            writer.start_writeback(self.prefix_done, upto - self.prefix_done);
+            self.prefix_done = upto;
+        }
+        // What joined the prefix goes with it.
+        if !written || at + len <= prefix_end {
+            return;
+        }
+        let (lo, hi, bytes) = self.loose.unwrap_or((at, at + len, 0));
+        let span = (lo.min(at), hi.max(at + len), bytes + len);
+        if span.2 >= WRITEBACK_BATCH {
+            writer.start_writeback(span.0, span.1 - span.0);
+            self.loose = None;
+        } else {
+            self.loose = Some(span);
+        }
     }
 }
 
@@ -687,6 +787,9 @@ impl Drop for Credit<'_> {
     }
 }
 
+/// Room in each queue between the stages, in items.
+const QUEUE: usize = 64;
+
 /// A fetched frame or patch that arrives corrupted this many times fails the install.
 const FETCH_ATTEMPTS: u32 = 2;
 /// Most bytes fetched with one ranged read.
@@ -720,9 +823,12 @@ pub fn copy_blocks(
         _ => DirectReader::open(job.writer),
     };
     let result = std::thread::scope(|s| -> Result<Option<ImageHasher>, InstallError> {
-        let (work_tx, work_rx) = sync_channel::<Work>(workers);
+        // The budget bounds the bytes in flight; the queues only need room enough that
+        // a stage seldom sleeps on a full or empty one (a wake-up per 64 KiB frame costs
+        // more than hashing it).
+        let (work_tx, work_rx) = sync_channel::<Work>(QUEUE);
         let work_rx = Arc::new(Mutex::new(work_rx));
-        let (write_tx, write_rx) = sync_channel::<ToWriter>(2);
+        let (write_tx, write_rx) = sync_channel::<ToWriter>(QUEUE);
         let (verdict_tx, verdict_rx) = channel::<Verdict>();
         let (done_tx, done_rx) = channel::<u64>();
         let done_tx = direct.is_some().then_some(done_tx);
