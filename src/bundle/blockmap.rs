@@ -587,17 +587,48 @@ pub fn decode(
     dictionary: Option<&[u8]>,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    let mut dctx = zstd::zstd_safe::DCtx::try_create()
-        .ok_or_else(|| "zstd: cannot allocate a decoder".to_owned())?;
-    // Frames never need a window beyond the frame plus its reference.
-    dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(24))
-        .map_err(zstd_error)?;
+    if prefix.is_none() && dictionary.is_none() {
+        // The common case, a frame on its own: each thread keeps one decoder for all
+        // of them (making one costs about as much as decoding a 64 KiB frame).
+        thread_local! {
+            static PLAIN: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        return PLAIN.with(|cell| {
+            let mut slot = cell.borrow_mut();
+            let dctx = match slot.as_mut() {
+                Some(d) => d,
+                None => slot.insert(new_decoder()?),
+            };
+            run_decoder(dctx, data, raw_len, out)
+        });
+    }
+    let mut dctx = new_decoder()?;
     if let Some(d) = dictionary {
         dctx.load_dictionary(d).map_err(zstd_error)?;
     }
     if let Some(p) = prefix {
         dctx.ref_prefix(p).map_err(zstd_error)?;
     }
+    run_decoder(&mut dctx, data, raw_len, out)
+}
+
+/// A decoder that refuses windows larger than a frame plus its reference can need.
+fn new_decoder() -> Result<zstd::zstd_safe::DCtx<'static>, String> {
+    let mut dctx = zstd::zstd_safe::DCtx::try_create()
+        .ok_or_else(|| "zstd: cannot allocate a decoder".to_owned())?;
+    dctx.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(24))
+        .map_err(zstd_error)?;
+    Ok(dctx)
+}
+
+/// Decodes `data` with `dctx` into exactly `raw_len` bytes of `out`.
+fn run_decoder(
+    dctx: &mut zstd::zstd_safe::DCtx<'_>,
+    data: &[u8],
+    raw_len: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), String> {
     // A buffer of exactly raw_len: zstd stops with "destination buffer too small"
     // before writing a byte past it.
     out.clear();

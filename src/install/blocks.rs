@@ -812,7 +812,11 @@ pub fn copy_blocks(
     let map = job.map;
     let file = &job.image.file;
     let dictionary = fetch_dictionary(source, job)?;
-    let workers = super::copy::worker_count();
+    // Decompressing and hashing is most of the CPU an install spends: a worker per core
+    // (the planner, writer and read-back mostly wait on I/O).
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
     let landed = Landed::default();
     let budget = Budget::new();
     let mut reported = Reported::default();
