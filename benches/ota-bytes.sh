@@ -98,34 +98,34 @@ for k in "${KINDS[@]}"; do
   FULL[$k]=$(estimate none "$k")
 done
 
-# 3. The update for real, on the gateway running v1.
-G=$W/gw-v1
-sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-t0=$(now)
-EVENTS=$( (eval "$($GW env "$G")"; "$ROTA" install --json --force-version "$(url "$INSTALL_KIND")") )
-INSTALL_SECS=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
-HWM=$(awk '/VmHWM/{print $2}' "/proc/$(cat "$G/service.pid")/status")
-DOWNLOADED=$(python3 -c '
+# Installs $INSTALL_KIND for real on gateway $1 (page cache dropped first), checks slot B
+# against v2, and prints: wall seconds, the service's peak RSS (KiB), bytes downloaded and
+# bytes reused as the service counted them.
+install_for_real() {
+  local G=$W/gw-$1 t0 events secs hwm
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  t0=$(now)
+  events=$( (eval "$($GW env "$G")"; "$ROTA" install --json --force-version "$(url "$INSTALL_KIND")") )
+  secs=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
+  hwm=$(awk '/VmHWM/{print $2}' "/proc/$(cat "$G/service.pid")/status")
+  cmp "$PAIR/v2.img" <(head -c "$SIZE" "$G/b.img") || { echo "slot B of gateway $1 differs from v2" >&2; exit 1; }
+  echo "$secs $hwm $(python3 -c '
 import json, sys
 ev = [json.loads(l) for l in sys.stdin if l.startswith("{")]
 p = [e for e in ev if e.get("event") == "progress"][-1]
-print(p["bytes_downloaded"], p["bytes_reused"])' <<<"$EVENTS")
+print(p["bytes_downloaded"], p["bytes_reused"])' <<<"$events")"
+}
+
+# 3. The update for real, on the gateway running v1.
+# (Assigned first: a failed check then stops the script under set -e.)
+R=$(install_for_real v1)
+read -r INSTALL_SECS HWM dl reused <<<"$R"
 SERVED=$(awk '$9 == 206 || $9 == 200 { s += $10 } END { print s + 0 }' "$W/nginx-access.log")
-cmp "$PAIR/v2.img" <(head -c "$SIZE" "$G/b.img") || { echo "slot B differs from v2" >&2; exit 1; }
 
 # 4. The full install for real, same bundle, on the gateway whose running slot has
 # nothing in common: the install's throughput with this bundle's frames.
-G=$W/gw-none
-sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-t0=$(now)
-FULL_EVENTS=$( (eval "$($GW env "$G")"; "$ROTA" install --json --force-version "$(url "$INSTALL_KIND")") )
-FULL_SECS=$(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')
-FULL_HWM=$(awk '/VmHWM/{print $2}' "/proc/$(cat "$G/service.pid")/status")
-FULL_DL=$(python3 -c '
-import json, sys
-ev = [json.loads(l) for l in sys.stdin if l.startswith("{")]
-print([e for e in ev if e.get("event") == "progress"][-1]["bytes_downloaded"])' <<<"$FULL_EVENTS")
-cmp "$PAIR/v2.img" <(head -c "$SIZE" "$G/b.img") || { echo "slot B of the full install differs from v2" >&2; exit 1; }
+R=$(install_for_real none)
+read -r FULL_SECS FULL_HWM FULL_DL _ <<<"$R"
 
 mib() { awk -v b="$1" 'BEGIN { printf "%.1f MiB", b / 1048576 }'; }
 echo
@@ -137,7 +137,6 @@ for k in "${KINDS[@]}"; do
   echo "| $k | $(mib "${FULL[$k]}") | $(mib "${UPD[$k]}") | ${PACK_SECS[$k]} s |"
 done
 echo
-read -r dl reused <<<"$DOWNLOADED"
 echo "update installed for real ($INSTALL_KIND over HTTP, slot B == v2 checked):"
 echo "  $INSTALL_SECS s wall, service peak RSS $(awk -v k="$HWM" 'BEGIN { printf "%.1f", k / 1024 }') MiB,"
 echo "  $(mib "$dl") of frames and patches downloaded, $(mib "$reused") reused;"

@@ -394,15 +394,26 @@ fn failed_installs_do_not_reveal_secrets() {
     check_everywhere(expect);
 }
 
-/// Boots slot B running v1 (installed over HTTP from `v1.rota`, marked good).
-fn running_v1(gw: &mut Gateway, ng: &Nginx, v1: Vec<u8>, extra: &[&str]) {
+/// Boots slot B running v1 (installed over HTTP from `v1.rota`, marked good); returns
+/// what that install counted: (downloaded, reused, zero).
+fn running_v1(gw: &mut Gateway, ng: &Nginx, v1: Vec<u8>, extra: &[&str]) -> (u64, u64, u64) {
     publish_with(gw, "v1", "1.1.0", v1, extra);
-    gw.rota(&["install", &ng.url(ng.http, false, "v1.rota")])
-        .success();
+    let counts = install_counts(gw, &ng.url(ng.http, false, "v1.rota"));
     gw.stop_service();
     std::fs::write(gw.path("cmdline"), "rota.slot=B\n").unwrap();
     gw.start_service();
     gw.rota(&["mark", "good", "booted"]).success();
+    counts
+}
+
+/// What `rota bundle info --json` says of the one image of the published bundle `name`.
+fn image_info(gw: &Gateway, name: &str) -> serde_json::Value {
+    let bundle = gw.path(&format!("www/{name}.rota"));
+    let out = gw
+        .rota(&["bundle", "info", "--json", bundle.to_str().unwrap()])
+        .success();
+    let info: serde_json::Value = serde_json::from_str(&out).unwrap();
+    info["images"][0].clone()
 }
 
 /// (downloaded, reused, zero) from the last progress event of `rota install --json`.
@@ -536,24 +547,11 @@ fn the_largest_frames_install_whole_and_by_patch() {
         let at = b * 4096;
         v1[at..at + 64].copy_from_slice(&pattern(64, 7000 + n as u64));
     }
-    let fast = ["--zstd-level", "1"];
     let big = ["--frame-size", "8388608", "--zstd-level", "1"];
-    publish_with(&gw, "v1", "1.1.0", v1.clone(), &big);
-    let info = gw
-        .rota(&[
-            "bundle",
-            "info",
-            "--json",
-            gw.path("www/v1.rota").to_str().unwrap(),
-        ])
-        .success();
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-    assert_eq!(
-        info["images"][0]["frames"], 3,
-        "8 MiB, 8 MiB and the rest: {info}"
-    );
-    let (downloaded, reused, _) = install_counts(&gw, &ng.url(ng.http, false, "v1.rota"));
-    assert_eq!(reused, 0, "slot A has nothing of v1");
+    let (downloaded, reused, _) = running_v1(&mut gw, &ng, v1.clone(), &big);
+    let info = image_info(&gw, "v1");
+    assert_eq!(info["frames"], 3, "8 MiB, 8 MiB and the rest: {info}");
+    assert_eq!(reused, 0, "slot A had nothing of v1");
     assert!(
         downloaded < size as u64 / 2,
         "frames are compressed: {downloaded}"
@@ -563,28 +561,15 @@ fn the_largest_frames_install_whole_and_by_patch() {
         &v1[..],
         "slot B holds v1 bit-exact"
     );
-    gw.stop_service();
-    std::fs::write(gw.path("cmdline"), "rota.slot=B\n").unwrap();
-    gw.start_service();
-    gw.rota(&["mark", "good", "booted"]).success();
 
     let v2 = with_inserted_blocks(&v1, &[1 << 20, (9 << 20) + 8192, 16 << 20], 960);
     std::fs::write(gw.path("v1-base.img"), &v1).unwrap();
     let base = gw.path("v1-base.img");
-    let mut args = vec!["--delta-from", base.to_str().unwrap()];
-    args.extend(fast);
+    let args = ["--delta-from", base.to_str().unwrap(), "--zstd-level", "1"];
     publish_with(&gw, "v2", "1.2.0", v2.clone(), &args);
-    let info = gw
-        .rota(&[
-            "bundle",
-            "info",
-            "--json",
-            gw.path("www/v2.rota").to_str().unwrap(),
-        ])
-        .success();
-    let info: serde_json::Value = serde_json::from_str(&info).unwrap();
-    assert_eq!(info["images"][0]["frames"], 3, "{info}");
-    assert_eq!(info["images"][0]["patches"], 3, "one per frame: {info}");
+    let info = image_info(&gw, "v2");
+    assert_eq!(info["frames"], 3, "{info}");
+    assert_eq!(info["patches"], 3, "one per frame: {info}");
     let (downloaded, reused, _) = install_counts(&gw, &ng.url(ng.http, false, "v2.rota"));
     assert!(
         (3 * 4096..3 * 4096 + 1024).contains(&downloaded),

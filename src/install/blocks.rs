@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!  planner (this thread) ──work──▶ workers (decode, SHA-256) ──verified frames──▶ writer
-//!    1. target slot (resume), running slot (by block key, anywhere)        pwrite, 1 fdatasync
+//!    1. target slot (resume), running slot (by block key, anywhere)   pwritev per MiB, 1 fdatasync
 //!    2. what is still missing: patches against the running slot, else frames   ──▶ read-back
 //! ```
 //!
