@@ -129,8 +129,8 @@ run() { # tool -> seconds
       prealloc "$W/dd.img"; drop_caches; t0=$(now)
       dd if="$W/src/rootfs.img" of="$W/dd.img" bs=1M conv=notrunc,fsync status=none ;;
     rota|rota-off|rota-f1|rota-8m)
-      local G=$W/gw-crc
-      [[ $1 == rota-off || $1 == rota-f1 || $1 == rota-8m ]] && G=$W/gw-${1#rota-}
+      local G=$W/gw-${1#rota-}
+      [[ $1 == rota ]] && G=$W/gw-crc
       drop_caches; t0=$(now)
       (eval "$($GW env "$G")"; "$ROTA" install --force-version "$G/b.rota" >/dev/null) ;;
     rauc)

@@ -20,17 +20,17 @@
 //!
 //! Zero runs are written as zeros. The image is read back from the device (CRC32, or
 //! also SHA-256, as `[install] read-back` says): with `O_DIRECT`, following the writer
-//! through the image's written prefix while the install goes on; else after the sync. Memory: the key table, the
-//! block map, and at most `IN_FLIGHT_BYTES` (6 MiB) of frames between reading and
-//! writing; the planner takes credit for an item before it reads it, and a patch's
-//! frames share its decoded buffer. One item larger than that (a big patch) goes alone.
+//! through the image's written prefix while the install goes on; else after the sync.
+//! Memory: the key table, the block map, and at most `IN_FLIGHT_BYTES` (6 MiB) of frames
+//! between reading and writing; the planner takes credit for an item before it reads it,
+//! and a patch's frames share its decoded buffer. One item larger than that (an 8 MiB
+//! frame, a big patch) goes alone.
 
 use super::copy::DirectReader;
 use super::progress::Reporter;
 use super::{check_cancel, InstallError};
 use crate::bundle::blockmap::{decode, key_of, BlockMap, BlockRun, Codec, Frame, Patch, BLOCK};
-use crate::bundle::digest::sha256;
-use crate::bundle::digest::ImageHasher;
+use crate::bundle::digest::{sha256, ImageHasher};
 use crate::bundle::{ImageEntry, Member};
 use crate::config::ReadBack;
 use crate::slot::{SlotReader, SlotWriter};
@@ -52,9 +52,7 @@ impl KeyTable {
     /// holding it is kept, however the stripes fell.
     pub fn scan(slot: &SlotReader, size: u64, cancel: &AtomicBool) -> std::io::Result<KeyTable> {
         let blocks = (size / BLOCK).min(u64::from(u32::MAX));
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 4) as u64;
+        let threads = super::copy::cores() as u64;
         let stripe = blocks.div_ceil(threads).max(1);
         let parts = std::thread::scope(|s| {
             let handles: Vec<_> = (0..threads)
@@ -312,19 +310,19 @@ impl<'a> FrameBytes<'a> {
 }
 
 enum ToWriter<'a> {
-    Frame {
-        frame: usize,
-        origin: Origin,
-        data: FrameBytes<'a>,
-        /// Downloaded bytes this frame accounts for.
-        downloaded: u64,
-        /// Its raw bytes that came from the running slot (a patched frame's other
-        /// blocks).
-        from_running: u64,
-    },
-    Present {
-        frame: usize,
-    },
+    Frame(Written<'a>),
+    Present { frame: usize },
+}
+
+/// A verified frame for the writer to write.
+struct Written<'a> {
+    frame: usize,
+    origin: Origin,
+    data: FrameBytes<'a>,
+    /// Downloaded bytes this frame accounts for.
+    downloaded: u64,
+    /// Its raw bytes that came from the running slot (a patched frame's other blocks).
+    from_running: u64,
 }
 
 /// Bytes in the slot by where they came from (counted when they landed).
@@ -460,13 +458,13 @@ fn worker<'a>(
             let msg = if origin == Origin::Target {
                 ToWriter::Present { frame }
             } else {
-                ToWriter::Frame {
+                ToWriter::Frame(Written {
                     frame,
                     origin,
                     data,
                     downloaded,
                     from_running,
-                }
+                })
             };
             if to_writer.send(msg).is_err() {
                 return;
@@ -498,6 +496,8 @@ fn fill_from_patch(map: &BlockMap, p: &Patch, f: &Frame, decoded: &[u8], frame: 
     copied
 }
 
+/// The writer stage: zero runs first, then verified frames as they come; counts what
+/// landed and tells the read-back how far the image is written without a gap.
 fn writer_stage(
     job: &BlockJob<'_>,
     incoming: Receiver<ToWriter<'_>>,
@@ -515,61 +515,43 @@ fn writer_stage(
         }
     };
     // Zero runs first: they need nothing from anywhere.
-    let zeros = vec![0u8; 1 << 20];
+    let zeros = vec![0u8; WRITEBACK_BATCH as usize];
     for z in &map.zeros {
-        let start = z.first * BLOCK;
         let end = ((z.first + z.blocks) * BLOCK).min(map.image_size);
-        let mut at = start;
+        let mut at = z.first * BLOCK;
         while at < end {
             check_cancel(job.cancel)?;
-            let n = (end - at).min(zeros.len() as u64);
+            let n = (end - at).min(WRITEBACK_BATCH);
             job.writer.write_at(at, &zeros[..n as usize])?;
-            job.writer.start_writeback(at, n);
-            at += n;
             landed.zero.fetch_add(n, Ordering::Relaxed);
+            complete(at, n, true);
+            at += n;
         }
-        complete(start, end - start, false);
     }
     // Frames that lie back to back are written with one system call per
     // WRITEBACK_BATCH (as a format 1 copy batches chunks). The batch is written
     // whenever no frame is waiting: the writer never sits on frames (and their credit)
     // while the planner waits for credit.
-    let mut batch: Vec<ToWriter<'_>> = Vec::new();
-    let flush = |batch: &mut Vec<ToWriter<'_>>,
+    let mut batch: Vec<Written<'_>> = Vec::new();
+    let flush = |batch: &mut Vec<Written<'_>>,
                  complete: &mut dyn FnMut(u64, u64, bool)|
      -> Result<(), InstallError> {
-        let Some(ToWriter::Frame { frame, .. }) = batch.first() else {
+        let Some(first) = batch.first() else {
             return Ok(());
         };
-        let at = map.frame_range(&map.frames[*frame]).0;
-        let bufs: Vec<&[u8]> = batch
-            .iter()
-            .filter_map(|m| match m {
-                ToWriter::Frame { data, .. } => Some(data.bytes()),
-                ToWriter::Present { .. } => None,
-            })
-            .collect();
+        let at = map.frame_range(&map.frames[first.frame]).0;
+        let bufs: Vec<&[u8]> = batch.iter().map(|w| w.data.bytes()).collect();
         job.writer.write_vectored_at(at, &bufs)?;
-        for msg in batch.drain(..) {
-            let ToWriter::Frame {
-                frame,
-                origin,
-                downloaded,
-                from_running,
-                ..
-            } = msg
-            else {
-                continue;
-            };
-            let (at, len) = map.frame_range(&map.frames[frame]);
+        for w in batch.drain(..) {
+            let (at, len) = map.frame_range(&map.frames[w.frame]);
             complete(at, len, true);
-            match origin {
+            match w.origin {
                 Origin::Fetched => {
                     landed
                         .fetched_raw
-                        .fetch_add(len - from_running, Ordering::Relaxed);
-                    landed.reused.fetch_add(from_running, Ordering::Relaxed);
-                    landed.downloaded.fetch_add(downloaded, Ordering::Relaxed);
+                        .fetch_add(len - w.from_running, Ordering::Relaxed);
+                    landed.reused.fetch_add(w.from_running, Ordering::Relaxed);
+                    landed.downloaded.fetch_add(w.downloaded, Ordering::Relaxed);
                 }
                 _ => {
                     landed.reused.fetch_add(len, Ordering::Relaxed);
@@ -578,8 +560,6 @@ fn writer_stage(
         }
         Ok(())
     };
-    let mut batch_end = 0u64;
-    let mut batch_bytes = 0u64;
     loop {
         let msg = match incoming.try_recv() {
             Ok(m) => m,
@@ -598,17 +578,18 @@ fn writer_stage(
                 landed.reused.fetch_add(len, Ordering::Relaxed);
                 complete(at, len, false);
             }
-            ToWriter::Frame { frame, .. } => {
-                let (at, len) = map.frame_range(&map.frames[frame]);
-                if !batch.is_empty() && (at != batch_end || batch_bytes >= WRITEBACK_BATCH) {
+            ToWriter::Frame(w) => {
+                // The batch ends where its last frame does; it is full at WRITEBACK_BATCH.
+                let at = map.frame_range(&map.frames[w.frame]).0;
+                let batch_end = batch.last().map(|l| {
+                    let (a, n) = map.frame_range(&map.frames[l.frame]);
+                    a + n
+                });
+                let batch_bytes: usize = batch.iter().map(|b| b.data.bytes().len()).sum();
+                if batch_end.is_some_and(|e| e != at) || batch_bytes as u64 >= WRITEBACK_BATCH {
                     flush(&mut batch, &mut complete)?;
                 }
-                if batch.is_empty() {
-                    batch_bytes = 0;
-                }
-                batch.push(msg);
-                batch_end = at + len;
-                batch_bytes += len;
+                batch.push(w);
             }
         }
     }
@@ -644,10 +625,10 @@ impl Prefix {
     }
 }
 
-/// Starts the writeback of written frames in batches of at least [`WRITEBACK_BATCH`]
-/// (as a format 1 copy does): along the written prefix, where the read-back follows,
-/// and for frames written past a gap once enough of them are dirty, so an install does
-/// not fill a small device's page cache.
+/// Starts the writeback of what the writer wrote (zero runs and frames) in batches of at
+/// least [`WRITEBACK_BATCH`], as a format 1 copy does: along the written prefix, where
+/// the read-back follows, and for what was written past a gap once enough of it is
+/// dirty, so an install does not fill a small device's page cache.
 #[derive(Default)]
 struct Writeback {
     /// The prefix up to here has been handed to writeback.
@@ -814,9 +795,7 @@ pub fn copy_blocks(
     let dictionary = fetch_dictionary(source, job)?;
     // Decompressing and hashing is most of the CPU an install spends: a worker per core
     // (the planner, writer and read-back mostly wait on I/O).
-    let workers = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .clamp(1, 4);
+    let workers = super::copy::cores();
     let landed = Landed::default();
     let budget = Budget::new();
     let mut reported = Reported::default();
@@ -1089,10 +1068,7 @@ pub fn copy_blocks(
     let hashed = result?;
     check_cancel(job.cancel)?;
     job.writer.sync()?;
-    match hashed {
-        Some(h) => super::copy::check_read_back(job.writer, job.image, job.read_back, h),
-        None => read_back(job),
-    }
+    super::copy::finish_read_back(job.writer, job.image, job.read_back, job.cancel, hashed)
 }
 
 /// Fetches and checks the image's shared dictionary, if it has one.
@@ -1115,16 +1091,6 @@ fn fetch_dictionary(
         )));
     }
     Ok(Some(d))
-}
-
-/// Reads the image back from the device after the sync, through a dropped page cache
-/// (where `O_DIRECT` is refused, e.g. tmpfs).
-fn read_back(job: &BlockJob<'_>) -> Result<(), InstallError> {
-    if job.read_back == ReadBack::Off {
-        log::info!("{}: read-back is off ([install] read-back)", job.image.file);
-        return Ok(());
-    }
-    super::copy::read_back_buffered(job.writer, job.image, job.read_back, job.cancel)
 }
 
 /// How many bytes installing `map` will download, given the running slot: the local

@@ -148,10 +148,16 @@ impl Reported {
     }
 }
 
-/// Number of verify workers for this machine.
+/// Cores this machine gives the install, at most 4: the threads of a CPU-bound stage.
+pub fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
+}
+
+/// Number of verify workers for this machine (the reader keeps a core busy too).
 pub fn worker_count() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    cores.saturating_sub(1).clamp(1, 3)
+    cores().saturating_sub(1).clamp(1, 3)
 }
 
 /// Copies one image into its slot and checks what landed; see the module docs.
@@ -237,14 +243,7 @@ pub fn copy_image(
         }
         written?;
         read?;
-        match hashed? {
-            Some(h) => check_read_back(job.writer, job.image, job.read_back, h),
-            None if job.read_back == ReadBack::Off => {
-                log::info!("{}: read-back is off ([install] read-back)", job.image.file);
-                Ok(())
-            }
-            None => read_back_buffered(job.writer, job.image, job.read_back, job.cancel),
-        }
+        finish_read_back(job.writer, job.image, job.read_back, job.cancel, hashed?)
     });
     reported.catch_up(&landed, reporter);
     result
@@ -760,8 +759,28 @@ impl DirectReader {
     }
 }
 
+/// The read-back's verdict once every byte of `image` is written: the hash of the
+/// overlapped read-back when there was one (`hashed`), else a read-back now, through a
+/// dropped page cache, unless `[install] read-back` is off.
+pub(super) fn finish_read_back(
+    writer: &SlotWriter,
+    image: &ImageEntry,
+    mode: ReadBack,
+    cancel: &AtomicBool,
+    hashed: Option<ImageHasher>,
+) -> Result<(), InstallError> {
+    match hashed {
+        Some(h) => check_read_back(writer, image, mode, h),
+        None if mode == ReadBack::Off => {
+            log::info!("{}: read-back is off ([install] read-back)", image.file);
+            Ok(())
+        }
+        None => read_back_buffered(writer, image, mode, cancel),
+    }
+}
+
 /// Compares a read-back of `image` from the slot `writer` wrote with the signed manifest.
-pub(super) fn check_read_back(
+fn check_read_back(
     writer: &SlotWriter,
     image: &ImageEntry,
     mode: ReadBack,
@@ -783,7 +802,7 @@ pub(super) fn check_read_back(
 /// The read-back where `O_DIRECT` is not available: reads `image` back from the slot
 /// through the page cache, after dropping the slot's pages from it, and checks it
 /// against the manifest.
-pub(super) fn read_back_buffered(
+fn read_back_buffered(
     writer: &SlotWriter,
     image: &ImageEntry,
     mode: ReadBack,
