@@ -12,14 +12,26 @@ mod pkg_support;
 use pkg_support::{busctl, Bus, Caller, Gateway, Service};
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const READER: &str = "rota-test-reader";
 const OPERATOR: &str = "rota-test-operator";
 
-/// `user`/`group` administration is not safe to run concurrently.
-static ACCOUNTS: Mutex<()> = Mutex::new(());
+/// Holds the machine-wide lock on user and group administration: `useradd`, `usermod`,
+/// `gpasswd` and `systemd-sysusers` fail or lose each other's changes when they run at
+/// once. A file lock, not a mutex: nextest runs each test in its own process, and CI runs
+/// this binary for the host and under qemu-user for two ARM targets at the same time.
+fn accounts_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let path = std::env::temp_dir().join("rota-test-accounts.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("locking {}: {e}", path.display()))
+}
 
 fn policy_path(name: &str) -> String {
     format!("{}/dbus/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -54,7 +66,7 @@ fn accounts() -> (Caller, Caller) {
         nix::unistd::geteuid().is_root(),
         "the D-Bus policy tests create users and switch to them: run them as root"
     );
-    let _lock = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let _lock = accounts_lock();
     let group = policy_group();
     if nix::unistd::Group::from_name(&group).unwrap().is_none() {
         run_admin(&["groupadd", "--system", &group]);
@@ -412,12 +424,15 @@ fn group_member_may_install_and_mark() {
 /// call InstallBundle and the native Install.
 #[test]
 fn a_client_with_its_own_user_gets_in_through_the_shipped_sysusers_line() {
-    const CLIENT: &str = "rota-test-hawkbit";
+    // One client user per architecture: the host and the qemu-user runs of this test
+    // overlap in CI, and each takes its user out of the group when it starts.
+    let hawkbit_user = format!("rota-test-hawkbit-{}", std::env::consts::ARCH);
+    let hawkbit_user = hawkbit_user.as_str();
     let (reader, _) = accounts();
     let group = policy_group();
     let client = {
-        let _lock = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
-        match nix::unistd::User::from_name(CLIENT).unwrap() {
+        let _lock = accounts_lock();
+        match nix::unistd::User::from_name(hawkbit_user).unwrap() {
             None => run_admin(&[
                 "useradd",
                 "--system",
@@ -427,17 +442,17 @@ fn a_client_with_its_own_user_gets_in_through_the_shipped_sysusers_line() {
                 "/",
                 "--shell",
                 "/bin/false",
-                CLIENT,
+                hawkbit_user,
             ]),
             Some(_) => {
                 // From an earlier run: out of the group again, as a fresh image has it.
                 let g = nix::unistd::Group::from_name(&group).unwrap().unwrap();
-                if g.mem.iter().any(|m| m == CLIENT) {
-                    run_admin(&["gpasswd", "--delete", CLIENT, &group]);
+                if g.mem.iter().any(|m| m == hawkbit_user) {
+                    run_admin(&["gpasswd", "--delete", hawkbit_user, &group]);
                 }
             }
         }
-        let u = nix::unistd::User::from_name(CLIENT).unwrap().unwrap();
+        let u = nix::unistd::User::from_name(hawkbit_user).unwrap().unwrap();
         Caller {
             uid: u.uid.as_raw(),
             gid: u.gid.as_raw(),
@@ -470,11 +485,11 @@ fn a_client_with_its_own_user_gets_in_through_the_shipped_sysusers_line() {
     let lines: Vec<String> = shipped
         .lines()
         .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .map(|l| l.replace("rauc-hawkbit", CLIENT))
+        .map(|l| l.replace("rauc-hawkbit", hawkbit_user))
         .collect();
-    assert_eq!(lines, [format!("m {CLIENT} {group}")], "{shipped}");
+    assert_eq!(lines, [format!("m {hawkbit_user} {group}")], "{shipped}");
     {
-        let _lock = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+        let _lock = accounts_lock();
         let mut cmd = pkg_support::tool("systemd-sysusers", "systemd");
         cmd.arg("--inline").args(&lines);
         pkg_support::run_ok(&mut cmd);
