@@ -629,18 +629,24 @@ fn run_decoder(
     raw_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    // A buffer of exactly raw_len: zstd stops with "destination buffer too small"
-    // before writing a byte past it.
+    // Room for exactly raw_len bytes, not zeroed first (zstd writes every byte it
+    // reports): zstd stops with "destination buffer too small" before writing a byte
+    // past it.
     out.clear();
-    out.resize(raw_len, 0);
+    if out.capacity() != raw_len {
+        *out = Vec::with_capacity(raw_len);
+    }
+    let past = || format!("it inflates past its declared {raw_len} bytes");
     let got = dctx
-        .decompress(&mut out[..], data)
+        .decompress(out, data)
         .map_err(|c| match zstd_error(c) {
-            e if e.contains("Destination buffer is too small") => {
-                format!("it inflates past its declared {raw_len} bytes")
-            }
+            e if e.contains("Destination buffer is too small") => past(),
             e => e,
         })?;
+    if got > raw_len {
+        // Only if the allocator gave more room than asked for.
+        return Err(past());
+    }
     if got != raw_len {
         return Err(format!(
             "it inflates to {got} bytes, its declared size is {raw_len}"

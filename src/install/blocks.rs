@@ -375,15 +375,21 @@ fn worker<'a>(
             Work::Packed {
                 frame,
                 data,
-                credit,
+                mut credit,
             } => {
                 let f = &map.frames[frame];
                 let len = map.frame_len(f) as usize;
                 let downloaded = data.len() as u64;
                 let decoded = match f.codec {
                     Codec::Stored => Ok(data),
-                    Codec::Zstd => decode(&data, len, None, dictionary, &mut raw)
-                        .map(|()| std::mem::take(&mut raw)),
+                    Codec::Zstd => {
+                        let d = decode(&data, len, None, dictionary, &mut raw)
+                            .map(|()| std::mem::take(&mut raw));
+                        // The compressed bytes are done with: the planner may fetch on.
+                        drop(data);
+                        credit.shrink(downloaded);
+                        d
+                    }
                 };
                 match decoded {
                     Ok(d) if d.len() == len && sha256(&d) == f.sha256 => out.push((
@@ -413,7 +419,10 @@ fn worker<'a>(
                     None,
                     &mut raw,
                 );
+                let used = size + reference.len() as u64;
                 drop((data, reference));
+                let mut credit = credit;
+                credit.shrink(used);
                 let credit = Arc::new(credit);
                 let count = frames.len() as u64;
                 for (i, (f, mut buf)) in frames.into_iter().enumerate() {
@@ -704,16 +713,42 @@ impl Reported {
     }
 }
 
-/// Bytes that may be in flight between the planner and the writer: read or fetched,
-/// decoded, waiting to be written. An item larger than this (an 8 MiB frame; a patch:
-/// compressed bytes, reference, output and the frame it completes, up to ~25 MiB) goes
-/// alone.
+/// Bytes that may be in flight between the planner and the writer (read or fetched,
+/// decoded, waiting to be written) when an image's frames are small. An image of larger
+/// frames gets room for two of its largest: see [`budget_for`].
 const IN_FLIGHT_BYTES: u64 = 6 << 20;
+
+/// The credit a fetched frame needs until a worker has decoded it: its compressed bytes
+/// and its raw bytes (a stored frame's bytes are both).
+fn fetch_credit(map: &BlockMap, f: &Frame) -> u64 {
+    match f.codec {
+        Codec::Stored => map.frame_len(f),
+        Codec::Zstd => u64::from(f.csize) + map.frame_len(f),
+    }
+}
+
+/// The budget for installing `map`: [`IN_FLIGHT_BYTES`], or room for two of its largest
+/// fetched frames if that is more. With only one, an 8 MiB frame (as `--delta-from`
+/// packs them) would be read, then decoded, then written, each stage waiting on the one
+/// before; with two, reading the next frame overlaps decoding and writing this one. A
+/// patch larger than the budget still goes alone.
+fn budget_for(map: &BlockMap) -> u64 {
+    let largest = map
+        .frames
+        .iter()
+        .map(|f| fetch_credit(map, f))
+        .max()
+        .unwrap_or(0);
+    IN_FLIGHT_BYTES.max(2 * largest)
+}
 
 /// Bounds the memory of the stages: the planner takes credit for an item's buffers
 /// before it reads or fetches them; the credit comes back when the last of them is
-/// dropped (written, refused, or the stages stopped).
+/// dropped (written, refused, or the stages stopped), or in part once a worker has
+/// decoded a frame and dropped its compressed bytes.
 struct Budget {
+    /// Bytes that may be in flight.
+    limit: u64,
     /// Bytes in flight, and whether the writer stopped (no credit comes back then).
     state: Mutex<(u64, bool)>,
     freed: Condvar,
@@ -726,8 +761,9 @@ struct Credit<'a> {
 }
 
 impl Budget {
-    fn new() -> Budget {
+    fn new(limit: u64) -> Budget {
         Budget {
+            limit,
             state: Mutex::new((0, false)),
             freed: Condvar::new(),
         }
@@ -737,7 +773,7 @@ impl Budget {
     /// has stopped.
     fn take(&self, bytes: u64) -> Option<Credit<'_>> {
         let mut st = self.state.lock().ok()?;
-        while !st.1 && st.0 > 0 && st.0 + bytes > IN_FLIGHT_BYTES {
+        while !st.1 && st.0 > 0 && st.0 + bytes > self.limit {
             st = self.freed.wait(st).ok()?;
         }
         if st.1 {
@@ -750,6 +786,14 @@ impl Budget {
         })
     }
 
+    /// Gives back `bytes` (at most what is held) and wakes the planner.
+    fn give_back(&self, bytes: u64) {
+        if let Ok(mut st) = self.state.lock() {
+            st.0 -= bytes;
+        }
+        self.freed.notify_all();
+    }
+
     /// The writer stopped: wake the planner.
     fn close(&self) {
         if let Ok(mut st) = self.state.lock() {
@@ -759,12 +803,19 @@ impl Budget {
     }
 }
 
+impl Credit<'_> {
+    /// Gives back `bytes` of this credit now (the buffer they paid for is gone); the
+    /// rest comes back on drop.
+    fn shrink(&mut self, bytes: u64) {
+        let bytes = bytes.min(self.bytes);
+        self.bytes -= bytes;
+        self.budget.give_back(bytes);
+    }
+}
+
 impl Drop for Credit<'_> {
     fn drop(&mut self) {
-        if let Ok(mut st) = self.budget.state.lock() {
-            st.0 -= self.bytes;
-        }
-        self.budget.freed.notify_all();
+        self.budget.give_back(self.bytes);
     }
 }
 
@@ -797,7 +848,7 @@ pub fn copy_blocks(
     // (the planner, writer and read-back mostly wait on I/O).
     let workers = super::copy::cores();
     let landed = Landed::default();
-    let budget = Budget::new();
+    let budget = Budget::new(budget_for(map));
     let mut reported = Reported::default();
     // The read-back follows the writer through the written prefix of the image, straight
     // from the device, while the install goes on (as in a format 1 copy).
@@ -1005,7 +1056,7 @@ pub fn copy_blocks(
                         .map_err(|e| source_failure(e, job.cancel, what()))?;
                     for &fi in &missing[k..end] {
                         let f = &map.frames[fi];
-                        let credit = take(u64::from(f.csize) + map.frame_len(f))?;
+                        let credit = take(fetch_credit(map, f))?;
                         let mut data = vec![0u8; f.csize as usize];
                         reader.read_exact(&mut data).map_err(|e| {
                             if check_cancel(job.cancel).is_err() {
@@ -1220,7 +1271,7 @@ mod tests {
 
     #[test]
     fn a_take_over_the_budget_waits_until_credit_comes_back() {
-        let budget = Budget::new();
+        let budget = Budget::new(IN_FLIGHT_BYTES);
         let first = budget.take(IN_FLIGHT_BYTES - 10).unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::scope(|s| {
@@ -1239,7 +1290,7 @@ mod tests {
 
     #[test]
     fn an_item_larger_than_the_budget_goes_alone() {
-        let budget = Budget::new();
+        let budget = Budget::new(IN_FLIGHT_BYTES);
         let big = budget.take(3 * IN_FLIGHT_BYTES).unwrap();
         assert_eq!(in_flight(&budget), 3 * IN_FLIGHT_BYTES);
         drop(big);
@@ -1255,7 +1306,7 @@ mod tests {
 
     #[test]
     fn a_stopped_writer_wakes_a_waiting_planner() {
-        let budget = Budget::new();
+        let budget = Budget::new(IN_FLIGHT_BYTES);
         let _held = budget.take(IN_FLIGHT_BYTES).unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::scope(|s| {
@@ -1267,9 +1318,60 @@ mod tests {
         assert!(budget.take(1).is_none());
     }
 
+    /// A worker gives back the compressed part of a frame's credit once it has decoded
+    /// it: the planner waiting on that room goes on while the raw bytes wait for the
+    /// writer, and the rest comes back when they are written.
+    #[test]
+    fn a_shrunk_credit_lets_the_planner_go_on() {
+        let budget = Budget::new(10);
+        let mut first = budget.take(8).unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::scope(|s| {
+            s.spawn(|| tx.send(budget.take(5).map(|c| c.bytes)).unwrap());
+            assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+            first.shrink(3);
+            assert_eq!(rx.recv().unwrap(), Some(5), "5 + 5 fit in 10");
+        });
+        first.shrink(100);
+        assert_eq!(first.bytes, 0, "never more than it holds");
+        drop(first);
+        assert_eq!(in_flight(&budget), 0);
+    }
+
+    /// Small frames share the fixed budget; an image of 8 MiB frames gets room for two
+    /// of them (compressed and raw bytes of a zstd frame, raw bytes of a stored one).
+    #[test]
+    fn the_budget_holds_two_of_the_largest_frames() {
+        let frame = |blocks: u32, codec: Codec, csize: u32| Frame {
+            first: 0,
+            blocks,
+            codec,
+            offset: 0,
+            csize,
+            sha256: [0; 32],
+            keys_at: 0,
+        };
+        let mut map = BlockMap {
+            image_size: 1 << 30,
+            ..Default::default()
+        };
+        map.frames = vec![frame(16, Codec::Zstd, 9000); 10];
+        assert_eq!(budget_for(&map), IN_FLIGHT_BYTES);
+        map.frames.push(frame(2048, Codec::Zstd, 3 << 20));
+        assert_eq!(budget_for(&map), 2 * ((8 << 20) + (3 << 20)));
+        map.frames.push(frame(2048, Codec::Stored, 8 << 20));
+        assert_eq!(
+            budget_for(&map),
+            2 * ((8 << 20) + (3 << 20)),
+            "stored: 8 MiB once"
+        );
+        map.frames = vec![frame(2048, Codec::Stored, 8 << 20)];
+        assert_eq!(budget_for(&map), 16 << 20);
+    }
+
     #[test]
     fn frames_of_a_patch_return_its_credit_when_the_last_is_dropped() {
-        let budget = Budget::new();
+        let budget = Budget::new(IN_FLIGHT_BYTES);
         let credit = Arc::new(budget.take(100).unwrap());
         let a = FrameBytes {
             buf: vec![7u8; 40],
