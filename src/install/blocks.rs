@@ -21,10 +21,12 @@
 //! Zero runs are written as zeros. The image is read back from the device (CRC32, or
 //! also SHA-256, as `[install] read-back` says): with `O_DIRECT`, following the writer
 //! through the image's written prefix while the install goes on; else after the sync.
-//! Memory: the key table, the block map, and at most `IN_FLIGHT_BYTES` (6 MiB) of frames
-//! between reading and writing; the planner takes credit for an item before it reads it,
-//! and a patch's frames share its decoded buffer. One item larger than that (an 8 MiB
-//! frame, a big patch) goes alone.
+//! Memory: the key table, the block map, and a budget of bytes between reading and
+//! writing: 6 MiB, or two of the image's largest fetched frames (compressed and raw
+//! bytes) when that is more, so that an 8 MiB frame is read while the one before it is
+//! decoded and written. The planner takes credit for an item before it reads it; a
+//! worker gives back the compressed part once it has decoded it; a patch's frames share
+//! its decoded buffer. One item larger than the budget (a big patch) goes alone.
 
 use super::copy::DirectReader;
 use super::progress::Reporter;
