@@ -6,7 +6,7 @@
 #   rota-f1   `rota install` of a format 1 bundle (`--format 1`, raw 64 KiB chunks) of the
 #             same image, read-back = crc: the throughput before compressed frames;
 #   rota-8m   format 2 with 8 MiB frames (`--frame-size 8388608`, as `--delta-from` packs
-#             them), read-back = crc: two frames in flight;
+#             them), read-back = crc: three frames in flight;
 #   rauc      Debian's RAUC (`rauc install` of a plain bundle of the same image, raw slot,
 #             bootloader=noop, its own service on its own private bus).
 # Every slot is a preallocated file on the same file system; the page cache is dropped

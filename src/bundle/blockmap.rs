@@ -629,24 +629,18 @@ fn run_decoder(
     raw_len: usize,
     out: &mut Vec<u8>,
 ) -> Result<(), String> {
-    // Room for exactly raw_len bytes, not zeroed first (zstd writes every byte it
-    // reports): zstd stops with "destination buffer too small" before writing a byte
+    // A buffer of exactly raw_len (what it held before is overwritten; only growth is
+    // zeroed): zstd stops with "destination buffer too small" before writing a byte
     // past it.
-    out.clear();
-    if out.capacity() != raw_len {
-        *out = Vec::with_capacity(raw_len);
-    }
-    let past = || format!("it inflates past its declared {raw_len} bytes");
+    out.resize(raw_len, 0);
     let got = dctx
-        .decompress(out, data)
+        .decompress(&mut out[..], data)
         .map_err(|c| match zstd_error(c) {
-            e if e.contains("Destination buffer is too small") => past(),
+            e if e.contains("Destination buffer is too small") => {
+                format!("it inflates past its declared {raw_len} bytes")
+            }
             e => e,
         })?;
-    if got > raw_len {
-        // Only if the allocator gave more room than asked for.
-        return Err(past());
-    }
     if got != raw_len {
         return Err(format!(
             "it inflates to {got} bytes, its declared size is {raw_len}"

@@ -22,12 +22,12 @@
 //! also SHA-256, as `[install] read-back` says): with `O_DIRECT`, following the writer
 //! through the image's written prefix while the install goes on; else after the sync.
 //! Memory: the key table, the block map, and a budget of bytes between reading and
-//! writing: 6 MiB, or two of the image's largest fetched frames (compressed and raw
-//! bytes) when that is more, so that an 8 MiB frame is read while the one before it is
-//! decoded and written. The planner takes credit for an item before it reads it; a
+//! writing: 6 MiB, or three of the image's largest frames when that is more, so that an
+//! 8 MiB frame is read while the one before it is decoded and the one before that written. The planner takes credit for an item before it reads it; a
 //! worker gives back the compressed part once it has decoded it; a patch's frames share
 //! its decoded buffer. One item larger than the budget (a big patch) goes alone.
 
+use super::buffers::BufferPool;
 use super::copy::DirectReader;
 use super::progress::Reporter;
 use super::{check_cancel, InstallError};
@@ -292,22 +292,31 @@ enum Work<'a> {
 }
 
 /// One verified frame's bytes, and the credit of the item it came with (which the
-/// frames of one patch share: it returns when the last of them is written).
+/// frames of one patch share: it returns when the last of them is written). Its buffer
+/// goes back to the pool before its credit returns.
 struct FrameBytes<'a> {
     buf: Vec<u8>,
+    pool: &'a BufferPool,
     _credit: Arc<Credit<'a>>,
 }
 
 impl<'a> FrameBytes<'a> {
-    fn whole(data: Vec<u8>, credit: Credit<'a>) -> FrameBytes<'a> {
+    fn whole(data: Vec<u8>, credit: Credit<'a>, pool: &'a BufferPool) -> FrameBytes<'a> {
         FrameBytes {
             buf: data,
+            pool,
             _credit: Arc::new(credit),
         }
     }
 
     fn bytes(&self) -> &[u8] {
         &self.buf
+    }
+}
+
+impl Drop for FrameBytes<'_> {
+    fn drop(&mut self) {
+        self.pool.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -346,6 +355,7 @@ struct Verdict {
 fn worker<'a>(
     job: &BlockJob<'_>,
     dictionary: Option<&[u8]>,
+    pool: &'a BufferPool,
     work: &Mutex<Receiver<Work<'a>>>,
     to_writer: SyncSender<ToWriter<'a>>,
     verdicts: Sender<Verdict>,
@@ -369,7 +379,7 @@ fn worker<'a>(
                 credit,
             } => {
                 if sha256(&data) == map.frames[frame].sha256 {
-                    out.push((frame, origin, FrameBytes::whole(data, credit), 0, 0));
+                    out.push((frame, origin, FrameBytes::whole(data, credit, pool), 0, 0));
                 } else {
                     bad.push((frame, String::new()));
                 }
@@ -385,10 +395,11 @@ fn worker<'a>(
                 let decoded = match f.codec {
                     Codec::Stored => Ok(data),
                     Codec::Zstd => {
-                        let d = decode(&data, len, None, dictionary, &mut raw)
-                            .map(|()| std::mem::take(&mut raw));
+                        let mut frame_bytes = pool.take(len);
+                        let d = decode(&data, len, None, dictionary, &mut frame_bytes)
+                            .map(|()| frame_bytes);
                         // The compressed bytes are done with: the planner may fetch on.
-                        drop(data);
+                        pool.give(data);
                         credit.shrink(downloaded);
                         d
                     }
@@ -397,7 +408,7 @@ fn worker<'a>(
                     Ok(d) if d.len() == len && sha256(&d) == f.sha256 => out.push((
                         frame,
                         Origin::Fetched,
-                        FrameBytes::whole(d, credit),
+                        FrameBytes::whole(d, credit, pool),
                         downloaded,
                         0,
                     )),
@@ -439,6 +450,7 @@ fn worker<'a>(
                             let from_running = buf.len() as u64 - supplied;
                             let bytes = FrameBytes {
                                 buf,
+                                pool,
                                 _credit: credit.clone(),
                             };
                             out.push((f, Origin::Fetched, bytes, d, from_running));
@@ -717,7 +729,7 @@ impl Reported {
 
 /// Bytes that may be in flight between the planner and the writer (read or fetched,
 /// decoded, waiting to be written) when an image's frames are small. An image of larger
-/// frames gets room for two of its largest: see [`budget_for`].
+/// frames gets room for three of its largest: see [`budget_for`].
 const IN_FLIGHT_BYTES: u64 = 6 << 20;
 
 /// The credit a fetched frame needs until a worker has decoded it: its compressed bytes
@@ -729,19 +741,20 @@ fn fetch_credit(map: &BlockMap, f: &Frame) -> u64 {
     }
 }
 
-/// The budget for installing `map`: [`IN_FLIGHT_BYTES`], or room for two of its largest
-/// fetched frames if that is more. With only one, an 8 MiB frame (as `--delta-from`
-/// packs them) would be read, then decoded, then written, each stage waiting on the one
-/// before; with two, reading the next frame overlaps decoding and writing this one. A
-/// patch larger than the budget still goes alone.
+/// The budget for installing `map`: [`IN_FLIGHT_BYTES`], or room for three of its
+/// largest frames if that is more: one being read, one being decoded and hashed, one
+/// being written. With room for one, an 8 MiB frame (as `--delta-from` packs them) would
+/// be read, then decoded, then written, each stage waiting on the one before. A zstd
+/// frame holds its compressed bytes too, until it is decoded; a patch larger than the
+/// budget still goes alone.
 fn budget_for(map: &BlockMap) -> u64 {
     let largest = map
         .frames
         .iter()
-        .map(|f| fetch_credit(map, f))
+        .map(|f| map.frame_len(f))
         .max()
         .unwrap_or(0);
-    IN_FLIGHT_BYTES.max(2 * largest)
+    IN_FLIGHT_BYTES.max(3 * largest)
 }
 
 /// Bounds the memory of the stages: the planner takes credit for an item's buffers
@@ -851,6 +864,7 @@ pub fn copy_blocks(
     let workers = super::copy::cores();
     let landed = Landed::default();
     let budget = Budget::new(budget_for(map));
+    let pool = BufferPool::default();
     let mut reported = Reported::default();
     // The read-back follows the writer through the written prefix of the image, straight
     // from the device, while the install goes on (as in a format 1 copy).
@@ -875,6 +889,7 @@ pub fn copy_blocks(
         });
         let landed = &landed;
         let budget = &budget;
+        let pool = &pool;
         let writer = s.spawn(move || {
             let written = writer_stage(job, write_rx, landed, done_tx);
             budget.close();
@@ -884,7 +899,7 @@ pub fn copy_blocks(
         for _ in 0..workers {
             let (work_rx, write_tx, verdict_tx) =
                 (work_rx.clone(), write_tx.clone(), verdict_tx.clone());
-            s.spawn(move || worker(job, dict, &work_rx, write_tx, verdict_tx));
+            s.spawn(move || worker(job, dict, pool, &work_rx, write_tx, verdict_tx));
         }
         drop((work_rx, write_tx, verdict_tx));
         let mut have = vec![false; map.frames.len()];
@@ -929,7 +944,7 @@ pub fn copy_blocks(
                 let (at, len) = map.frame_range(f);
                 if job.resume {
                     let credit = take(len)?;
-                    let mut data = vec![0u8; len as usize];
+                    let mut data = pool.take(len as usize);
                     if job.writer.read_at(at, &mut data).is_ok() {
                         send(Work::Candidate {
                             frame: i,
@@ -1059,7 +1074,7 @@ pub fn copy_blocks(
                     for &fi in &missing[k..end] {
                         let f = &map.frames[fi];
                         let credit = take(fetch_credit(map, f))?;
-                        let mut data = vec![0u8; f.csize as usize];
+                        let mut data = pool.take(f.csize as usize);
                         reader.read_exact(&mut data).map_err(|e| {
                             if check_cancel(job.cancel).is_err() {
                                 InstallError::Cancelled
@@ -1340,10 +1355,10 @@ mod tests {
         assert_eq!(in_flight(&budget), 0);
     }
 
-    /// Small frames share the fixed budget; an image of 8 MiB frames gets room for two
-    /// of them (compressed and raw bytes of a zstd frame, raw bytes of a stored one).
+    /// Small frames share the fixed budget; an image of 8 MiB frames gets room for three
+    /// of them, whatever their codec.
     #[test]
-    fn the_budget_holds_two_of_the_largest_frames() {
+    fn the_budget_holds_three_of_the_largest_frames() {
         let frame = |blocks: u32, codec: Codec, csize: u32| Frame {
             first: 0,
             blocks,
@@ -1360,27 +1375,28 @@ mod tests {
         map.frames = vec![frame(16, Codec::Zstd, 9000); 10];
         assert_eq!(budget_for(&map), IN_FLIGHT_BYTES);
         map.frames.push(frame(2048, Codec::Zstd, 3 << 20));
-        assert_eq!(budget_for(&map), 2 * ((8 << 20) + (3 << 20)));
-        map.frames.push(frame(2048, Codec::Stored, 8 << 20));
-        assert_eq!(
-            budget_for(&map),
-            2 * ((8 << 20) + (3 << 20)),
-            "stored: 8 MiB once"
-        );
+        assert_eq!(budget_for(&map), 24 << 20);
+        map.frames.push(frame(1024, Codec::Stored, 4 << 20));
+        assert_eq!(budget_for(&map), 24 << 20);
         map.frames = vec![frame(2048, Codec::Stored, 8 << 20)];
-        assert_eq!(budget_for(&map), 16 << 20);
+        assert_eq!(budget_for(&map), 24 << 20);
+        map.frames.clear();
+        assert_eq!(budget_for(&map), IN_FLIGHT_BYTES, "an image of zeros");
     }
 
     #[test]
     fn frames_of_a_patch_return_its_credit_when_the_last_is_dropped() {
         let budget = Budget::new(IN_FLIGHT_BYTES);
+        let pool = BufferPool::default();
         let credit = Arc::new(budget.take(100).unwrap());
         let a = FrameBytes {
             buf: vec![7u8; 40],
+            pool: &pool,
             _credit: credit.clone(),
         };
         let b = FrameBytes {
             buf: vec![7u8; 60],
+            pool: &pool,
             _credit: credit,
         };
         assert_eq!((a.bytes().len(), b.bytes().len()), (40, 60));

@@ -19,6 +19,7 @@
 //! Progress flows out through a callback; the pipeline never reaches into its caller.
 
 pub mod blocks;
+pub mod buffers;
 pub mod copy;
 pub mod hooks;
 pub mod mcu;
