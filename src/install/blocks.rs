@@ -361,7 +361,6 @@ fn worker<'a>(
     verdicts: Sender<Verdict>,
 ) {
     let map = job.map;
-    let mut raw = Vec::new();
     loop {
         let next = match work.lock() {
             Ok(rx) => rx.recv(),
@@ -425,38 +424,44 @@ fn worker<'a>(
             } => {
                 let p = &map.patches[patch];
                 let size = data.len() as u64;
-                let decoded = decode(
-                    &data,
-                    map.patch_len(p) as usize,
-                    Some(&reference),
-                    None,
-                    &mut raw,
-                );
+                let patch_len = map.patch_len(p);
+                let mut raw = pool.take(patch_len as usize);
+                let decoded = decode(&data, raw.len(), Some(&reference), None, &mut raw);
                 let used = size + reference.len() as u64;
-                drop((data, reference));
+                pool.give(data);
+                pool.give(reference);
                 let mut credit = credit;
                 credit.shrink(used);
+                let filled: Vec<(usize, Vec<u8>, Option<u64>)> = frames
+                    .into_iter()
+                    .map(|(f, mut buf)| {
+                        let fr = &map.frames[f];
+                        let supplied = decoded
+                            .is_ok()
+                            .then(|| fill_from_patch(map, p, fr, &raw, &mut buf));
+                        let verified = supplied.filter(|_| sha256(&buf) == fr.sha256);
+                        (f, buf, verified)
+                    })
+                    .collect();
+                // The decoded patch is in the frames now.
+                pool.give(raw);
+                credit.shrink(patch_len);
                 let credit = Arc::new(credit);
-                let count = frames.len() as u64;
-                for (i, (f, mut buf)) in frames.into_iter().enumerate() {
-                    let fr = &map.frames[f];
-                    let supplied = decoded
-                        .is_ok()
-                        .then(|| fill_from_patch(map, p, fr, &raw, &mut buf));
-                    match supplied {
-                        Some(supplied) if sha256(&buf) == fr.sha256 => {
-                            // The patch's bytes are shared out over its frames.
-                            let d = size / count + if i == 0 { size % count } else { 0 };
-                            let from_running = buf.len() as u64 - supplied;
-                            let bytes = FrameBytes {
-                                buf,
-                                pool,
-                                _credit: credit.clone(),
-                            };
-                            out.push((f, Origin::Fetched, bytes, d, from_running));
-                        }
-                        _ => bad.push((f, String::new())),
-                    }
+                let count = filled.len() as u64;
+                for (i, (f, buf, supplied)) in filled.into_iter().enumerate() {
+                    let Some(supplied) = supplied else {
+                        bad.push((f, String::new()));
+                        continue;
+                    };
+                    // The patch's bytes are shared out over its frames.
+                    let d = size / count + if i == 0 { size % count } else { 0 };
+                    let from_running = buf.len() as u64 - supplied;
+                    let bytes = FrameBytes {
+                        buf,
+                        pool,
+                        _credit: credit.clone(),
+                    };
+                    out.push((f, Origin::Fetched, bytes, d, from_running));
                 }
             }
         }
