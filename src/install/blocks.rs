@@ -160,14 +160,16 @@ pub struct Estimate {
     pub fetched_raw: u64,
 }
 
-/// Gathers frame `f`'s blocks from the running slot by key, leaving the blocks of
-/// `supplied` (a patch's runs) zero for the patch to fill; `None` when a key is not
-/// there (the frame must come from elsewhere).
+/// Gathers frame `f`'s blocks from the running slot by key into a buffer from `pool`,
+/// leaving the blocks of `supplied` (a patch's runs) for the patch to fill; `None` when
+/// a key is not there (the frame must come from elsewhere). Whatever the buffer held
+/// before stays only where the patch writes or the frame's hash check refuses it.
 fn gather(
     map: &BlockMap,
     f: &Frame,
     running: &Running,
     supplied: &[BlockRun],
+    pool: &BufferPool,
 ) -> Result<Option<Vec<u8>>, InstallError> {
     let len = map.frame_len(f) as usize;
     let is_supplied = |b: u64| {
@@ -191,7 +193,7 @@ fn gather(
             None => return Ok(None),
         }
     }
-    let mut data = vec![0u8; len];
+    let mut data = pool.take(len);
     let mut i = 0;
     while i < at.len() {
         // Blocks consecutive in both the frame and the running slot: one read.
@@ -205,6 +207,7 @@ fn gather(
             .read_at(at[i].1 * BLOCK, part)
             .map_err(running_failed)?
         {
+            pool.give(data);
             return Ok(None);
         }
         i = j;
@@ -218,23 +221,34 @@ fn running_failed(e: std::io::Error) -> InstallError {
 
 /// Reads a patch's reference from the running slot; `None` when it is not there (the
 /// running slot is not the image the patch was made against).
-fn reference(p: &Patch, running: &Running) -> Result<Option<Vec<u8>>, InstallError> {
-    let mut data = Vec::with_capacity((p.ref_blocks() * BLOCK) as usize);
+fn reference(
+    p: &Patch,
+    running: &Running,
+    pool: &BufferPool,
+) -> Result<Option<Vec<u8>>, InstallError> {
+    let mut data = pool.take((p.ref_blocks() * BLOCK) as usize);
+    let mut start = 0;
     for r in &p.refs {
-        let start = data.len();
-        data.resize(start + r.blocks as usize * BLOCK as usize, 0);
-        let Some(offset) = r.start.checked_mul(BLOCK) else {
-            return Ok(None);
+        let end = start + r.blocks as usize * BLOCK as usize;
+        let read = match r.start.checked_mul(BLOCK) {
+            Some(offset) => running
+                .reader
+                .read_at(offset, &mut data[start..end])
+                .map_err(running_failed)?,
+            None => false,
         };
-        if !running
-            .reader
-            .read_at(offset, &mut data[start..])
-            .map_err(running_failed)?
-        {
+        if !read {
+            pool.give(data);
             return Ok(None);
         }
+        start = end;
     }
-    Ok((sha256(&data) == p.ref_sha256).then_some(data))
+    if sha256(&data) == p.ref_sha256 {
+        Ok(Some(data))
+    } else {
+        pool.give(data);
+        Ok(None)
+    }
 }
 
 /// The frames of patch `p` still missing whose other blocks the running slot has, each
@@ -244,6 +258,7 @@ fn patch_frames(
     p: &Patch,
     running: &Running,
     have: &[bool],
+    pool: &BufferPool,
 ) -> Result<Vec<(usize, Vec<u8>)>, InstallError> {
     let mut out = Vec::new();
     for f in &p.frames {
@@ -251,7 +266,7 @@ fn patch_frames(
         if have[f] {
             continue;
         }
-        if let Some(buf) = gather(map, &map.frames[f], running, &p.runs)? {
+        if let Some(buf) = gather(map, &map.frames[f], running, &p.runs, pool)? {
             out.push((f, buf));
         }
     }
@@ -963,7 +978,7 @@ pub fn copy_blocks(
                 }
                 if let Some(running) = job.running {
                     let credit = take(len)?;
-                    if let Some(data) = gather(map, f, running, &[])? {
+                    if let Some(data) = gather(map, f, running, &[], pool)? {
                         send(Work::Candidate {
                             frame: i,
                             origin: Origin::Running,
@@ -989,7 +1004,7 @@ pub fn copy_blocks(
                             continue;
                         }
                         let credit = take(map.frame_len(f))?;
-                        if let Some(data) = gather(map, f, running, &[])? {
+                        if let Some(data) = gather(map, f, running, &[], pool)? {
                             send(Work::Candidate {
                                 frame: i,
                                 origin: Origin::Running,
@@ -1024,10 +1039,10 @@ pub fn copy_blocks(
                         let credit = take(
                             u64::from(p.csize) + p.ref_blocks() * BLOCK + map.patch_len(p) + raw,
                         )?;
-                        let Some(reference) = reference(p, running)? else {
+                        let Some(reference) = reference(p, running, pool)? else {
                             continue;
                         };
-                        let frames = patch_frames(map, p, running, &have)?;
+                        let frames = patch_frames(map, p, running, &have, pool)?;
                         if frames.is_empty() {
                             continue;
                         }
@@ -1179,26 +1194,33 @@ pub fn estimate(
         ..Default::default()
     };
     let mut have = vec![false; map.frames.len()];
+    let pool = BufferPool::default();
     if let Some(r) = running {
         for (i, f) in map.frames.iter().enumerate() {
             check_cancel(cancel)?;
-            if let Some(d) = gather(map, f, r, &[])? {
+            if let Some(d) = gather(map, f, r, &[], &pool)? {
                 if sha256(&d) == f.sha256 {
                     have[i] = true;
                     e.reuse += d.len() as u64;
                 }
+                pool.give(d);
             }
         }
         for p in &map.patches {
-            if p.frames.iter().all(|f| have[*f as usize]) || reference(p, r)?.is_none() {
+            if p.frames.iter().all(|f| have[*f as usize]) {
                 continue;
             }
-            let frames = patch_frames(map, p, r, &have)?;
+            match reference(p, r, &pool)? {
+                Some(reference) => pool.give(reference),
+                None => continue,
+            }
+            let frames = patch_frames(map, p, r, &have, &pool)?;
             if frames.is_empty() {
                 continue;
             }
             e.download += u64::from(p.csize);
-            for (f, _) in frames {
+            for (f, buf) in frames {
+                pool.give(buf);
                 have[f] = true;
                 let fr = &map.frames[f];
                 let (at, len) = map.frame_range(fr);
