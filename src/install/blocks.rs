@@ -23,9 +23,11 @@
 //! through the image's written prefix while the install goes on; else after the sync.
 //! Memory: the key table, the block map, and a budget of bytes between reading and
 //! writing: 6 MiB, or three of the image's largest frames when that is more, so that an
-//! 8 MiB frame is read while the one before it is decoded and the one before that written. The planner takes credit for an item before it reads it; a
-//! worker gives back the compressed part once it has decoded it; a patch's frames share
-//! its decoded buffer. One item larger than the budget (a big patch) goes alone.
+//! 8 MiB frame is read while the one before it is decoded and the one before that
+//! written. The planner takes credit for an item before it reads it; a worker gives back
+//! the compressed part once it has decoded it; a patch's frames share its credit. One
+//! item larger than the budget (a big patch) goes alone. Large buffers are recycled
+//! through a [`BufferPool`].
 
 use super::buffers::BufferPool;
 use super::copy::DirectReader;
@@ -435,7 +437,7 @@ fn worker<'a>(
                 data,
                 reference,
                 frames,
-                credit,
+                mut credit,
             } => {
                 let p = &map.patches[patch];
                 let size = data.len() as u64;
@@ -445,7 +447,6 @@ fn worker<'a>(
                 let used = size + reference.len() as u64;
                 pool.give(data);
                 pool.give(reference);
-                let mut credit = credit;
                 credit.shrink(used);
                 let filled: Vec<(usize, Vec<u8>, Option<u64>)> = frames
                     .into_iter()
@@ -821,7 +822,8 @@ impl Budget {
         })
     }
 
-    /// Gives back `bytes` (at most what is held) and wakes the planner.
+    /// Gives back `bytes` of credit (a [`Credit`] never gives back more than it holds)
+    /// and wakes the planner.
     fn give_back(&self, bytes: u64) {
         if let Ok(mut st) = self.state.lock() {
             st.0 -= bytes;

@@ -3,8 +3,8 @@
 //!
 //! Every buffer of 256 KiB or more is a mapping of its own ([`crate::memory`]), so a new
 //! one costs a page fault per 4 KiB as it is filled, and freeing it unmaps it again. For
-//! an image of 8 MiB frames that was about a tenth of the install's time on this
-//! machine (benches/install-local.sh). A buffer that is done with comes back here instead, and
+//! an image of 8 MiB frames that was about a tenth of the install's time on this machine
+//! (benches/install-local.sh). A buffer that is done with comes back here instead, and
 //! the next item of about its size takes it.
 //!
 //! Memory: the pool keeps at most [`KEEP`] idle buffers, and frees them when a large
@@ -18,8 +18,9 @@ use std::sync::Mutex;
 const MIN_POOLED: usize = 256 << 10;
 
 /// Idle buffers kept at most: one frame's raw bytes and one's compressed bytes, about
-/// what the stages free between two takes. More bought little speed for 8 MiB a buffer
-/// (benches/install-local.sh: 38 MiB peak RSS with two, 46 MiB with four).
+/// what the stages free between two takes. Four bought no speed for 8 MiB a buffer
+/// (benches/install-local.sh, Debian image, 8 MiB frames: 38 MiB peak RSS with two,
+/// 46 MiB with four, before idle buffers were freed on a miss).
 pub const KEEP: usize = 2;
 
 /// Idle buffers, for the stages of one install.
